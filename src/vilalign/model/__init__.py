@@ -1,0 +1,1 @@
+"""vilalign.model."""
