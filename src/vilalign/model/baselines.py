@@ -1,0 +1,32 @@
+"""Baselines behind the same model interface, as config transformations (variants as data)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vilalign.config import ConfigError, ModelConfig, deep_merge, validate
+
+BASELINES: dict[str, dict[str, Any]] = {
+    # The full two-stream model as configured.
+    "vilbert": {},
+    # Every fusion layer is per-stream self-attention; the streams meet only in the
+    # fused vector at the end (late fusion).
+    "no_coattention": {"variant": "no_coattention", "coattention_layers": []},
+    # No fusion layers: pooled BERT and ViT outputs concatenated into the MLP head.
+    "concat_features": {
+        "variant": "concat_features",
+        "depth": 0,
+        "coattention_layers": [],
+        "fusion": "concat",
+    },
+    # Same architecture, text encoder randomly initialised instead of pretrained.
+    "random_text": {"text": {"init": "random"}},
+}
+
+
+def apply_baseline(config: ModelConfig, name: str) -> ModelConfig:
+    """The config of baseline ``name`` built from ``config``."""
+    if name not in BASELINES:
+        raise ConfigError(f"baseline: unknown baseline {name!r} (allowed: {', '.join(BASELINES)})")
+    data = deep_merge(config.model_dump(), BASELINES[name])
+    return validate(ModelConfig, data, source=f"baseline {name!r}")

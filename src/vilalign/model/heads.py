@@ -1,0 +1,52 @@
+"""Pooling, fusion of the two pooled vectors, and the downstream task head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+FUSIONS = ("product", "concat", "sum")
+
+
+class Pooler(nn.Module):
+    """First token → linear → ReLU (vilbert's BertTextPooler / BertImagePooler)."""
+
+    def __init__(self, dim: int, pooled_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(dim, pooled_size)
+        self.act = nn.ReLU()
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return self.act(self.dense(states[:, 0]))  # (B, pooled)
+
+
+def fuse(pooled_text: torch.Tensor, pooled_image: torch.Tensor, mode: str) -> torch.Tensor:
+    """Combine the two pooled vectors; ViLBERT's default is the elementwise product."""
+    if mode == "product":
+        return pooled_text * pooled_image
+    if mode == "sum":
+        return pooled_text + pooled_image
+    if mode == "concat":
+        return torch.cat([pooled_text, pooled_image], dim=-1)
+    raise ValueError(f"fusion: unknown mode {mode!r} (allowed: {', '.join(FUSIONS)})")
+
+
+def fused_size(pooled_size: int, mode: str) -> int:
+    return 2 * pooled_size if mode == "concat" else pooled_size
+
+
+class ClassificationHead(nn.Module):
+    """Two-layer MLP on the fused vector (vilbert-multi-task's SimpleClassifier)."""
+
+    def __init__(self, in_dim: int, num_labels: int, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(in_dim, 2 * in_dim),
+            nn.GELU(),
+            nn.LayerNorm(2 * in_dim, eps=1e-12),
+            nn.Linear(2 * in_dim, num_labels),
+        )
+
+    def forward(self, fused: torch.Tensor) -> torch.Tensor:
+        return self.net(fused)

@@ -1,0 +1,193 @@
+"""The two-stream model: text and image encoders, fusion layers, pooled and fused vectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from vilalign.config import ModelConfig
+from vilalign.model.coattention import Attentions, CoAttentionLayer, SelfAttentionLayer
+from vilalign.model.encoders import (
+    ImageEncoder,
+    build_image_encoder,
+    build_text_encoder,
+    image_data_config,
+)
+from vilalign.model.heads import ClassificationHead, Pooler, fuse, fused_size
+
+
+@dataclass
+class VilbertOutput:
+    """Everything one forward pass produces.
+
+    ``text_states[i]`` (B×T×Dt) and ``image_states[i]`` (B×(prefix+P)×Dv, index 0 the
+    image CLS token) are the outputs of fusion layer ``i``; ``is_coattention[i]`` says
+    whether it is a co-attention block. ``text_sequence``/``image_sequence`` are the final
+    states (the encoders' outputs when there are no fusion layers). Encoder states
+    (embeddings first, then every layer) and attention maps only when asked.
+    """
+
+    text_states: list[torch.Tensor]
+    image_states: list[torch.Tensor]
+    is_coattention: list[bool]
+    text_sequence: torch.Tensor
+    image_sequence: torch.Tensor
+    pooled_text: torch.Tensor
+    pooled_image: torch.Tensor
+    fused: torch.Tensor
+    logits: torch.Tensor | None
+    attention_mask: torch.Tensor
+    encoder_text_states: list[torch.Tensor] | None = None
+    encoder_image_states: list[torch.Tensor] | None = None
+    attentions: list[Attentions] | None = None
+
+
+class VilbertModel(nn.Module):
+    """ViLBERT-style two-stream transformer on a BERT and a ViT.
+
+    Build it with :func:`build_model`; the constructor takes ready encoders so that
+    loading weights stays outside the class.
+    """
+
+    def __init__(
+        self, config: ModelConfig, text_encoder: BertModel, image_encoder: ImageEncoder
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.text_encoder = text_encoder
+        self.image_encoder = image_encoder
+        text_dim = text_encoder.config.hidden_size
+        image_dim = image_encoder.embed_dim
+        for name, dim in (("text", text_dim), ("image", image_dim)):
+            if config.variant != "concat_features" and dim % config.num_heads:
+                raise ValueError(
+                    f"num_heads: {config.num_heads} does not divide the {name} stream width {dim}"
+                )
+        self.fusion_layers = nn.ModuleList(
+            [self._fusion_layer(kind, text_dim, image_dim) for kind in config.fusion_layer_kinds]
+        )
+        self.text_pooler = Pooler(text_dim, config.pooled_size)
+        self.image_pooler = Pooler(image_dim, config.pooled_size)
+        self.head = (
+            ClassificationHead(fused_size(config.pooled_size, config.fusion), config.num_labels)
+            if config.num_labels
+            else None
+        )
+
+    def _fusion_layer(self, coattention: bool, text_dim: int, image_dim: int) -> nn.Module:
+        c = self.config
+        if coattention:
+            return CoAttentionLayer(
+                text_dim, image_dim, c.coattention_size, c.num_heads, c.ffn_ratio, c.dropout,
+                c.attention_dropout,
+            )
+        return SelfAttentionLayer(
+            text_dim, image_dim, c.num_heads, c.ffn_ratio, c.dropout, c.attention_dropout
+        )
+
+    # ------------------------------------------------------------------ declarations
+
+    @property
+    def text_word_embeddings(self) -> nn.Embedding:
+        return self.text_encoder.embeddings.word_embeddings
+
+    @property
+    def num_patches(self) -> int:
+        return self.image_encoder.num_patches
+
+    @property
+    def num_prefix_tokens(self) -> int:
+        return self.image_encoder.num_prefix_tokens
+
+    @property
+    def image_data_config(self) -> dict[str, Any]:
+        """timm preprocessing (input_size, mean, std, interpolation, crop_pct) for the ViT."""
+        return image_data_config(self.image_encoder.vit, self.config.image.img_size)
+
+    def no_weight_decay_names(self) -> set[str]:
+        """Parameters that skip weight decay: biases and normalisation weights (as ViLBERT)."""
+        return {name for name, p in self.named_parameters() if p.ndim <= 1}
+
+    def encoder_parameter_names(self) -> set[str]:
+        """Parameters of *pretrained* encoders (trained at a lower learning rate)."""
+        names: set[str] = set()
+        text, image = self.config.text, self.config.image
+        if text.name_or_path is not None and text.init == "pretrained":
+            names |= {f"text_encoder.{n}" for n, _ in self.text_encoder.named_parameters()}
+        if image.pretrained or image.weights_file is not None:
+            names |= {
+                f"image_encoder.vit.{n}" for n, _ in self.image_encoder.vit.named_parameters()
+            }
+        return names
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        image_mask: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> VilbertOutput:
+        """Run both streams and the fusion layers.
+
+        ``attention_mask`` (B, T) marks real tokens; ``image_mask`` (B, P) marks patches
+        to replace by the mask token. Asking for hidden states or attentions never
+        changes any output: the same layers run, the explicit-attention path computes
+        the same function as the fused one.
+        """
+        text_out = self.text_encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            output_hidden_states=output_hidden_states,
+        )
+        text = text_out.last_hidden_state  # (B, T, Dt)
+        image, image_hidden = self.image_encoder(pixel_values, image_mask, output_hidden_states)
+        text_states: list[torch.Tensor] = []
+        image_states: list[torch.Tensor] = []
+        attentions: list[Attentions] = []
+        for layer in self.fusion_layers:
+            text, image, attn = layer(text, image, attention_mask, output_attentions)
+            text_states.append(text)
+            image_states.append(image)
+            if attn is not None:
+                attentions.append(attn)
+        pooled_text = self.text_pooler(text)
+        pooled_image = self.image_pooler(image)
+        fused = fuse(pooled_text, pooled_image, self.config.fusion)
+        return VilbertOutput(
+            text_states=text_states,
+            image_states=image_states,
+            is_coattention=[layer.is_coattention for layer in self.fusion_layers],
+            text_sequence=text,
+            image_sequence=image,
+            pooled_text=pooled_text,
+            pooled_image=pooled_image,
+            fused=fused,
+            logits=self.head(fused) if self.head is not None else None,
+            attention_mask=attention_mask,
+            encoder_text_states=list(text_out.hidden_states) if output_hidden_states else None,
+            encoder_image_states=image_hidden,
+            attentions=attentions if output_attentions else None,
+        )
+
+
+def build_model(
+    config: ModelConfig, load_weights: bool = True, text_config: BertConfig | None = None
+) -> VilbertModel:
+    """Build the model from a config, loading pretrained encoder weights where configured.
+
+    ``load_weights=False`` (with the stored ``text_config``) builds the architecture only,
+    for loading a checkpoint without touching the hub.
+    """
+    text_encoder = build_text_encoder(config.text, load_weights, text_config)
+    image_encoder = build_image_encoder(config.image, load_weights)
+    return VilbertModel(config, text_encoder, image_encoder)
