@@ -107,7 +107,9 @@ class ModelConfig(StrictModel):
         if len(set(self.coattention_layers)) != len(self.coattention_layers):
             raise ValueError(f"coattention_layers: duplicates in {self.coattention_layers}")
         if self.variant == "concat_features" and self.fusion != "concat":
-            raise ValueError(f"fusion: variant 'concat_features' needs 'concat', got {self.fusion!r}")
+            raise ValueError(
+                f"fusion: variant 'concat_features' needs 'concat', got {self.fusion!r}"
+            )
         if self.coattention_size % self.num_heads:
             raise ValueError(
                 f"coattention_size: {self.coattention_size} is not divisible by "

@@ -37,7 +37,13 @@ class AttentionSublayer(nn.Module):
     """Post-LN attention sublayer: ``LN(q + dropout(attn(q, kv)))``."""
 
     def __init__(
-        self, query_dim: int, key_dim: int, hidden: int, heads: int, dropout: float, attn_dropout: float
+        self,
+        query_dim: int,
+        key_dim: int,
+        hidden: int,
+        heads: int,
+        dropout: float,
+        attn_dropout: float,
     ) -> None:
         super().__init__()
         self.attn = MultiHeadAttention(query_dim, key_dim, hidden, heads, attn_dropout)
@@ -61,11 +67,18 @@ class SelfAttentionLayer(nn.Module):
     is_coattention = False
 
     def __init__(
-        self, text_dim: int, image_dim: int, heads: int, ffn_ratio: float, dropout: float,
+        self,
+        text_dim: int,
+        image_dim: int,
+        heads: int,
+        ffn_ratio: float,
+        dropout: float,
         attn_dropout: float,
     ) -> None:
         super().__init__()
-        self.text_attn = AttentionSublayer(text_dim, text_dim, text_dim, heads, dropout, attn_dropout)
+        self.text_attn = AttentionSublayer(
+            text_dim, text_dim, text_dim, heads, dropout, attn_dropout
+        )
         self.image_attn = AttentionSublayer(
             image_dim, image_dim, image_dim, heads, dropout, attn_dropout
         )
@@ -73,7 +86,10 @@ class SelfAttentionLayer(nn.Module):
         self.image_ffn = FeedForward(image_dim, int(image_dim * ffn_ratio), dropout)
 
     def forward(
-        self, text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor,
+        self,
+        text: torch.Tensor,
+        image: torch.Tensor,
+        text_mask: torch.Tensor,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, Attentions | None]:
         text, w_text = self.text_attn(text, text, text_mask, need_weights)
@@ -88,8 +104,14 @@ class CoAttentionLayer(nn.Module):
     is_coattention = True
 
     def __init__(
-        self, text_dim: int, image_dim: int, hidden: int, heads: int, ffn_ratio: float,
-        dropout: float, attn_dropout: float,
+        self,
+        text_dim: int,
+        image_dim: int,
+        hidden: int,
+        heads: int,
+        ffn_ratio: float,
+        dropout: float,
+        attn_dropout: float,
     ) -> None:
         super().__init__()
         self.text_to_image = AttentionSublayer(
@@ -102,7 +124,10 @@ class CoAttentionLayer(nn.Module):
         self.image_ffn = FeedForward(image_dim, int(image_dim * ffn_ratio), dropout)
 
     def forward(
-        self, text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor,
+        self,
+        text: torch.Tensor,
+        image: torch.Tensor,
+        text_mask: torch.Tensor,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, Attentions | None]:
         # Both directions read the pre-update states (vilbert BertBiAttention).

@@ -82,7 +82,12 @@ class VilbertModel(nn.Module):
         c = self.config
         if coattention:
             return CoAttentionLayer(
-                text_dim, image_dim, c.coattention_size, c.num_heads, c.ffn_ratio, c.dropout,
+                text_dim,
+                image_dim,
+                c.coattention_size,
+                c.num_heads,
+                c.ffn_ratio,
+                c.dropout,
                 c.attention_dropout,
             )
         return SelfAttentionLayer(
