@@ -115,7 +115,11 @@ class VilbertModel(nn.Module):
 
     def no_weight_decay_names(self) -> set[str]:
         """Parameters that skip weight decay: biases and normalisation weights (as ViLBERT)."""
-        return {name for name, p in self.named_parameters() if p.ndim <= 1}
+        names = {name for name, _ in self.named_parameters() if name.endswith("bias")}
+        for module_name, module in self.named_modules():
+            if "Norm" in type(module).__name__:  # LayerNorm, RMSNorm, GroupNorm, BatchNorm*d
+                names |= {f"{module_name}.{n}" for n, _ in module.named_parameters()}
+        return names
 
     def encoder_parameter_names(self) -> set[str]:
         """Parameters of *pretrained* encoders (trained at a lower learning rate)."""
