@@ -1,0 +1,893 @@
+"""Alignment measures between two representations of the same N samples, one registry.
+
+Every measure compares ``x`` (N×D1) and ``y`` (N×D2), whose rows are paired (row i of
+both is sample i), and returns a float. Measures run on torch tensors on any device and
+compute in float64: the unbiased HSIC estimator and the CCA whitening subtract large,
+nearly equal terms, where float32 loses the answer.
+
+Work is shared: a :class:`View` caches what one representation needs (Gram matrix,
+centred Gram, cosine Gram, k-NN lists, feature covariance and its factors) and a
+:class:`Pair` caches cross terms, so :func:`compute_measures` — or a layer×layer grid
+that reuses the same views — computes each Gram matrix and neighbour list once.
+
+Degenerate input never turns into a silent NaN: N too small, all rows equal, zero rows
+where a cosine is needed, k ≥ N, NaN/inf values, or mismatched shapes raise a
+``ValueError`` that names the problem.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+Tensor = torch.Tensor
+_DTYPE = torch.float64
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_matrix(x: Tensor, name: str, min_n: int = 2) -> None:
+    """Raise ValueError unless ``x`` is a finite 2-D tensor with at least ``min_n`` rows."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N×D), got shape {tuple(x.shape)}")
+    if x.shape[0] < min_n:
+        raise ValueError(f"{name} has N={x.shape[0]} rows; this needs N >= {min_n}")
+    if x.shape[1] < 1:
+        raise ValueError(f"{name} has no features (shape {tuple(x.shape)})")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+
+
+def _need_n(view: View, min_n: int, what: str) -> None:
+    if view.n < min_n:
+        raise ValueError(f"{what} needs N >= {min_n} samples, got N={view.n}")
+
+
+def _check_k(k: int, n: int) -> None:
+    # Self is excluded from its own neighbours, so at most N-1 neighbours exist.
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive integer, got {k!r}")
+    if k >= n:
+        raise ValueError(f"k={k} neighbours needs k < N, got N={n} (self is excluded)")
+
+
+# --------------------------------------------------------------------------- caches
+
+# View cache entries that are N×N matrices over rows (re-indexed under a permutation) and
+# entries that do not depend on the order of rows (kept as they are).
+_SQUARE_KEYS = frozenset({"gram", "gram_c", "gram_c_offdiag", "cos_gram", "sqdist"})
+_ORDER_FREE_KEYS = frozenset({"gram_c_norm", "hsic_u_self", "cov", "cov_raw", "pca", "whitener"})
+
+
+class View:
+    """One representation (N×D) with lazily cached derived quantities.
+
+    Build one per (layer, stream) and pass it to several measures or several pairs: the
+    Gram matrix, neighbour lists and covariance factors are then computed once.
+    """
+
+    def __init__(self, x: Tensor, name: str = "x") -> None:
+        _check_matrix(x, name)
+        self.name = name
+        self.x = x.detach().to(_DTYPE)
+        self._cache: dict[Any, Any] = {}
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.x.shape[1]
+
+    def _cached(self, key: Any, fn: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    def permuted(self, perm: Tensor) -> View:
+        """The same view with rows reordered; Gram-like caches are re-indexed, not recomputed.
+
+        Why: a permutation null recomputes a measure hundreds of times on the same rows in
+        a new order; permuting an N×N matrix costs O(N²), recomputing it O(N²·D).
+        """
+        out = View.__new__(View)
+        out.name, out.x, out._cache = self.name, self.x[perm], {}
+        for key, value in self._cache.items():
+            name = key[0] if isinstance(key, tuple) else key
+            if name in _SQUARE_KEYS:
+                out._cache[key] = value[perm][:, perm]
+            elif name in _ORDER_FREE_KEYS:
+                out._cache[key] = value
+            elif name == "rbf":
+                out._cache[key] = (value[0][perm][:, perm], value[1])
+            elif name == "row_norms":
+                out._cache[key] = value[perm]
+        return out
+
+    # -- sample space ---------------------------------------------------------------
+    def gram(self) -> Tensor:
+        """Raw linear Gram matrix x xᵀ (N×N)."""
+        return self._cached("gram", lambda: self.x @ self.x.T)
+
+    def gram_c(self) -> Tensor:
+        """Centred Gram H K H (N×N), by double centring K: O(N²) instead of a second matmul.
+
+        In float64 the cancellation from a large feature mean costs ~eps·(mean/spread)²,
+        negligible for network activations.
+        """
+
+        def make() -> Tensor:
+            k = self.gram()
+            row = k.mean(dim=1, keepdim=True)
+            kc = k - row - row.T + k.mean()
+            return (kc + kc.T) / 2  # exactly symmetric
+
+        return self._cached("gram_c", make)
+
+    def gram_c_norm(self) -> float:
+        """Frobenius norm of the centred Gram; raises when every row is the same."""
+
+        def make() -> float:
+            norm = float(torch.linalg.matrix_norm(self.gram_c()))
+            scale = float(self.gram().diagonal().abs().max()) * self.n
+            if norm <= 1e-12 * max(scale, 1e-300):
+                raise ValueError(f"{self.name} has constant features (all rows equal)")
+            return norm
+
+        return self._cached("gram_c_norm", make)
+
+    def gram_c_offdiag(self) -> Tensor:
+        """Centred Gram with zero diagonal, the K̃ of the unbiased HSIC estimator."""
+
+        def make() -> Tensor:
+            self.gram_c_norm()  # raise on constant features first
+            return self.gram_c().clone().fill_diagonal_(0.0)
+
+        return self._cached("gram_c_offdiag", make)
+
+    def hsic_u_self(self) -> float:
+        """Unbiased HSIC(K, K); must be positive for CKA to be defined."""
+
+        def make() -> float:
+            _need_n(self, 4, "the unbiased HSIC estimator")
+            kt = self.gram_c_offdiag()
+            value = float(_hsic_unbiased(kt, kt, symmetric=True))
+            if value <= 0:
+                raise ValueError(
+                    f"{self.name}: unbiased HSIC(K, K) = {value:.3g} <= 0 (degenerate "
+                    "representation, e.g. nearly constant features or N too small)"
+                )
+            return value
+
+        return self._cached("hsic_u_self", make)
+
+    def row_norms(self) -> Tensor:
+        def make() -> Tensor:
+            norms = self.gram().diagonal().clamp_min(0).sqrt()
+            if bool((norms <= 1e-12 * norms.max().clamp_min(1e-300)).any()):
+                raise ValueError(f"{self.name} has an all-zero row: its cosine is undefined")
+            return norms
+
+        return self._cached("row_norms", make)
+
+    def cos_gram(self) -> Tensor:
+        """Cosine similarity of rows (the Gram of L2-normalised rows)."""
+
+        def make() -> Tensor:
+            inv = 1.0 / self.row_norms()
+            return self.gram() * inv[:, None] * inv[None, :]
+
+        return self._cached("cos_gram", make)
+
+    def sqdist(self) -> Tensor:
+        """Squared Euclidean distances between rows, from the Gram matrix."""
+
+        def make() -> Tensor:
+            k = self.gram()
+            sq = k.diagonal()
+            dist = (sq[:, None] + sq[None, :] - 2 * k).clamp_min_(0.0)
+            return dist.fill_diagonal_(0.0)
+
+        return self._cached("sqdist", make)
+
+    def knn(self, k: int) -> Tensor:
+        """Indices (N×k) of each row's k nearest rows by cosine, self excluded, nearest first.
+
+        platonic-rep conventions (Huh et al. 2024, ``metrics.py``): features L2-normalised,
+        the diagonal masked so a sample is never its own neighbour.
+        """
+        _check_k(k, self.n)
+
+        def make() -> Tensor:
+            sims = self.cos_gram().clone().fill_diagonal_(-math.inf)
+            return torch.topk(sims, k, dim=1).indices
+
+        return self._cached(("knn", k), make)
+
+    # -- feature space --------------------------------------------------------------
+    def centred(self, center: bool = True) -> Tensor:
+        if not center:
+            return self.x
+        return self._cached("centred", lambda: self.x - self.x.mean(dim=0, keepdim=True))
+
+    def cov(self, center: bool = True) -> Tensor:
+        """Unnormalised feature covariance xcᵀ xc (D×D); the raw xᵀx when not ``center``."""
+        key = "cov" if center else "cov_raw"
+        return self._cached(key, lambda: self.centred(center).T @ self.centred(center))
+
+    def pca(self) -> tuple[Tensor, Tensor]:
+        """Eigenvalues (descending, = squared singular values of xc) and eigenvectors of cov."""
+
+        def make() -> tuple[Tensor, Tensor]:
+            self.gram_c_norm()
+            evals, evecs = torch.linalg.eigh(self.cov())
+            return evals.flip(0).clamp_min(0.0), evecs.flip(1)
+
+        return self._cached("pca", make)
+
+    def whitener(self, center: bool = True) -> Tensor:
+        """A (D×r) with Aᵀ cov A = I on the column space of xc: xc·A is an orthonormal basis.
+
+        Cholesky when cov is well conditioned (fast); otherwise the eigen-decomposition with
+        a rank tolerance, so directions of zero variance (D ≥ N, collinear features) do not
+        enter CCA as spurious perfect correlations.
+        """
+
+        def make() -> Tensor:
+            self.gram_c_norm()
+            cov = self.cov(center)
+            chol, info = torch.linalg.cholesky_ex(cov)
+            diag = chol.diagonal()
+            if int(info) == 0 and float(diag.min() / diag.max()) > 1e-6:
+                eye = torch.eye(self.d, dtype=_DTYPE, device=self.x.device)
+                return torch.linalg.solve_triangular(chol.T, eye, upper=True)
+            evals, evecs = torch.linalg.eigh(cov)
+            keep = evals > evals.max() * self.d * torch.finfo(_DTYPE).eps * 1e3
+            return evecs[:, keep] / evals[keep].sqrt()
+
+        return self._cached(("whitener", center), make)
+
+
+class Pair:
+    """Two views of the same N samples plus their cached cross terms."""
+
+    def __init__(self, x: Tensor | View, y: Tensor | View) -> None:
+        self.x = x if isinstance(x, View) else View(x, "x")
+        self.y = y if isinstance(y, View) else View(y, "y")
+        if self.x.n != self.y.n:
+            raise ValueError(f"x and y must have the same N, got {self.x.n} and {self.y.n}")
+        if self.x.x.device != self.y.x.device:
+            raise ValueError(f"x is on {self.x.x.device} but y is on {self.y.x.device}")
+        self._cache: dict[Any, Any] = {}
+
+    @property
+    def n(self) -> int:
+        return self.x.n
+
+    def _cached(self, key: Any, fn: Callable[[], Any]) -> Any:
+        if key not in self._cache:
+            self._cache[key] = fn()
+        return self._cache[key]
+
+    def cross_cov(self, center: bool = True) -> Tensor:
+        """xcᵀ yc (D1×D2) (raw xᵀy when not ``center``)."""
+        return self._cached(
+            ("cross_cov", center), lambda: self.x.centred(center).T @ self.y.centred(center)
+        )
+
+    def cca(self, center: bool = True) -> tuple[Tensor, Tensor]:
+        """Canonical correlations (descending) and x-side canonical directions (D1×r).
+
+        Whitening both views and taking singular values of the whitened cross-covariance
+        (Hotelling 1936; the same quantity as Kornblith et al.'s QR formulation).
+        """
+
+        def make() -> tuple[Tensor, Tensor]:
+            wx, wy = self.x.whitener(center), self.y.whitener(center)
+            m = wx.T @ self.cross_cov(center) @ wy
+            u, s, _ = torch.linalg.svd(m, full_matrices=False)
+            return s.clamp(0.0, 1.0), wx @ u
+
+        return self._cached(("cca", center), make)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A registered alignment measure: call it as ``measure(x, y, **kwargs)``.
+
+    ``impl`` works on a :class:`Pair` (shared caches). ``higher_is_better``/``best`` tell
+    the statistics which tail is "more aligned" and what a perfect score is. ``resample``
+    says how to draw confidence intervals ("bootstrap" with replacement, or "subsample"
+    without replacement where duplicated rows would bias the estimate).
+    ``pairing_invariant`` marks measures that ignore which row goes with which (a
+    permutation test of the pairing is meaningless for them); ``equal_dims`` those that
+    need D1 == D2.
+    """
+
+    name: str
+    impl: Callable[..., float]
+    higher_is_better: bool = True
+    best: float = 1.0
+    resample: str = "bootstrap"
+    pairing_invariant: bool = False
+    equal_dims: bool = False
+    doc: str = ""
+
+    def __call__(self, x: Tensor | View, y: Tensor | View, **kwargs: Any) -> float:
+        return float(self.impl(Pair(x, y), **kwargs))
+
+
+MEASURES: dict[str, Measure] = {}
+
+
+def register(name: str, **meta: Any) -> Callable[[Callable[..., float]], Measure]:
+    """Decorator: register ``impl(pair, **kwargs) -> float`` under ``name``."""
+
+    def deco(impl: Callable[..., float]) -> Measure:
+        if name in MEASURES:
+            raise ValueError(f"measure {name!r} is already registered")
+        measure = Measure(name=name, impl=impl, doc=(impl.__doc__ or "").strip(), **meta)
+        MEASURES[name] = measure
+        return measure
+
+    return deco
+
+
+def get_measure(name: str) -> Measure:
+    """The registered measure called ``name``; the error lists the known names."""
+    try:
+        return MEASURES[name]
+    except KeyError:
+        raise ValueError(f"unknown measure {name!r}; known: {sorted(MEASURES)}") from None
+
+
+def compute_measures(
+    x: Tensor | View,
+    y: Tensor | View,
+    names: Iterable[str] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, float]:
+    """Run several measures on one pair, sharing Gram matrices, k-NN lists and factors.
+
+    ``options`` maps a measure name to its keyword arguments (e.g. ``{"mutual_knn":
+    {"k": 20}}``). Passing :class:`View` objects reuses their caches across pairs.
+    ``names=None`` runs every registered measure that applies (paired cosine only for
+    equal widths).
+    """
+    options = options or {}
+    pair = Pair(x, y)
+    if names is None:  # every measure that applies to these widths
+        same = pair.x.d == pair.y.d
+        names = [n for n, m in MEASURES.items() if same or not m.equal_dims]
+    names = list(names)
+    unknown = set(options) - set(names)
+    if unknown:
+        raise ValueError(f"options given for measures not requested: {sorted(unknown)}")
+    return {name: float(get_measure(name).impl(pair, **options.get(name, {}))) for name in names}
+
+
+# --------------------------------------------------------------------------- kernels
+
+
+def _hsic_unbiased(k: Tensor, l: Tensor, symmetric: bool = False) -> Tensor:
+    """Unbiased HSIC (Song et al. 2012, JMLR 13, eq. 5) of zero-diagonal K̃, L̃, in O(N²).
+
+    HSIC₁ = [tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1/((n-1)(n-2)) − 2/(n-2)·1ᵀK̃L̃1] / (n(n-3)),
+    with 1ᵀK̃L̃1 = (K̃ᵀ1)·(L̃1). For non-symmetric inputs (CKNNA's masked kernels)
+    tr(K̃L̃) is Σ K̃∘L̃ᵀ, as in platonic-rep's ``hsic_unbiased``.
+    """
+    n = k.shape[0]
+    trace = (k * l).sum() if symmetric else (k * l.T).sum()
+    sums = k.sum() * l.sum() / ((n - 1) * (n - 2))
+    cross = 2.0 * (k.sum(dim=0) @ l.sum(dim=1)) / (n - 2)
+    return (trace + sums - cross) / (n * (n - 3))
+
+
+def _cka_from_centred(kc: Tensor, lc: Tensor, knorm: float, lnorm: float) -> float:
+    # CKA = <Kc, Lc>_F / (‖Kc‖_F ‖Lc‖_F) (Kornblith et al. 2019, eq. 4; the 1/(n-1)² of
+    # the biased HSIC cancels).
+    return float((kc * lc).sum()) / (knorm * lnorm)
+
+
+@register("cka_linear")
+def _cka_linear(p: Pair) -> float:
+    """Linear CKA (Kornblith et al. 2019), the biased-HSIC estimator; equals the RV
+    coefficient of the centred data. Biased upward for N small relative to D."""
+    return _cka_from_centred(p.x.gram_c(), p.y.gram_c(), p.x.gram_c_norm(), p.y.gram_c_norm())
+
+
+@register("cka_unbiased", resample="subsample")
+def _cka_unbiased(p: Pair) -> float:
+    """Debiased linear CKA: unbiased HSIC (Song et al. 2012) in the numerator *and* the
+    normalisation, as in Nguyen et al. 2021 and Kornblith's demo (``debiased=True``).
+
+    Some libraries divide the unbiased numerator by biased self-HSICs; that is not the
+    estimator of the paper. HSIC₁ is unchanged by centring the features, so the centred
+    Gram (better conditioned) is used. Bootstraps by subsampling: a duplicated row puts a
+    diagonal term back into the off-diagonal sum this estimator was built to exclude.
+    """
+    kxy = float(_hsic_unbiased(p.x.gram_c_offdiag(), p.y.gram_c_offdiag(), symmetric=True))
+    return kxy / math.sqrt(p.x.hsic_u_self() * p.y.hsic_u_self())
+
+
+def _median(values: Tensor) -> Tensor:
+    # numpy's median (mean of the two middle values), which Kornblith's gram_rbf uses;
+    # torch.median returns the lower one and torch.quantile caps the input size.
+    flat = values.reshape(-1)
+    m = flat.numel()
+    lo = torch.kthvalue(flat, (m + 1) // 2).values
+    hi = torch.kthvalue(flat, m // 2 + 1).values
+    return (lo + hi) / 2
+
+
+def _rbf_centred(view: View, threshold: float) -> tuple[Tensor, float]:
+    def make() -> tuple[Tensor, float]:
+        sq = view.sqdist()
+        # Kornblith et al.'s heuristic: σ = threshold × median distance, the median taken
+        # over the whole N×N matrix (diagonal zeros included), as in their demo notebook.
+        sq_median = float(_median(sq))
+        if sq_median <= 0:
+            raise ValueError(f"{view.name}: median pairwise distance is 0 (constant rows)")
+        k = torch.exp(-sq / (2 * threshold**2 * sq_median))
+        row = k.mean(dim=1, keepdim=True)
+        kc = k - row - row.T + k.mean()
+        norm = float(torch.linalg.matrix_norm(kc))
+        if norm == 0:
+            raise ValueError(f"{view.name}: RBF Gram matrix is constant")
+        return kc, norm
+
+    return view._cached(("rbf", threshold), make)
+
+
+@register("cka_rbf")
+def _cka_rbf(p: Pair, threshold: float = 1.0) -> float:
+    """RBF-kernel CKA, bandwidth σ = ``threshold`` × median pairwise distance."""
+    if threshold <= 0:
+        raise ValueError(f"threshold must be positive, got {threshold}")
+    kc, kn = _rbf_centred(p.x, threshold)
+    lc, ln = _rbf_centred(p.y, threshold)
+    return _cka_from_centred(kc, lc, kn, ln)
+
+
+class MinibatchCKA:
+    """Linear CKA accumulated over minibatches (Nguyen, Raghu & Kornblith 2021, ICLR).
+
+    CKA_mb = mean_b HSIC₁(K_b, L_b) / sqrt(mean_b HSIC₁(K_b, K_b) · mean_b HSIC₁(L_b, L_b)),
+    with HSIC₁ the unbiased estimator, which keeps the average unbiased whatever the
+    batch size. Memory is one batch's Gram matrices, so N can be arbitrarily large.
+    """
+
+    def __init__(self) -> None:
+        self._sums = torch.zeros(3, dtype=_DTYPE)
+        self.batches = 0
+
+    def update(self, x: Tensor, y: Tensor) -> None:
+        """Add one minibatch of paired rows (needs at least 4 rows)."""
+        pair = Pair(x, y)
+        _need_n(pair.x, 4, "a minibatch of the unbiased HSIC estimator")
+        kt, lt = pair.x.gram_c_offdiag(), pair.y.gram_c_offdiag()
+        terms = torch.stack(
+            [
+                _hsic_unbiased(kt, lt, symmetric=True),
+                _hsic_unbiased(kt, kt, symmetric=True),
+                _hsic_unbiased(lt, lt, symmetric=True),
+            ]
+        )
+        self._sums += terms.cpu()
+        self.batches += 1
+
+    def compute(self) -> float:
+        """The accumulated CKA; raises if no batch was added or a self-HSIC is not positive."""
+        if self.batches == 0:
+            raise ValueError("MinibatchCKA.compute() called before any update()")
+        kl, kk, ll = (float(v) for v in self._sums / self.batches)
+        if kk <= 0 or ll <= 0:
+            raise ValueError(f"degenerate minibatches: mean HSIC(K,K)={kk:.3g}, (L,L)={ll:.3g}")
+        return kl / math.sqrt(kk * ll)
+
+
+def minibatch_cka(
+    x: Tensor, y: Tensor, batch_size: int = 256, generator: torch.Generator | None = None
+) -> float:
+    """Minibatch CKA over consecutive batches (shuffled first if ``generator`` is given).
+
+    A final batch with fewer than 4 rows is dropped (the estimator needs n > 3).
+    """
+    _check_matrix(x, "x")
+    _check_matrix(y, "y")
+    n = x.shape[0]
+    if y.shape[0] != n:
+        raise ValueError(f"x and y must have the same N, got {n} and {y.shape[0]}")
+    if batch_size < 4:
+        raise ValueError(f"batch_size must be >= 4, got {batch_size}")
+    order = torch.arange(n) if generator is None else torch.randperm(n, generator=generator)
+    acc = MinibatchCKA()
+    for start in range(0, n, batch_size):
+        idx = order[start : start + batch_size].to(x.device)
+        if idx.numel() >= 4:
+            acc.update(x[idx], y[idx])
+    return acc.compute()
+
+
+@register("cka_minibatch", resample="subsample")
+def _cka_minibatch(p: Pair, batch_size: int = 256) -> float:
+    """Minibatch linear CKA with the unbiased HSIC (Nguyen et al. 2021); see MinibatchCKA."""
+    return minibatch_cka(p.x.x, p.y.x, batch_size=batch_size)
+
+
+# --------------------------------------------------------------------------- CCA family
+
+
+def _warn_if_trivial(p: Pair, rx: int, ry: int) -> None:
+    if rx + ry > p.n - 1:
+        log.warning(
+            "CCA with ranks %d + %d > N-1 = %d: at least %d canonical correlations are 1 "
+            "by construction; reduce dimensions (SVCCA) or use more samples",
+            rx,
+            ry,
+            p.n - 1,
+            rx + ry - (p.n - 1),
+        )
+
+
+@register("cca")
+def _cca_mean(p: Pair, center: bool = True) -> float:
+    """Mean canonical correlation (ρ̄ of Raghu et al. 2017). Invariant to invertible
+    linear maps of either view."""
+    rho, _ = p.cca(center)
+    _warn_if_trivial(p, p.x.whitener(center).shape[1], p.y.whitener(center).shape[1])
+    return float(rho.mean())
+
+
+@register("cca_squared")
+def _cca_squared(p: Pair, center: bool = True) -> float:
+    """Mean squared canonical correlation R²_CCA (Kornblith et al. 2019, Table 1):
+    ‖Q_xᵀ Q_y‖²_F / min(rank x, rank y).
+
+    ``center=False`` reproduces Kornblith's demo notebook, whose ``cca`` takes the QR of
+    uncentred features (its data have mean ≈ 0); CCA proper centres.
+    """
+    rho, _ = p.cca(center)
+    _warn_if_trivial(p, p.x.whitener(center).shape[1], p.y.whitener(center).shape[1])
+    return float((rho**2).mean())
+
+
+def _svd_reduce(view: View, variance: float, n_components: int | None) -> Tensor:
+    """Whitened top principal directions (D×k): xc·A = the left singular vectors U_k."""
+    evals, evecs = view.pca()
+    if n_components is not None:
+        if not 1 <= n_components <= view.d:
+            raise ValueError(f"n_components must be in [1, {view.d}], got {n_components}")
+        keep = n_components
+    else:
+        if not 0 < variance <= 1:
+            raise ValueError(f"variance must be in (0, 1], got {variance}")
+        # Raghu et al. 2017: keep the fewest directions explaining `variance` of the
+        # variance (eigenvalues of the covariance = squared singular values). ReSi
+        # (Klabunde et al. 2024) thresholds differently and ends up with 1 component on
+        # typical activations; we follow the paper.
+        frac = torch.cumsum(evals, 0) / evals.sum()
+        keep = int((frac < variance - 1e-12).sum()) + 1
+    positive = int((evals > evals[0] * 1e-12).sum())
+    keep = min(keep, positive, view.n - 1)
+    return evecs[:, :keep] / evals[:keep].sqrt()
+
+
+@register("svcca")
+def _svcca(p: Pair, variance: float = 0.99, n_components: int | None = None) -> float:
+    """SVCCA (Raghu et al. 2017): SVD-reduce each view to the directions keeping
+    ``variance`` of its variance (or ``n_components``), then mean canonical correlation."""
+    ax = _svd_reduce(p.x, variance, n_components)
+    ay = _svd_reduce(p.y, variance, n_components)
+    # The reduced views xc·ax, yc·ay are already orthonormal bases, so their canonical
+    # correlations are the singular values of (xc·ax)ᵀ(yc·ay) = axᵀ Cxy ay.
+    rho = torch.linalg.svdvals(ax.T @ p.cross_cov() @ ay).clamp(0.0, 1.0)
+    _warn_if_trivial(p, ax.shape[1], ay.shape[1])
+    return float(rho.mean())
+
+
+@register("pwcca")
+def _pwcca(p: Pair) -> float:
+    """Projection-weighted CCA (Morcos, Raghu & Bengio 2018, eq. in §2.3).
+
+    Each canonical correlation ρ_i is weighted by α_i ∝ Σ_j |⟨h_i, x_j⟩|, how much of
+    the representation's neurons x_j (centred columns) the canonical variate h_i accounts
+    for; weights come from the view with the smaller rank, as in the authors' code.
+    """
+    rx, ry = p.x.whitener().shape[1], p.y.whitener().shape[1]
+    pair = p if rx <= ry else Pair(p.y, p.x)
+    rho, dirs = pair.cca()
+    xc = pair.x.centred()
+    variates = xc @ dirs  # (N, r), orthonormal columns
+    weights = (variates.T @ xc).abs().sum(dim=1)  # (r,)
+    _warn_if_trivial(p, rx, ry)
+    return float((weights * rho).sum() / weights.sum())
+
+
+@register("procrustes")
+def _procrustes(p: Pair) -> float:
+    """Orthogonal Procrustes similarity: ‖xcᵀ yc‖_* / (‖xc‖_F ‖yc‖_F) ∈ [0, 1].
+
+    After centring and scaling to unit Frobenius norm, min_R ‖x − yR‖²_F over orthogonal
+    R equals 2 − 2·this (Schönemann 1966; Ding et al. 2021); widths may differ (the
+    narrower view is implicitly zero-padded).
+    """
+    p.x.gram_c_norm(), p.y.gram_c_norm()  # raise on constant features
+    fx = float(p.x.cov().trace().sqrt())
+    fy = float(p.y.cov().trace().sqrt())
+    nuclear = float(torch.linalg.svdvals(p.cross_cov()).sum())
+    return nuclear / (fx * fy)
+
+
+def _rank(values: Tensor) -> Tensor:
+    """Average ranks (ties share the mean rank), like scipy.stats.rankdata, on any device."""
+    sorted_vals, order = torch.sort(values)
+    _, inverse, counts = torch.unique_consecutive(
+        sorted_vals, return_inverse=True, return_counts=True
+    )
+    ends = torch.cumsum(counts, 0).to(_DTYPE)
+    mean_rank = ends - (counts.to(_DTYPE) - 1) / 2
+    ranks = torch.empty_like(values, dtype=_DTYPE)
+    ranks[order] = mean_rank[inverse]
+    return ranks
+
+
+def _pearson(a: Tensor, b: Tensor, what: str) -> float:
+    a = a - a.mean()
+    b = b - b.mean()
+    denom = float(a.norm() * b.norm())
+    if denom == 0:
+        raise ValueError(f"{what}: one of the vectors is constant")
+    return float(a @ b) / denom
+
+
+def _rdm_upper(view: View, inner: str) -> Tensor:
+    """Upper triangle of a representational similarity matrix (monotone in the RDM)."""
+    iu = torch.triu_indices(view.n, view.n, 1, device=view.x.device)
+    if inner == "euclidean":
+        mat = -view.sqdist()  # a monotone transform leaves Spearman unchanged
+    elif inner == "cosine":
+        mat = view.cos_gram()
+    elif inner == "correlation":
+        # Pearson correlation between rows, from the Gram: (K_ij − D m_i m_j)/sqrt(v_i v_j).
+        m = view.x.mean(dim=1)
+        cov = view.gram() - view.d * m[:, None] * m[None, :]
+        var = cov.diagonal().clamp_min(0)
+        if bool((var <= 1e-12 * var.max().clamp_min(1e-300)).any()):
+            raise ValueError(f"{view.name} has a constant row: its correlation is undefined")
+        mat = cov / var.sqrt()[:, None] / var.sqrt()[None, :]
+    else:
+        raise ValueError(f"inner must be 'correlation', 'cosine' or 'euclidean', got {inner!r}")
+    return mat[iu[0], iu[1]]
+
+
+@register("rsa")
+def _rsa(p: Pair, inner: str = "correlation") -> float:
+    """RSA (Kriegeskorte et al. 2008): Spearman correlation of the upper triangles of the
+    two representational dissimilarity matrices (default: correlation distance, as ReSi)."""
+    _need_n(p.x, 3, "RSA")
+    a = p.x._cached(("rdm_rank", inner), lambda: _rank(_rdm_upper(p.x, inner)))
+    b = p.y._cached(("rdm_rank", inner), lambda: _rank(_rdm_upper(p.y, inner)))
+    return _pearson(a, b, "RSA")
+
+
+# --------------------------------------------------------------------------- neighbours
+
+
+def _knn_match(p: Pair, k: int) -> Tensor:
+    """(N×k×k) bool: match[i, a, b] ⇔ x's a-th neighbour of i is y's b-th neighbour of i."""
+    kx, ky = p.x.knn(k), p.y.knn(k)
+    return p._cached(("match", k), lambda: kx[:, :, None] == ky[:, None, :])
+
+
+@register("mutual_knn", resample="subsample")
+def _mutual_knn(p: Pair, k: int = 10) -> float:
+    """Mutual k-NN (Huh et al. 2024): mean over samples of |N_k^x(i) ∩ N_k^y(i)| / k.
+    Chance level k/(N−1)."""
+    return float(_knn_match(p, k).sum(dim=(1, 2)).to(_DTYPE).mean()) / k
+
+
+@register("knn_jaccard", resample="subsample")
+def _knn_jaccard(p: Pair, k: int = 10) -> float:
+    """k-NN Jaccard similarity (Klabunde et al. 2024, ReSi): mean |∩| / |∪| of the two
+    neighbour sets (cosine neighbours, self excluded)."""
+    inter = _knn_match(p, k).sum(dim=(1, 2)).to(_DTYPE)
+    return float((inter / (2 * k - inter)).mean())
+
+
+@register("knn_rank", resample="subsample")
+def _knn_rank(p: Pair, k: int = 10) -> float:
+    """Rank similarity (Wang et al. 2020, as in ReSi, Klabunde et al. 2024).
+
+    For each shared neighbour j of i with ranks r, r′: 2 / ((1 + |r − r′|)(r + r′)),
+    summed and divided by Σ_{m=1}^{K_i} 1/m, K_i the number of shared neighbours
+    (0 when none are shared); averaged over samples.
+    """
+    match = _knn_match(p, k).to(_DTYPE)
+    r = torch.arange(1, k + 1, dtype=_DTYPE, device=match.device)
+    weight = 2.0 / ((1 + (r[:, None] - r[None, :]).abs()) * (r[:, None] + r[None, :]))
+    score = (match * weight).sum(dim=(1, 2))
+    shared = match.sum(dim=(1, 2)).long()
+    harmonic = torch.cat([r.new_zeros(1), torch.cumsum(1.0 / r, 0)])[shared]
+    return float(torch.where(shared > 0, score / harmonic.clamp_min(1e-300), 0.0).mean())
+
+
+@register("cycle_knn", resample="subsample")
+def _cycle_knn(p: Pair, k: int = 10) -> float:
+    """Cycle k-NN (Huh et al. 2024, platonic-rep ``cycle_knn``): the fraction of samples
+    i that appear among the x-neighbours of one of their y-neighbours."""
+    kx, ky = p.x.knn(k), p.y.knn(k)
+    back = kx[ky]  # (N, k, k): x-neighbours of each y-neighbour of i
+    i = torch.arange(p.n, device=back.device)[:, None, None]
+    return float((back == i).flatten(1).any(dim=1).to(_DTYPE).mean())
+
+
+@register("cknna", resample="subsample")
+def _cknna(p: Pair, k: int = 10) -> float:
+    """CKNNA (Huh et al. 2024): CKA with the unbiased HSIC restricted to pairs (i, j) where
+    j is a k-nearest neighbour of i in *both* views; cosine kernels, self excluded.
+
+    Follows platonic-rep ``cknna`` (kernels not centred before masking, the masked
+    kernels are not symmetric) except for its ``+1e-6`` in the denominator, which we
+    drop (it moves values by ~1e-5 on unit-norm features).
+    """
+    kx, ky = p.x.knn(k), p.y.knn(k)
+    n = p.n
+    mx = torch.zeros(n, n, dtype=_DTYPE, device=kx.device).scatter_(1, kx, 1.0)
+    my = torch.zeros(n, n, dtype=_DTYPE, device=kx.device).scatter_(1, ky, 1.0)
+    kk, ll = p.x.cos_gram(), p.y.cos_gram()
+    both = mx * my
+    # The masks are zero on the diagonal (self excluded), so K̃ = mask∘K already.
+    kl = float(_hsic_unbiased(both * kk, both * ll))
+    sx = float(_hsic_unbiased(mx * kk, mx * kk))
+    sy = float(_hsic_unbiased(my * ll, my * ll))
+    if sx <= 0 or sy <= 0:
+        raise ValueError(f"CKNNA normaliser not positive (HSIC_x={sx:.3g}, HSIC_y={sy:.3g})")
+    return kl / math.sqrt(sx * sy)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@register("cosine", equal_dims=True)
+def _paired_cosine(p: Pair) -> float:
+    """Mean cosine similarity of paired rows, cos(x_i, y_i); needs equal widths.
+
+    Beware: after a shared projection, unrelated vectors can have high cosine; read it
+    against a permutation null.
+    """
+    if p.x.d != p.y.d:
+        raise ValueError(f"paired cosine needs equal widths, got {p.x.d} and {p.y.d}")
+    dots = (p.x.x * p.y.x).sum(dim=1)
+    return float((dots / (p.x.row_norms() * p.y.row_norms())).mean())
+
+
+def _pca_project(view: View, dim: int) -> Tensor:
+    _, evecs = view.pca()
+    return view.centred() @ evecs[:, :dim]
+
+
+@register("wasserstein", higher_is_better=False, best=0.0, pairing_invariant=True)
+def _wasserstein(p: Pair, normalize: bool = False, num_iter_max: int = 10_000_000) -> float:
+    """2-Wasserstein distance between the two point clouds (uniform weights, exact OT
+    with POT's ``ot.emd2``); 0 for identical clouds, lower is more aligned.
+
+    Widths must match, or both views are projected on their own top-min(D1, D2)
+    principal components (centred). That projection is a documented compromise: the two
+    PCA bases are not aligned, so prefer equal widths. ``normalize`` L2-normalises rows
+    first. The pairing of rows is ignored by construction.
+    """
+    import ot  # POT; imported here as it is only needed for this measure
+
+    x, y = p.x.x, p.y.x
+    if p.x.d != p.y.d:
+        dim = min(p.x.d, p.y.d)
+        log.warning("wasserstein: widths %d != %d, projecting both on %d PCs", p.x.d, p.y.d, dim)
+        x, y = _pca_project(p.x, dim), _pca_project(p.y, dim)
+    if normalize:
+        x = x / p.x.row_norms()[:, None]
+        y = y / p.y.row_norms()[:, None]
+    cost = torch.cdist(x, y).pow(2).cpu().numpy()
+    weights = np.full(p.n, 1.0 / p.n)
+    w2 = ot.emd2(weights, weights, cost, numItermax=num_iter_max)
+    return math.sqrt(max(float(w2), 0.0))
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def _check_tokens(t: Tensor, name: str) -> None:
+    if not isinstance(t, torch.Tensor) or t.ndim != 3:
+        raise ValueError(f"{name} must be a B×T×D tensor, got {getattr(t, 'shape', t)}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} contains NaN or inf values")
+
+
+def _mask_or_ones(mask: Tensor | None, t: Tensor, name: str) -> Tensor:
+    if mask is None:
+        return torch.ones(t.shape[:2], dtype=torch.bool, device=t.device)
+    if tuple(mask.shape) != tuple(t.shape[:2]):
+        raise ValueError(f"{name} has shape {tuple(mask.shape)}, expected {tuple(t.shape[:2])}")
+    mask = mask.to(device=t.device).bool()
+    if not bool(mask.any(dim=1).all()):
+        raise ValueError(f"{name}: some sample has no real tokens")
+    return mask
+
+
+def token_maxsim(
+    text: Tensor,
+    image: Tensor,
+    text_mask: Tensor | None = None,
+    image_mask: Tensor | None = None,
+    direction: str = "text_to_patch",
+) -> float:
+    """Token-level max-similarity: each real text token's best cosine over the same
+    sample's real patches (``text_to_patch``), or each patch's best over tokens
+    (``patch_to_text``), averaged over all real query tokens of the batch.
+
+    ``text``: B×T×D, ``image``: B×P×D, masks B×T / B×P (1 = real; default all real).
+    """
+    _check_tokens(text, "text")
+    _check_tokens(image, "image")
+    if text.shape[0] != image.shape[0] or text.shape[2] != image.shape[2]:
+        raise ValueError(f"text {tuple(text.shape)} and image {tuple(image.shape)} need equal B, D")
+    tm = _mask_or_ones(text_mask, text, "text_mask")
+    im = _mask_or_ones(image_mask, image, "image_mask")
+    if direction == "patch_to_text":
+        text, image, tm, im = image, text, im, tm
+    elif direction != "text_to_patch":
+        raise ValueError(f"direction must be 'text_to_patch' or 'patch_to_text', got {direction!r}")
+    q = torch.nn.functional.normalize(text.to(_DTYPE), dim=-1)
+    k = torch.nn.functional.normalize(image.to(_DTYPE), dim=-1)
+    sims = torch.bmm(q, k.transpose(1, 2))  # (B, Tq, Tk)
+    sims = sims.masked_fill(~im[:, None, :], -math.inf)
+    best = sims.max(dim=2).values  # (B, Tq)
+    return float(best[tm].mean())
+
+
+def _maxsim_t2p(text: Tensor, image: Tensor, text_mask=None, image_mask=None) -> float:
+    return token_maxsim(text, image, text_mask, image_mask, "text_to_patch")
+
+
+def _maxsim_p2t(text: Tensor, image: Tensor, text_mask=None, image_mask=None) -> float:
+    return token_maxsim(text, image, text_mask, image_mask, "patch_to_text")
+
+
+#: Token-level measures: ``fn(text B×T×D, image B×P×D, text_mask, image_mask) -> float``.
+TOKEN_MEASURES: dict[str, Callable[..., float]] = {
+    "maxsim_text_to_patch": _maxsim_t2p,
+    "maxsim_patch_to_text": _maxsim_p2t,
+}
+
+# Public callables (each is a Measure: ``cka_linear(x, y)``).
+cka_linear = MEASURES["cka_linear"]
+cka_unbiased = MEASURES["cka_unbiased"]
+cka_rbf = MEASURES["cka_rbf"]
+cka_minibatch = MEASURES["cka_minibatch"]
+cca = MEASURES["cca"]
+cca_squared = MEASURES["cca_squared"]
+svcca = MEASURES["svcca"]
+pwcca = MEASURES["pwcca"]
+procrustes = MEASURES["procrustes"]
+rsa = MEASURES["rsa"]
+mutual_knn = MEASURES["mutual_knn"]
+knn_jaccard = MEASURES["knn_jaccard"]
+knn_rank = MEASURES["knn_rank"]
+cycle_knn = MEASURES["cycle_knn"]
+cknna = MEASURES["cknna"]
+paired_cosine = MEASURES["cosine"]
+wasserstein = MEASURES["wasserstein"]
