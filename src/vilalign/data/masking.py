@@ -8,11 +8,16 @@ resume and in any data-loader worker.
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace as dc_replace
 from typing import Literal
 
 import torch
+from transformers import PreTrainedTokenizerBase
+
+from vilalign.data.types import Batch, Sample
 
 IGNORE_INDEX = -100
 
@@ -129,3 +134,94 @@ def alignment_negatives(
             source[i] = j
             labels[i] = 0
     return source, labels
+
+
+def batch_generator(seed: int, epoch: int, ids: Sequence[str]) -> torch.Generator:
+    """A generator seeded from the run seed, the epoch and the batch's sample ids.
+
+    The corruption of a batch is then the same whichever process collates it, and on
+    resume, without sharing RNG state with data-loader workers.
+    """
+    digest = hashlib.sha256(f"{seed}:{epoch}:{'|'.join(ids)}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+class PretrainingCollator:
+    """Wrap a collate function: AP negatives on the samples, then MLM and MIM masks on the batch.
+
+    ``image_key`` names the image a sample shows (default: its id); a negative caption is
+    never taken from a sample with the same key. Set a rate to 0 / None to switch a
+    corruption off. Call :meth:`set_epoch` before each epoch so every epoch draws new masks.
+    """
+
+    def __init__(
+        self,
+        collate: Callable[[list[Sample]], Batch],
+        tokenizer: PreTrainedTokenizerBase,
+        patch_grid: tuple[int, int],
+        mlm_probability: float | None = 0.15,
+        mim_ratio: float | None = 0.4,
+        mim_pattern: Literal["random", "block"] = "random",
+        ap_negative_ratio: float = 0.5,
+        mlm_on_negatives: bool = False,
+        seed: int = 0,
+        image_key: Callable[[Sample], str] | None = None,
+    ) -> None:
+        self.collate = collate
+        self.patch_grid = patch_grid
+        self.mlm_probability = mlm_probability
+        self.mim_ratio = mim_ratio
+        self.mim_pattern = mim_pattern
+        self.ap_negative_ratio = ap_negative_ratio
+        self.mlm_on_negatives = mlm_on_negatives
+        self.seed = seed
+        self.epoch = 0
+        self.image_key = image_key or _sample_id
+        self.mask_token_id = int(tokenizer.mask_token_id)
+        self.special_ids = sorted(set(tokenizer.all_special_ids))
+        vocab = torch.arange(len(tokenizer))
+        self.random_token_ids = vocab[~torch.isin(vocab, torch.tensor(self.special_ids))]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __call__(self, samples: list[Sample]) -> Batch:
+        gen = batch_generator(self.seed, self.epoch, [s.id for s in samples])
+        ap_labels = None
+        if self.ap_negative_ratio > 0:
+            samples, ap_labels = self._negatives(samples, gen)
+        batch = self.collate(samples)
+        batch.ap_labels = ap_labels
+        if self.mlm_probability:
+            self._mask_text(batch, gen)
+        if self.mim_ratio:
+            batch.mim_mask = patch_mask(
+                len(batch), self.patch_grid, self.mim_ratio, self.mim_pattern, gen
+            )
+        return batch
+
+    def _negatives(
+        self, samples: list[Sample], gen: torch.Generator
+    ) -> tuple[list[Sample], torch.Tensor]:
+        keys = [self.image_key(s) for s in samples]
+        texts = [s.text for s in samples]
+        source, labels = alignment_negatives(keys, texts, self.ap_negative_ratio, gen)
+        swapped = [dc_replace(s, text=texts[j]) for s, j in zip(samples, source, strict=True)]
+        return swapped, labels
+
+    def _mask_text(self, batch: Batch, gen: torch.Generator) -> None:
+        maskable = maskable_tokens(batch.input_ids, batch.attention_mask, self.special_ids)
+        if batch.ap_labels is not None and not self.mlm_on_negatives:
+            maskable &= batch.ap_labels.bool()[:, None]
+        batch.input_ids, batch.mlm_labels = mask_tokens(
+            batch.input_ids,
+            maskable,
+            self.mask_token_id,
+            self.random_token_ids,
+            self.mlm_probability,
+            gen,
+        )
+
+
+def _sample_id(sample: Sample) -> str:
+    return sample.id

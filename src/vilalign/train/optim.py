@@ -18,24 +18,28 @@ from torch.optim.lr_scheduler import LambdaLR
 from vilalign.train.config import OptimConfig
 
 
-def declared_names(module: nn.Module, method: str) -> set[str]:
-    """Names that ``module`` or any submodule declares via ``method()``, as full parameter names.
+def declared_names(module: nn.Module, method: str) -> tuple[set[str], list[str]]:
+    """Full names that submodules declare via ``method()``, and those submodules' prefixes.
 
     A training wrapper holds the model as a submodule (``model.``); the declaration is made
     by the model with its own names, so the submodule's prefix is added here.
     """
     names: set[str] = set()
+    prefixes: list[str] = []
     for prefix, sub in module.named_modules():
         fn = getattr(sub, method, None)
         if callable(fn):
             stem = f"{prefix}." if prefix else ""
             names |= {stem + n for n in fn()}
-    return names
+            prefixes.append(stem)
+    return names, prefixes
 
 
-def no_decay(name: str, param: nn.Parameter, declared: set[str]) -> bool:
-    """Biases and norm weights (1-D) and whatever the model declares (tokens, embeddings)."""
-    return name in declared or param.ndim <= 1
+def no_decay(name: str, param: nn.Parameter, declared: set[str], covered: list[str]) -> bool:
+    """Declared by its module if that module declares; else 1-D (biases and norm weights)."""
+    if any(name.startswith(p) for p in covered):
+        return name in declared
+    return param.ndim <= 1
 
 
 def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
@@ -43,14 +47,14 @@ def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
 
     Frozen parameters (``requires_grad=False``) are left out; empty groups are dropped.
     """
-    skip = declared_names(module, "no_weight_decay_names")
-    encoder = declared_names(module, "encoder_parameter_names")
+    skip, covered = declared_names(module, "no_weight_decay_names")
+    encoder, _ = declared_names(module, "encoder_parameter_names")
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     names: dict[tuple[bool, bool], list[str]] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        key = (no_decay(name, param, skip), name in encoder)
+        key = (no_decay(name, param, skip, covered), name in encoder)
         groups.setdefault(key, []).append(param)
         names.setdefault(key, []).append(name)
     out = []
