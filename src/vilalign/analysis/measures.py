@@ -210,7 +210,11 @@ class View:
         _check_k(k, self.n)
 
         def make() -> Tensor:
+            self.gram_c_norm()  # all rows equal: every neighbour ties
             sims = self.cos_gram().clone().fill_diagonal_(-math.inf)
+            lowest = sims.masked_fill(sims == -math.inf, math.inf).min()
+            if float(sims.max() - lowest) <= 1e-12:
+                raise ValueError(f"{self.name}: all rows have the same direction (k-NN ties)")
             return torch.topk(sims, k, dim=1).indices
 
         return self._cached(("knn", k), make)
