@@ -1,0 +1,296 @@
+"""Collect per-layer representations of both streams in one pass over a dataset.
+
+Forward hooks on every fusion layer (and, if asked, every encoder layer) reduce each
+layer's output to the requested views as the batch passes through, so nothing runs
+twice and only the reduced views are kept:
+
+- ``cls``: the stream's first token (text [CLS], image CLS token);
+- ``mean``: mean over real text tokens (attention mask, [CLS]/[SEP] included) or over
+  image patches (prefix tokens such as the image CLS excluded);
+- ``tokens``: every token / patch state, with the text mask (for token-level measures).
+
+Storage is preallocated for the number of samples collected, optionally float16 and
+optionally memory-mapped on disk (``spill_dir``) so that large N stays within memory.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from vilalign.data.types import Batch
+from vilalign.model.checkpoint import unwrap
+
+log = logging.getLogger(__name__)
+
+View = Literal["cls", "mean", "tokens"]
+VIEWS: tuple[str, ...] = ("cls", "mean", "tokens")
+STREAMS = ("text", "image")
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer whose states are collected."""
+
+    name: str  # "fusion.3", "text_encoder.1", "image_encoder.0"
+    index: int  # position in the stream's stack of collected layers
+    kind: str  # "coattention", "self_attention" or "encoder"
+    streams: tuple[str, ...]  # which streams this layer produces
+
+
+@dataclass
+class Representations:
+    """Per layer, per stream, per view: N×D (pooled views) or N×T×D (tokens)."""
+
+    ids: list[str]
+    layers: list[LayerInfo]
+    views: tuple[str, ...]
+    pooled: dict[tuple[str, str, str], torch.Tensor] = field(default_factory=dict)
+    tokens: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
+    text_mask: torch.Tensor | None = None  # (N, T) for the token view
+    num_prefix_tokens: int = 1
+
+    def get(self, layer: str, stream: str, view: str) -> torch.Tensor:
+        """N×D for ``cls``/``mean``; N×T×D for ``tokens``. Float32 on the CPU."""
+        if view == "tokens":
+            key = (layer, stream)
+            if key not in self.tokens:
+                raise KeyError(f"no token states for {layer}/{stream}: collect with 'tokens'")
+            return torch.as_tensor(np.asarray(self.tokens[key])).float()
+        key3 = (layer, stream, view)
+        if key3 not in self.pooled:
+            raise KeyError(f"no {view!r} view for {layer}/{stream}; collected: {self.views}")
+        return torch.as_tensor(np.asarray(self.pooled[key3])).float()
+
+    def layer(self, name: str) -> LayerInfo:
+        for info in self.layers:
+            if info.name == name:
+                return info
+        raise KeyError(f"no layer {name!r}; collected: {[i.name for i in self.layers]}")
+
+    @property
+    def fusion_layers(self) -> list[LayerInfo]:
+        return [i for i in self.layers if i.name.startswith("fusion.")]
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _mean(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return states.mean(dim=1)
+    m = mask.to(states.dtype)[..., None]  # (B, T, 1)
+    return (states * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def _pad_tokens(values: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad (B, T, D) token states to ``length`` (batches padded to their longest text)."""
+    if values.shape[1] > length:
+        raise ValueError(
+            f"token view: a batch has {values.shape[1]} tokens but the first had {length}; "
+            "collate with padding='max_length' to collect token states"
+        )
+    return torch.nn.functional.pad(values, (0, 0, 0, length - values.shape[1]))
+
+
+class _Store:
+    """Preallocated storage for ``n`` rows per key, in memory or memory-mapped."""
+
+    def __init__(self, n: int, dtype: torch.dtype, spill_dir: Path | None) -> None:
+        self.n = n
+        self.dtype = dtype
+        self.spill_dir = spill_dir
+        self.arrays: dict[Any, Any] = {}
+
+    def write(self, key: Any, start: int, values: torch.Tensor) -> None:
+        values = values.detach().to("cpu", self.dtype)
+        if key not in self.arrays:
+            shape = (self.n, *values.shape[1:])
+            if self.spill_dir is None:
+                self.arrays[key] = torch.zeros(shape, dtype=self.dtype)
+            else:
+                name = "__".join(map(str, key if isinstance(key, tuple) else (key,))) + ".npy"
+                np_dtype = np.float16 if self.dtype == torch.float16 else np.float32
+                self.arrays[key] = np.lib.format.open_memmap(
+                    self.spill_dir / name, mode="w+", dtype=np_dtype, shape=shape
+                )
+        target = self.arrays[key]
+        if values.ndim == 3 and values.shape[1] != target.shape[1]:
+            values = _pad_tokens(values, target.shape[1])
+        stop = start + values.shape[0]
+        if isinstance(target, torch.Tensor):
+            target[start:stop] = values
+        else:
+            target[start:stop] = values.numpy()
+
+
+class Collector:
+    """Hooks that reduce layer outputs to views while the model runs."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        views: Sequence[str],
+        include_encoders: bool,
+        store: _Store,
+    ) -> None:
+        self.model = unwrap(model)
+        self.views = tuple(views)
+        self.store = store
+        self.layers = self._layers(include_encoders)
+        self.prefix = self.model.num_prefix_tokens
+        self.text_mask: torch.Tensor | None = None
+        self.start = 0
+        self.handles: list[Any] = []
+
+    def _layers(self, include_encoders: bool) -> list[tuple[LayerInfo, nn.Module]]:
+        m = self.model
+        out: list[tuple[LayerInfo, nn.Module]] = []
+        if include_encoders:
+            for i, layer in enumerate(m.text_encoder.encoder.layer):
+                out.append((LayerInfo(f"text_encoder.{i}", i, "encoder", ("text",)), layer))
+            for i, block in enumerate(m.image_encoder.blocks):
+                out.append((LayerInfo(f"image_encoder.{i}", i, "encoder", ("image",)), block))
+        for i, layer in enumerate(m.fusion_layers):
+            kind = "coattention" if layer.is_coattention else "self_attention"
+            out.append((LayerInfo(f"fusion.{i}", i, kind, STREAMS), layer))
+        return out
+
+    def _record(self, info: LayerInfo, stream: str, states: torch.Tensor) -> None:
+        mask = self.text_mask if stream == "text" else None
+        if stream == "image":
+            patches = states[:, self.prefix :]
+        for view in self.views:
+            if view == "cls":
+                value = states[:, 0]
+            elif view == "mean":
+                value = _mean(states, mask) if stream == "text" else patches.mean(dim=1)
+            else:
+                # Padded positions are stored as zeros: masked anyway, and deterministic.
+                value = states * mask[..., None].to(states.dtype) if stream == "text" else patches
+                self.store.write((info.name, stream, "tokens"), self.start, value)
+                continue
+            self.store.write((info.name, stream, view), self.start, value)
+
+    def _hook(self, info: LayerInfo):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if info.kind == "encoder":
+                states = _first(output)
+                if (
+                    info.name.startswith("image_encoder.")
+                    and info.index == len(self.model.image_encoder.blocks) - 1
+                ):
+                    # The ViT's last block is followed by its final norm; the fusion layers
+                    # (and the concat baseline) see the normed states, so record those.
+                    states = self.model.image_encoder.vit.norm(states)
+                self._record(info, info.streams[0], states)
+            else:
+                text, image = output[0], output[1]
+                self._record(info, "text", text)
+                self._record(info, "image", image)
+
+        return hook
+
+    def __enter__(self) -> Collector:
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in self.layers]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+@torch.no_grad()
+def collect(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    num_samples: int,
+    views: Sequence[str] = ("cls", "mean"),
+    include_encoders: bool = False,
+    dtype: torch.dtype = torch.float32,
+    spill_dir: str | Path | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> Representations:
+    """Run ``model`` over ``batches`` once (eval mode, no grad) and gather views per layer.
+
+    Collects the first ``num_samples`` samples (fewer if the batches run out). Sample
+    ids are kept in order. ``spill_dir`` memory-maps the arrays there instead of
+    holding them in memory.
+    """
+    bad = [v for v in views if v not in VIEWS]
+    if bad:
+        raise ValueError(f"views: unknown {bad} (allowed: {', '.join(VIEWS)})")
+    if num_samples < 2:
+        raise ValueError(f"num_samples: need at least 2 samples to compare, got {num_samples}")
+    spill = Path(spill_dir) if spill_dir is not None else None
+    if spill is not None:
+        spill.mkdir(parents=True, exist_ok=True)
+    store = _Store(num_samples, dtype, spill)
+    was_training = model.training
+    model.eval()
+    device = device or next(unwrap(model).parameters()).device
+    ids: list[str] = []
+    text_masks: list[torch.Tensor] = []
+    collector = Collector(model, views, include_encoders, store)
+    bar = tqdm(total=num_samples, desc="collecting", unit="sample", disable=not progress)
+    with collector:
+        for batch in batches:
+            take = min(len(batch), num_samples - len(ids))
+            if take <= 0:
+                break
+            b = batch.to(device)
+            collector.text_mask = b.attention_mask[:take]
+            collector.start = len(ids)
+            model(
+                b.input_ids[:take],
+                b.attention_mask[:take],
+                b.pixel_values[:take],
+                b.token_type_ids[:take],
+            )
+            ids.extend(str(i) for i in b.ids[:take])
+            text_masks.append(b.attention_mask[:take].cpu())
+            bar.update(take)
+    bar.close()
+    model.train(was_training)
+    if len(ids) < num_samples:
+        log.warning("collected %d samples, fewer than the %d asked for", len(ids), num_samples)
+    return _finish(store, ids, collector, views, text_masks)
+
+
+def _finish(
+    store: _Store,
+    ids: list[str],
+    collector: Collector,
+    views: Sequence[str],
+    text_masks: list[torch.Tensor],
+) -> Representations:
+    n = len(ids)
+    reps = Representations(
+        ids=ids,
+        layers=[info for info, _ in collector.layers],
+        views=tuple(views),
+        num_prefix_tokens=collector.prefix,
+    )
+    for key, array in store.arrays.items():
+        array = array[:n]
+        if key[2] == "tokens":
+            reps.tokens[(key[0], key[1])] = array
+        else:
+            reps.pooled[key] = array
+    if "tokens" in views and text_masks:
+        width = text_masks[0].shape[1]
+        reps.text_mask = torch.cat(
+            [torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in text_masks]
+        )
+    return reps

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vilalign.analysis.collect import collect
+from vilalign.config import model_config
+from vilalign.data.types import Batch
+from vilalign.model import build_model, load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def setup():
+    torch.manual_seed(0)
+    cfg = model_config("tiny", num_labels=3)
+    model = build_model(cfg).eval()
+    tok = load_tokenizer(cfg.text)
+    texts = [
+        "a red circle",
+        "what color is the big blue shape?",
+        "no",
+        "is it a triangle?",
+        "green",
+        "the shape is gray",
+        "yes",
+        "what shape is it?",
+    ]
+    batches = []
+    for start in range(0, len(texts), 3):
+        chunk = texts[start : start + 3]
+        enc = tok(chunk, padding="longest", return_tensors="pt")  # T differs per batch
+        batches.append(
+            Batch(
+                input_ids=enc["input_ids"],
+                attention_mask=enc["attention_mask"],
+                token_type_ids=enc["token_type_ids"],
+                pixel_values=torch.randn(len(chunk), 3, 64, 64),
+                ids=[f"s{start + i}" for i in range(len(chunk))],
+            )
+        )
+    return model, batches
+
+
+def test_collected_views_equal_the_models_own_layer_outputs(setup):
+    model, batches = setup
+    reps = collect(
+        model, batches, num_samples=8, views=("cls", "mean"), include_encoders=True, progress=False
+    )
+    assert reps.ids == [f"s{i}" for i in range(8)]
+    kinds = {i.name: i.kind for i in reps.layers}
+    assert kinds["fusion.1"] == "coattention" and kinds["fusion.0"] == "self_attention"
+    assert kinds["text_encoder.1"] == "encoder" and kinds["image_encoder.1"] == "encoder"
+    row = 0
+    for b in batches:
+        with torch.no_grad():
+            out = model(
+                b.input_ids,
+                b.attention_mask,
+                b.pixel_values,
+                b.token_type_ids,
+                output_hidden_states=True,
+            )
+        n = len(b)
+        m = b.attention_mask[..., None].float()
+        for i in range(4):
+            text, image = out.text_states[i], out.image_states[i]
+            got = reps.get(f"fusion.{i}", "text", "cls")[row : row + n]
+            torch.testing.assert_close(got, text[:, 0])
+            got = reps.get(f"fusion.{i}", "text", "mean")[row : row + n]
+            torch.testing.assert_close(got, (text * m).sum(1) / m.sum(1))
+            got = reps.get(f"fusion.{i}", "image", "mean")[row : row + n]
+            torch.testing.assert_close(got, image[:, 1:].mean(1))
+        # Encoder layer i = hidden state i + 1 (index 0 is the embeddings).
+        torch.testing.assert_close(
+            reps.get("text_encoder.1", "text", "cls")[row : row + n],
+            out.encoder_text_states[2][:, 0],
+        )
+        torch.testing.assert_close(
+            reps.get("image_encoder.0", "image", "cls")[row : row + n],
+            out.encoder_image_states[1][:, 0],
+        )
+        # The last ViT block is recorded after the ViT's final norm: what fusion sees.
+        torch.testing.assert_close(
+            reps.get("image_encoder.1", "image", "cls")[row : row + n],
+            model.image_encoder.vit.norm(out.encoder_image_states[2])[:, 0],
+        )
+        row += n
+
+
+def test_token_view_pads_and_masks(setup, tmp_path):
+    model, batches = setup
+    reps = collect(
+        model,
+        batches,
+        num_samples=5,
+        views=("tokens",),
+        progress=False,
+        spill_dir=tmp_path,
+        dtype=torch.float16,
+    )
+    text = reps.get("fusion.3", "text", "tokens")
+    image = reps.get("fusion.3", "image", "tokens")
+    assert text.shape[:2] == reps.text_mask.shape and text.shape[0] == 5
+    assert image.shape == (5, 64, 128)  # patches only, CLS excluded
+    assert (text[reps.text_mask == 0] == 0).all()
+    assert any(tmp_path.glob("*.npy"))
+    with pytest.raises(KeyError, match="'cls' view"):
+        reps.get("fusion.3", "text", "cls")
+
+
+def test_fewer_samples_than_asked_and_bad_views(setup):
+    model, batches = setup
+    reps = collect(model, batches[:1], num_samples=10, progress=False)
+    assert len(reps.ids) == 3 and reps.get("fusion.0", "text", "cls").shape[0] == 3
+    with pytest.raises(ValueError, match="views"):
+        collect(model, batches, num_samples=4, views=("pooled",))
