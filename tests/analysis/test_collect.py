@@ -114,3 +114,49 @@ def test_fewer_samples_than_asked_and_bad_views(setup):
     assert len(reps.ids) == 3 and reps.get("fusion.0", "text", "cls").shape[0] == 3
     with pytest.raises(ValueError, match="views"):
         collect(model, batches, num_samples=4, views=("pooled",))
+
+
+def test_alignment_table_is_tidy_and_matches_direct_measures(setup):
+    from vilalign.analysis import measures as M
+    from vilalign.analysis.align import RunInfo, alignment_table, layer_matrix
+
+    model, batches = setup
+    reps = collect(
+        model,
+        batches,
+        num_samples=8,
+        views=("cls", "mean", "tokens"),
+        include_encoders=True,
+        progress=False,
+    )
+    table = alignment_table(
+        reps,
+        ["cka_linear", "cosine", "maxsim_text_to_patch"],
+        RunInfo(run="r", seed=1, epoch=2, dataset="toy"),
+        options={},
+        progress=False,
+    )
+    assert list(table.columns) == [
+        "run",
+        "seed",
+        "epoch",
+        "dataset",
+        "layer",
+        "layer_kind",
+        "view",
+        "measure",
+        "value",
+        "ci_low",
+        "ci_high",
+        "p_value",
+    ]
+    assert len(table) == 4 * (2 * 2 + 1)  # 4 fusion layers × (2 pooled views × 2 + 1 token)
+    row = table.query("layer == 'fusion.1' and view == 'cls' and measure == 'cka_linear'")
+    assert row.layer_kind.item() == "coattention"
+    direct = M.cka_linear(reps.get("fusion.1", "text", "cls"), reps.get("fusion.1", "image", "cls"))
+    assert row.value.item() == pytest.approx(direct)
+    matrix = layer_matrix(reps, "cka_linear", "cls")
+    assert matrix.shape == (2 + 4, 2 + 4)  # (text encoder + fusion) × (image encoder + fusion)
+    assert matrix.loc["fusion.1", "fusion.1"] == pytest.approx(direct)
+    with pytest.raises(ValueError, match="unknown measure 'ckaa'"):
+        alignment_table(reps, ["ckaa"], progress=False)
