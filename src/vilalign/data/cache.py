@@ -1,0 +1,219 @@
+"""Preprocessed-image cache: decode and resize once, then read at memory speed.
+
+Layout of one cache (a folder ``<name>-<fingerprint>``):
+
+* ``images.u8`` — a raw uint8 array N×H×W×3 (opened with ``numpy.memmap``), one row per
+  good image, already resized and centre-cropped by :meth:`ImageTransform.prepare`;
+* ``index.json`` — the image keys (file paths) in row order, the array shape, the
+  settings it was built with, and the bad images that were skipped.
+
+The fingerprint hashes every source file's path, size and modification time plus the
+preprocessing settings, so changing a file or the image size selects (and builds) a new
+cache, while an unchanged dataset reuses the old one across runs. A cache is built in a
+temporary folder and renamed into place, so a crash never leaves a half-written cache
+that looks complete, and concurrent builders (DDP ranks) do not corrupt each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vilalign.data.images import BadImageError, OnBadImage, load_image
+from vilalign.data.transforms import ImageTransform
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+INDEX_FILE = "index.json"
+ARRAY_FILE = "images.u8"
+
+
+def default_cache_dir() -> Path:
+    """``$VILALIGN_CACHE``, else ``$XDG_CACHE_HOME/vilalign``, else ``~/.cache/vilalign``."""
+    if env := os.environ.get("VILALIGN_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vilalign"
+
+
+def fingerprint(paths: Sequence[str], settings: dict[str, Any]) -> str:
+    """Hash of the sources (path, size, mtime) and the preprocessing settings."""
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, settings], sort_keys=True).encode())
+    for p in paths:
+        try:
+            st = os.stat(p)
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{p}\0missing\n".encode())
+    return h.hexdigest()[:20]
+
+
+class ImageCache:
+    """A built cache: ``rows(keys)`` → row numbers, ``read(rows)`` → N×H×W×3 uint8."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        index = json.loads((self.folder / INDEX_FILE).read_text())
+        self.shape: tuple[int, ...] = tuple(index["shape"])
+        self.keys: list[str] = index["keys"]
+        self.bad: list[tuple[str, str]] = [tuple(b) for b in index["bad"]]  # type: ignore[misc]
+        self.settings: dict[str, Any] = index["settings"]
+        self._row = {k: i for i, k in enumerate(self.keys)}
+        self._array: np.ndarray | None = None  # opened lazily, once per process
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._row
+
+    def row(self, key: str) -> int:
+        return self._row[key]
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            # np.memmap refuses empty files; an all-bad dataset has zero rows
+            if self.shape[0] == 0:
+                self._array = np.zeros(self.shape, dtype=np.uint8)
+            else:
+                self._array = np.memmap(
+                    self.folder / ARRAY_FILE, dtype=np.uint8, mode="r", shape=self.shape
+                )
+        return self._array
+
+    def read(self, rows: int | Sequence[int] | np.ndarray) -> np.ndarray:
+        """One H×W×3 image (int) or N×H×W×3 images (rows), copied out of the memmap."""
+        return np.array(self.array[rows])
+
+    def __getstate__(self) -> dict[str, Any]:
+        # each DataLoader worker opens its own memmap instead of pickling the array
+        return {**self.__dict__, "_array": None}
+
+
+def open_or_build(
+    name: str,
+    paths: Sequence[str],
+    transform: ImageTransform,
+    cache_dir: str | Path | None = None,
+    on_bad_image: OnBadImage = "error",
+    workers: int = 0,
+    progress: bool = True,
+) -> ImageCache:
+    """Open the cache for these image files and settings, building it if needed.
+
+    ``paths`` are the unique image files; each becomes one row. Under ``on_bad_image=
+    "error"`` the first bad file aborts the build with :class:`BadImageError` naming it;
+    under ``"skip"`` bad files get no row and are listed in ``ImageCache.bad``.
+    """
+    settings = {**transform.cache_key(), "on_bad_image": on_bad_image}
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = root / f"{name}-{fingerprint(paths, settings)}"
+    if (folder / INDEX_FILE).is_file():
+        logger.info("image cache: reusing %s", folder)
+        return ImageCache(folder)
+    logger.info("image cache: building %s from %d images", folder, len(paths))
+    _build(folder, paths, transform, settings, on_bad_image, workers, progress)
+    return ImageCache(folder)
+
+
+def _build(
+    folder: Path,
+    paths: Sequence[str],
+    transform: ImageTransform,
+    settings: dict[str, Any],
+    on_bad_image: OnBadImage,
+    workers: int,
+    progress: bool,
+) -> None:
+    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        keys, bad, shape = _write_rows(tmp / ARRAY_FILE, paths, transform, workers, progress,
+                                       on_bad_image)
+        index = {"version": CACHE_VERSION, "settings": settings, "shape": shape,
+                 "keys": keys, "bad": bad}
+        (tmp / INDEX_FILE).write_text(json.dumps(index))
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process finished the same cache first: use theirs
+            if not (folder / INDEX_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_rows(
+    file: Path,
+    paths: Sequence[str],
+    transform: ImageTransform,
+    workers: int,
+    progress: bool,
+    on_bad_image: OnBadImage,
+) -> tuple[list[str], list[list[str]], list[int]]:
+    """Decode every image into consecutive rows; return (keys, bad, final shape)."""
+    h, w = transform.size
+    row_shape = (h, w, 3)
+    array = np.memmap(file, dtype=np.uint8, mode="w+", shape=(max(len(paths), 1), *row_shape))
+    keys: list[str] = []
+    bad: list[list[str]] = []
+    results = _prepared(paths, transform, workers)
+    for path, result in tqdm(results, total=len(paths), desc="caching images",
+                             disable=not progress, unit="img"):
+        if isinstance(result, BadImageError):
+            if on_bad_image == "error":
+                raise result
+            bad.append([result.path, result.reason])
+            continue
+        array[len(keys)] = result
+        keys.append(path)
+    array.flush()
+    del array
+    # drop the rows reserved for bad images
+    os.truncate(file, len(keys) * h * w * 3)
+    return keys, bad, [len(keys), *row_shape]
+
+
+def _prepare_one(args: tuple[str, ImageTransform]) -> tuple[str, np.ndarray | BadImageError]:
+    path, transform = args
+    try:
+        return path, transform.prepare(load_image(path))
+    except BadImageError as err:
+        return path, err
+
+
+_worker_transform: ImageTransform | None = None
+
+
+def _init_worker(transform: ImageTransform) -> None:
+    global _worker_transform
+    _worker_transform = transform
+
+
+def _prepare_in_worker(path: str) -> tuple[str, np.ndarray | BadImageError]:
+    assert _worker_transform is not None
+    return _prepare_one((path, _worker_transform))
+
+
+def _prepared(
+    paths: Sequence[str], transform: ImageTransform, workers: int
+) -> Iterator[tuple[str, np.ndarray | BadImageError]]:
+    """(path, uint8 image or the error) in input order, decoded inline or by a pool."""
+    if workers <= 0:
+        yield from (_prepare_one((p, transform)) for p in paths)
+        return
+    ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(transform,)) as pool:
+        yield from pool.imap(_prepare_in_worker, paths, chunksize=64)

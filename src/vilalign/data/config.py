@@ -1,0 +1,97 @@
+"""Validated data configuration: which dataset, where, how images are loaded and cached."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from vilalign.config import StrictModel
+
+DatasetName = Literal[
+    "hateful_memes",
+    "mmimdb",
+    "food101",
+    "vqa",
+    "easyvqa",
+    "easyvqa_captions",
+    "captions_folder",
+    "captions_shards",
+]
+
+
+class CacheConfig(StrictModel):
+    """The preprocessed-image cache (decode + resize once, then memory-mapped uint8)."""
+
+    enabled: bool = Field(True, description="Read images through the memory-mapped cache.")
+    dir: str | None = Field(
+        None,
+        description="Folder for cache files; default $VILALIGN_CACHE, else "
+        "$XDG_CACHE_HOME/vilalign, else ~/.cache/vilalign.",
+    )
+    workers: int = Field(0, ge=0, description="Processes that decode while building; 0: inline.")
+    progress: bool = Field(True, description="Show a progress bar while building.")
+
+
+class AugmentConfig(StrictModel):
+    """Training augmentation (albumentations); never applied to evaluation splits.
+
+    The defaults are deliberately mild: a horizontal flip swaps 'left' and 'right' in VQA
+    questions and colour jitter changes the answer of 'what color is ...' questions, so
+    both are off unless asked for.
+    """
+
+    enabled: bool = True
+    crop_scale: tuple[float, float] | None = Field(
+        (0.8, 1.0), description="RandomResizedCrop area range; null: no random crop."
+    )
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = Field(0.0, ge=0, le=1, description="Probability of a horizontal flip.")
+    color_jitter: float = Field(
+        0.0, ge=0, description="Brightness/contrast/saturation strength; 0: off."
+    )
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> AugmentConfig:
+        lo, hi = self.crop_scale or (0.5, 1.0)
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"crop_scale: need 0 < low <= high <= 1, got {self.crop_scale}")
+        if not 0 < self.crop_ratio[0] <= self.crop_ratio[1]:
+            raise ValueError(f"crop_ratio: need 0 < low <= high, got {self.crop_ratio}")
+        return self
+
+
+class DataConfig(StrictModel):
+    """One dataset: its name, files, and how its images are read."""
+
+    name: DatasetName = "easyvqa"
+    root: str | None = Field(
+        None,
+        description="Dataset folder (for captions_shards: a shard pattern such as "
+        "'cc/{00000..00099}.tar'). Not needed for easyvqa / easyvqa_captions.",
+    )
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error",
+        description="'error': a missing/empty/truncated/non-image file fails naming it; "
+        "'skip': the sample is dropped and counted.",
+    )
+    limit: int | None = Field(None, gt=0, description="Keep only the first N samples.")
+    cache: CacheConfig = CacheConfig()
+    augment: AugmentConfig = AugmentConfig()
+    vqa_answer_vocab_size: int = Field(3129, gt=0, description="Top-k answers (VQA v2).")
+    vqa_answer_vocab: str | None = Field(
+        None,
+        description="JSON answer list saved by a previous run; default: built from the "
+        "train annotations under root.",
+    )
+    captions_per_image: int = Field(
+        1, ge=1, description="easyvqa_captions: caption sentences (samples) per image."
+    )
+    shuffle_buffer: int = Field(1000, ge=0, description="captions_shards: samples in buffer.")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_root(self) -> DataConfig:
+        if self.root is None and self.name not in ("easyvqa", "easyvqa_captions"):
+            raise ValueError(f"root: dataset {self.name!r} needs a root folder")
+        return self

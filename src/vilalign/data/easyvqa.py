@@ -1,0 +1,154 @@
+"""easy-VQA, read from the ``easy-vqa`` package (real data shipped inside it).
+
+4,000 train / 1,000 test 64×64 PNG images, 38,575 / 9,673 questions, 13 answers. The label
+is the answer's index in the package's ``data/answers.txt`` (``easy_vqa.get_answers()``),
+not the order its README prints. :class:`EasyVQACaptions` turns each image's
+question/answer pairs into caption sentences ("a blue rectangle.") for pretraining.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+from vilalign.data.base import ImageTextDataset, Record
+from vilalign.data.config import CacheConfig
+from vilalign.data.images import OnBadImage
+from vilalign.data.transforms import ImageTransform
+
+SPLITS = ("train", "test")
+SHAPES = ("circle", "rectangle", "triangle")
+COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
+
+
+def answers() -> list[str]:
+    """The 13 answers in the package's file order: label ``i`` is ``answers()[i]``."""
+    import easy_vqa
+
+    return list(easy_vqa.get_answers())
+
+
+def _load_split(split: str) -> tuple[list[str], list[str], list[int], dict[int, str]]:
+    """(questions, answers, image ids, image id → path) for one split of the package."""
+    import easy_vqa
+
+    if split not in SPLITS:
+        raise ValueError(f"easyvqa: unknown split {split!r} (allowed: {', '.join(SPLITS)})")
+    if split == "train":
+        q, a, ids = easy_vqa.get_train_questions()
+        return q, a, ids, easy_vqa.get_train_image_paths()
+    q, a, ids = easy_vqa.get_test_questions()
+    return q, a, ids, easy_vqa.get_test_image_paths()
+
+
+def _missing_image(split: str, image_id: int) -> str:
+    # a path that does not exist, so the usual missing-file policy names it
+    return f"<easy_vqa {split} image {image_id}>.png"
+
+
+def question_records(split: str) -> list[Record]:
+    """One record per question: id ``<split>-<n>``, target = answer index."""
+    questions, answer_words, image_ids, paths = _load_split(split)
+    index = {a: i for i, a in enumerate(answers())}
+    records = []
+    for n, (q, a, img) in enumerate(zip(questions, answer_words, image_ids, strict=True)):
+        if a not in index:
+            raise ValueError(f"easyvqa {split} question {n}: unknown answer {a!r}")
+        path = paths.get(img, _missing_image(split, img))
+        records.append(Record(id=f"{split}-{n}", image=path, text=q, target=index[a]))
+    return records
+
+
+class EasyVQA(ImageTextDataset):
+    """easy-VQA questions as a 13-way classification (label: long scalar)."""
+
+    num_labels = 13
+
+    def __init__(
+        self,
+        split: str,
+        transform: ImageTransform,
+        on_bad_image: OnBadImage = "error",
+        cache: CacheConfig | None = None,
+        limit: int | None = None,
+    ) -> None:
+        self.answers = answers()
+        super().__init__(f"easyvqa-{split}", question_records(split), transform, on_bad_image,
+                         cache, limit)
+
+
+# ---------------------------------------------------------------------- captions
+
+_NEGATION = re.compile(r"\b(not|no)\b")
+_TEMPLATES = (
+    "a {color} {shape}.",
+    "there is a {color} {shape} in the image.",
+    "the image shows a {color} {shape}.",
+    "a {shape} colored {color}.",
+)
+
+
+def image_facts(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """The shape and colour an image's question/answer pairs establish (either may be absent).
+
+    "what color is the triangle?" → blue gives both; "is there not a red shape?" → no
+    affirms red. Negative answers say what is absent and are not used.
+    """
+    facts: dict[str, str] = {}
+    for question, answer in pairs:
+        words = re.findall(r"[a-z]+", question.lower())
+        shape = next((w for w in words if w in SHAPES), None)
+        color = next((w for w in words if w in COLORS), None)
+        if answer in SHAPES:
+            facts["shape"] = answer
+        elif answer in COLORS:
+            facts["color"] = answer
+        elif answer in ("yes", "no") and (answer == "yes") == bool(_NEGATION.search(question)):
+            continue  # "no X" is true: tells what is absent, not what is there
+        if shape:
+            facts.setdefault("shape", shape)
+        if color:
+            facts.setdefault("color", color)
+    return facts
+
+
+def caption_for(facts: dict[str, str], variant: int) -> str:
+    """A caption sentence from the facts; ``variant`` picks the template."""
+    color = facts.get("color")
+    shape = facts.get("shape", "shape")
+    if color is None:
+        return f"there is a {shape} in the image." if shape != "shape" else "a shape."
+    return _TEMPLATES[variant % len(_TEMPLATES)].format(color=color, shape=shape)
+
+
+def caption_records(split: str, captions_per_image: int = 1) -> list[Record]:
+    """``captions_per_image`` records per image, id ``<split>-img<id>-<k>``, no target."""
+    questions, answer_words, image_ids, paths = _load_split(split)
+    pairs: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for q, a, img in zip(questions, answer_words, image_ids, strict=True):
+        pairs[img].append((q, a))
+    records = []
+    for img in sorted(pairs):
+        facts = image_facts(pairs[img])
+        path = paths.get(img, _missing_image(split, img))
+        for k in range(captions_per_image):
+            records.append(Record(id=f"{split}-img{img}-{k}", image=path,
+                                  text=caption_for(facts, img + k)))
+    return records
+
+
+class EasyVQACaptions(ImageTextDataset):
+    """easy-VQA images with captions built from their Q/A pairs (pretraining data)."""
+
+    def __init__(
+        self,
+        split: str,
+        transform: ImageTransform,
+        on_bad_image: OnBadImage = "error",
+        cache: CacheConfig | None = None,
+        limit: int | None = None,
+        captions_per_image: int = 1,
+    ) -> None:
+        # the cache is keyed by image file, so it is shared with the question dataset
+        super().__init__(f"easyvqa-{split}", caption_records(split, captions_per_image),
+                         transform, on_bad_image, cache, limit)

@@ -1,0 +1,67 @@
+"""The image cache: rows equal a fresh decode, reused when nothing changed, rebuilt otherwise."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from vilalign.data import BadImageError, build_transform, load_image, open_or_build
+
+from .helpers import write_image
+
+
+@pytest.fixture
+def images(tmp_path):
+    return [str(write_image(tmp_path / "src" / f"{i}.png", f"img{i}")) for i in range(5)]
+
+
+def build(paths, transform, tmp_path, **kw):
+    return open_or_build("t", paths, transform, tmp_path / "cache", progress=False, **kw)
+
+
+def test_rows_equal_prepared_images(images, eval_transform, tmp_path):
+    cache = build(images, eval_transform, tmp_path)
+    assert len(cache) == 5
+    for p in images:
+        np.testing.assert_array_equal(cache.read(cache.row(p)),
+                                      eval_transform.prepare(load_image(p)))
+    rows = [cache.row(p) for p in images[::-1]]
+    assert cache.read(rows).shape == (5, *eval_transform.size, 3)
+
+
+def test_reused_then_rebuilt_on_change(images, eval_transform, data_config, tmp_path):
+    first = build(images, eval_transform, tmp_path)
+    again = build(images, eval_transform, tmp_path)
+    assert again.folder == first.folder
+    # a changed source file (new size and mtime) selects a new cache
+    write_image(tmp_path / "src" / "2.png", "changed", size=(60, 60))
+    os.utime(images[2], ns=(1, 1))
+    changed = build(images, eval_transform, tmp_path)
+    assert changed.folder != first.folder
+    np.testing.assert_array_equal(changed.read(changed.row(images[2])),
+                                  eval_transform.prepare(load_image(images[2])))
+    # so does a different preprocessing size
+    small = build_transform({**data_config, "input_size": (3, 16, 16)})
+    resized = build(images, small, tmp_path)
+    assert resized.folder not in (first.folder, changed.folder)
+    assert resized.read(0).shape == (16, 16, 3)
+
+
+def test_parallel_build_equals_inline(images, eval_transform, tmp_path):
+    inline = build(images, eval_transform, tmp_path / "a")
+    pooled = build(images, eval_transform, tmp_path / "b", workers=2)
+    np.testing.assert_array_equal(inline.read(list(range(5))), pooled.read(list(range(5))))
+
+
+def test_bad_image_skipped_or_named(images, eval_transform, tmp_path):
+    bad = tmp_path / "src" / "empty.png"
+    bad.write_bytes(b"")
+    paths = [*images, str(bad)]
+    with pytest.raises(BadImageError, match=r"empty\.png.*0 bytes"):
+        build(paths, eval_transform, tmp_path)
+    cache = build(paths, eval_transform, tmp_path, on_bad_image="skip")
+    assert len(cache) == 5 and str(bad) not in cache
+    assert cache.bad == [(str(bad), "empty file (0 bytes)")]
+    assert not list((tmp_path / "cache").glob("*.tmp-*"))  # the failed build left nothing

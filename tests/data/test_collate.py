@@ -1,0 +1,35 @@
+"""Collation: tokenisation with padding/truncation into a Batch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vilalign.data import Batch, Collator, Sample
+
+
+def samples(texts, labels=True):
+    return [Sample(image=torch.full((3, 8, 8), float(i)), text=t,
+                   label=torch.tensor(i) if labels else None, id=f"s{i}")
+            for i, t in enumerate(texts)]
+
+
+def test_padding_truncation_and_fields(tokenizer):
+    texts = ["a red circle", "one two three four five six seven eight nine ten eleven"]
+    batch = Collator(tokenizer, max_length=8)(samples(texts))
+    assert isinstance(batch, Batch) and len(batch) == 2
+    assert batch.input_ids.shape == (2, 8)  # the long text is truncated to max_length
+    assert batch.input_ids[0, 0] == tokenizer.cls_token_id
+    assert batch.input_ids[1, -1] == tokenizer.sep_token_id
+    assert batch.attention_mask[0].tolist() == [1] * 5 + [0] * 3  # [CLS] a red circle [SEP]
+    assert batch.token_type_ids.abs().sum() == 0
+    assert torch.equal(batch.labels, torch.tensor([0, 1])) and batch.ids == ["s0", "s1"]
+    assert batch.pixel_values[1].mean() == 1.0
+
+
+def test_fixed_padding_missing_labels_and_skipped(tokenizer):
+    batch = Collator(tokenizer, max_length=10, padding="max_length")(
+        [None, *samples(["hi"], labels=False)])
+    assert batch.input_ids.shape == (1, 10) and batch.labels is None
+    with pytest.raises(ValueError, match="empty batch"):
+        Collator(tokenizer)([None])
