@@ -74,10 +74,14 @@ class ImageEncoderConfig(StrictModel):
 class ModelConfig(StrictModel):
     """The two-stream model: encoders, fusion layers, co-attention placement, head."""
 
-    variant: Literal["vilbert", "no_coattention", "concat_features"] = Field(
+    variant: Literal[
+        "vilbert", "no_coattention", "concat_features", "single_stream", "text_only", "image_only"
+    ] = Field(
         "vilbert",
         description="'no_coattention': every fusion layer is self-attention (late fusion); "
-        "'concat_features': pooled encoder outputs concatenated into an MLP, no fusion layers.",
+        "'concat_features': pooled encoder outputs concatenated into an MLP, no fusion layers; "
+        "'single_stream': ViLT-style shared layers over the concatenated tokens and patches; "
+        "'text_only' / 'image_only': one encoder's pooled output, the other modality ignored.",
     )
     text: TextEncoderConfig = TextEncoderConfig()
     image: ImageEncoderConfig = ImageEncoderConfig()
@@ -118,12 +122,23 @@ class ModelConfig(StrictModel):
         return self
 
     @property
+    def layer_kinds(self) -> list[str]:
+        """For each fusion layer: 'coattention', 'self_attention' or 'single_stream'."""
+        if self.variant in UNFUSED_VARIANTS:
+            return []
+        if self.variant == "single_stream":
+            return ["single_stream"] * self.depth
+        coattn = set(self.coattention_layers) if self.variant == "vilbert" else set()
+        return ["coattention" if i in coattn else "self_attention" for i in range(self.depth)]
+
+    @property
     def fusion_layer_kinds(self) -> list[bool]:
         """For each fusion layer, whether it is a co-attention block."""
-        if self.variant == "concat_features":
-            return []
-        coattn = set(self.coattention_layers) if self.variant == "vilbert" else set()
-        return [i in coattn for i in range(self.depth)]
+        return [kind == "coattention" for kind in self.layer_kinds]
+
+
+#: Variants without fusion layers (``depth`` is ignored for them).
+UNFUSED_VARIANTS = ("concat_features", "text_only", "image_only")
 
 
 # ---------------------------------------------------------------------------- loading

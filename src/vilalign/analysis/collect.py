@@ -42,7 +42,7 @@ class LayerInfo:
 
     name: str  # "fusion.3", "text_encoder.1", "image_encoder.0"
     index: int  # position in the stream's stack of collected layers
-    kind: str  # "coattention", "self_attention" or "encoder"
+    kind: str  # "coattention", "self_attention", "single_stream" or "encoder"
     streams: tuple[str, ...]  # which streams this layer produces
 
 
@@ -161,8 +161,7 @@ class Collector:
             for i, block in enumerate(m.image_encoder.blocks):
                 out.append((LayerInfo(f"image_encoder.{i}", i, "encoder", ("image",)), block))
         for i, layer in enumerate(m.fusion_layers):
-            kind = "coattention" if layer.is_coattention else "self_attention"
-            out.append((LayerInfo(f"fusion.{i}", i, kind, STREAMS), layer))
+            out.append((LayerInfo(f"fusion.{i}", i, layer.kind, STREAMS), layer))
         return out
 
     def _record(self, info: LayerInfo, stream: str, states: torch.Tensor) -> None:

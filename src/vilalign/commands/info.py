@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
         ("fusion layers", model.fusion_layers),
     ):
         print(f"  {name:<14} {sum(p.numel() for p in module.parameters()) / 1e6:8.2f} M")
-    for i, coattention in enumerate(cfg.fusion_layer_kinds):
-        print(f"  fusion layer {i}: {'co-attention' if coattention else 'self-attention'}")
+    for i, kind in enumerate(cfg.layer_kinds):
+        print(
+            f"  fusion layer {i}: {kind.replace('_', '-').replace('coattention', 'co-attention')}"
+        )
     print(f"  image input {model.image_data_config['input_size']}, fusion {cfg.fusion!r}")
     return 0

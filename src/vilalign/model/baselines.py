@@ -21,6 +21,12 @@ BASELINES: dict[str, dict[str, Any]] = {
     },
     # Same architecture, text encoder randomly initialised instead of pretrained.
     "random_text": {"text": {"init": "random"}},
+    # ViLT-style: one sequence of tokens + patches (with modality-type embeddings) through
+    # shared transformer layers; its text part and image part are the two "streams".
+    "single_stream": {"variant": "single_stream", "coattention_layers": []},
+    # Floors for every downstream table: what the text alone / the image alone achieve.
+    "text_only": {"variant": "text_only", "depth": 0, "coattention_layers": []},
+    "image_only": {"variant": "image_only", "depth": 0, "coattention_layers": []},
 }
 
 

@@ -65,6 +65,7 @@ class SelfAttentionLayer(nn.Module):
     """One transformer layer per stream; the streams do not see each other."""
 
     is_coattention = False
+    kind = "self_attention"
 
     def __init__(
         self,
@@ -102,6 +103,7 @@ class CoAttentionLayer(nn.Module):
     """Text queries attend to image keys/values and image queries to text keys/values."""
 
     is_coattention = True
+    kind = "coattention"
 
     def __init__(
         self,
@@ -135,3 +137,38 @@ class CoAttentionLayer(nn.Module):
         new_image, w_it = self.image_to_text(image, text, text_mask, need_weights)
         attn = {"text_to_image": w_ti, "image_to_text": w_it} if need_weights else None
         return self.text_ffn(new_text), self.image_ffn(new_image), attn
+
+
+class SingleStreamLayer(nn.Module):
+    """ViLT-style: one transformer layer over the concatenated text tokens and patches.
+
+    Both parts must already have the same width. Returns the text part and the image
+    part separately so analysis treats them as the two streams.
+    """
+
+    is_coattention = False
+    kind = "single_stream"
+
+    def __init__(
+        self, dim: int, heads: int, ffn_ratio: float, dropout: float, attn_dropout: float
+    ) -> None:
+        super().__init__()
+        self.attn = AttentionSublayer(dim, dim, dim, heads, dropout, attn_dropout)
+        self.ffn = FeedForward(dim, int(dim * ffn_ratio), dropout)
+
+    def forward(
+        self,
+        text: torch.Tensor,
+        image: torch.Tensor,
+        text_mask: torch.Tensor,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, Attentions | None]:
+        T = text.shape[1]
+        joint = torch.cat([text, image], dim=1)  # (B, T + Pi, D)
+        image_mask = text_mask.new_ones(image.shape[:2])
+        joint, weights = self.attn(
+            joint, joint, torch.cat([text_mask, image_mask], 1), need_weights
+        )
+        joint = self.ffn(joint)
+        attn = {"joint": weights} if need_weights else None
+        return joint[:, :T], joint[:, T:], attn

@@ -28,6 +28,10 @@ def fuse(pooled_text: torch.Tensor, pooled_image: torch.Tensor, mode: str) -> to
         return pooled_text + pooled_image
     if mode == "concat":
         return torch.cat([pooled_text, pooled_image], dim=-1)
+    if mode == "text":  # unimodal baselines
+        return pooled_text
+    if mode == "image":
+        return pooled_image
     raise ValueError(f"fusion: unknown mode {mode!r} (allowed: {', '.join(FUSIONS)})")
 
 

@@ -10,11 +10,17 @@ from torch import nn
 from transformers import BertConfig, BertModel
 
 from vilalign.config import ModelConfig
-from vilalign.model.coattention import Attentions, CoAttentionLayer, SelfAttentionLayer
+from vilalign.model.coattention import (
+    Attentions,
+    CoAttentionLayer,
+    SelfAttentionLayer,
+    SingleStreamLayer,
+)
 from vilalign.model.encoders import (
     ImageEncoder,
     build_image_encoder,
     build_text_encoder,
+    freeze_layers,
     image_data_config,
 )
 from vilalign.model.heads import ClassificationHead, Pooler, fuse, fused_size
@@ -26,7 +32,8 @@ class VilbertOutput:
 
     ``text_states[i]`` (B×T×Dt) and ``image_states[i]`` (B×(prefix+P)×Dv, index 0 the
     image CLS token) are the outputs of fusion layer ``i``; ``is_coattention[i]`` says
-    whether it is a co-attention block. ``text_sequence``/``image_sequence`` are the final
+    whether it is a co-attention block (``layer_kinds[i]``: 'coattention',
+    'self_attention' or 'single_stream'). ``text_sequence``/``image_sequence`` are the final
     states (the encoders' outputs when there are no fusion layers). Encoder states
     (embeddings first, then every layer) and attention maps only when asked.
     """
@@ -34,6 +41,7 @@ class VilbertOutput:
     text_states: list[torch.Tensor]
     image_states: list[torch.Tensor]
     is_coattention: list[bool]
+    layer_kinds: list[str]
     text_sequence: torch.Tensor
     image_sequence: torch.Tensor
     pooled_text: torch.Tensor
@@ -62,25 +70,46 @@ class VilbertModel(nn.Module):
         self.image_encoder = image_encoder
         text_dim = text_encoder.config.hidden_size
         image_dim = image_encoder.embed_dim
+        if config.variant == "single_stream":
+            # One shared sequence: patches projected to the text width, plus a learned
+            # modality-type embedding (ViLT's token_type_embeddings).
+            self.image_projection = (
+                nn.Linear(image_dim, text_dim) if image_dim != text_dim else nn.Identity()
+            )
+            self.modality_embeddings = nn.Embedding(2, text_dim)
+            image_dim = text_dim
         for name, dim in (("text", text_dim), ("image", image_dim)):
-            if config.variant != "concat_features" and dim % config.num_heads:
+            if config.layer_kinds and dim % config.num_heads:
                 raise ValueError(
                     f"num_heads: {config.num_heads} does not divide the {name} stream width {dim}"
                 )
         self.fusion_layers = nn.ModuleList(
-            [self._fusion_layer(kind, text_dim, image_dim) for kind in config.fusion_layer_kinds]
+            [self._fusion_layer(kind, text_dim, image_dim) for kind in config.layer_kinds]
         )
         self.text_pooler = Pooler(text_dim, config.pooled_size)
         self.image_pooler = Pooler(image_dim, config.pooled_size)
-        self.head = (
-            ClassificationHead(fused_size(config.pooled_size, config.fusion), config.num_labels)
-            if config.num_labels
-            else None
+        head_in = fused_size(config.pooled_size, self._fusion_mode)
+        self.head = ClassificationHead(head_in, config.num_labels) if config.num_labels else None
+        self._freeze_ignored_stream()
+
+    @property
+    def _fusion_mode(self) -> str:
+        return {"text_only": "text", "image_only": "image"}.get(
+            self.config.variant, self.config.fusion
         )
 
-    def _fusion_layer(self, coattention: bool, text_dim: int, image_dim: int) -> nn.Module:
+    def _freeze_ignored_stream(self) -> None:
+        """Unimodal baselines: the other stream's encoder and pooler take no gradient."""
+        ignored = {
+            "text_only": (self.image_encoder, self.image_pooler),
+            "image_only": (self.text_encoder, self.text_pooler),
+        }.get(self.config.variant, ())
+        for module in ignored:
+            freeze_layers(module, [], 0)
+
+    def _fusion_layer(self, kind: str, text_dim: int, image_dim: int) -> nn.Module:
         c = self.config
-        if coattention:
+        if kind == "coattention":
             return CoAttentionLayer(
                 text_dim,
                 image_dim,
@@ -90,9 +119,21 @@ class VilbertModel(nn.Module):
                 c.dropout,
                 c.attention_dropout,
             )
+        if kind == "single_stream":
+            return SingleStreamLayer(
+                text_dim, c.num_heads, c.ffn_ratio, c.dropout, c.attention_dropout
+            )
         return SelfAttentionLayer(
             text_dim, image_dim, c.num_heads, c.ffn_ratio, c.dropout, c.attention_dropout
         )
+
+    def _single_stream_inputs(
+        self, text: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project patches to the text width and add the modality-type embeddings."""
+        image = self.image_projection(image)  # (B, prefix + P, Dt)
+        kinds = self.modality_embeddings.weight  # (2, Dt): 0 = text, 1 = image
+        return text + kinds[0], image + kinds[1]
 
     # ------------------------------------------------------------------ declarations
 
@@ -160,6 +201,8 @@ class VilbertModel(nn.Module):
         )
         text = text_out.last_hidden_state  # (B, T, Dt)
         image, image_hidden = self.image_encoder(pixel_values, image_mask, output_hidden_states)
+        if self.config.variant == "single_stream":
+            text, image = self._single_stream_inputs(text, image)
         text_states: list[torch.Tensor] = []
         image_states: list[torch.Tensor] = []
         attentions: list[Attentions] = []
@@ -171,11 +214,12 @@ class VilbertModel(nn.Module):
                 attentions.append(attn)
         pooled_text = self.text_pooler(text)
         pooled_image = self.image_pooler(image)
-        fused = fuse(pooled_text, pooled_image, self.config.fusion)
+        fused = fuse(pooled_text, pooled_image, self._fusion_mode)
         return VilbertOutput(
             text_states=text_states,
             image_states=image_states,
             is_coattention=[layer.is_coattention for layer in self.fusion_layers],
+            layer_kinds=[layer.kind for layer in self.fusion_layers],
             text_sequence=text,
             image_sequence=image,
             pooled_text=pooled_text,
