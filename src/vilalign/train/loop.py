@@ -1,0 +1,477 @@
+"""One training loop for every task: pretraining objectives and fine-tuning heads alike.
+
+The loop knows a :class:`~vilalign.train.tasks.Task` (``task(batch) -> StepResult``,
+``task.metrics(outputs)``) and nothing of the model. It does gradient accumulation to a
+target batch size, gradient clipping, bf16 autocast on CUDA, optional ``torch.compile``,
+evaluation every epoch, early stopping, a checkpoint every epoch (and every N steps), and
+exact resume: weights, optimizer, scheduler, scaler, RNG states and the data position are
+restored, so a resumed CPU run ends bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from vilalign.data.types import Batch
+from vilalign.train import checkpoint as ckpt
+from vilalign.train.config import OptimConfig, TrainConfig
+from vilalign.train.optim import build_optimizer, build_scheduler
+from vilalign.train.tasks import StepResult, Task
+from vilalign.train.tracker import FileTracker, Tracker
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stopped without writing a checkpoint."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices): model init and dropout become repeatable."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA for 'auto' (no loss scaling needed); None means full precision."""
+    if amp == "auto":
+        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if cuda_bf16 else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Run a block (evaluation, analysis) without disturbing the training RNG streams.
+
+    Without this, whatever a callback draws would shift dropout after it, and a resumed
+    run (which skips the callback) would no longer match an uninterrupted one.
+    """
+    state = ckpt.rng_state()
+    try:
+        yield
+    finally:
+        ckpt.set_rng_state(state)
+
+
+class EpochSampler(Sampler[int]):
+    """A shuffle fixed by (seed, epoch) that can start part-way: the data position on resume."""
+
+    def __init__(self, size: int, seed: int, shuffle: bool = True) -> None:
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.start, self.size))
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=gen)[self.start :].tolist())
+
+    def __len__(self) -> int:
+        return self.size - self.start
+
+
+class Meter:
+    """Sample-weighted running means of named scalars."""
+
+    def __init__(self, state: Mapping[str, list[float]] | None = None) -> None:
+        self.sums: dict[str, list[float]] = {k: list(v) for k, v in (state or {}).items()}
+
+    def update(self, values: Mapping[str, torch.Tensor | float], n: int) -> None:
+        for k, v in values.items():
+            total = self.sums.setdefault(k, [0.0, 0.0])
+            total[0] += float(v) * n
+            total[1] += n
+
+    def means(self) -> dict[str, float]:
+        return {k: s / c for k, (s, c) in self.sums.items() if c}
+
+    def state(self) -> dict[str, list[float]]:
+        return {k: list(v) for k, v in self.sums.items()}
+
+
+@dataclass
+class Progress:
+    """Where the loop is; saved in every checkpoint."""
+
+    epoch: int = 0  # the epoch under way (0-based)
+    batch_in_epoch: int = 0  # micro-batches of it already consumed
+    step: int = 0  # optimiser steps done
+    best_value: float | None = None
+    best_step: int | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class EpochContext:
+    """What an epoch callback sees (the alignment analysis runs here)."""
+
+    trainer: Trainer
+    epoch: int  # 1-based, the epoch just finished
+    step: int
+    metrics: dict[str, float]
+
+    @property
+    def task(self) -> Task:
+        return self.trainer.task
+
+    @property
+    def run_dir(self) -> Path:
+        return self.trainer.run_dir
+
+
+EpochCallback = Callable[[EpochContext], Mapping[str, float] | None]
+StepCallback = Callable[["Trainer"], None]
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, float]]
+    run_dir: Path
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    best_value: float | None
+    stopped_early: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Fit a task on a dataset; see the module doc for what one run does."""
+
+    def __init__(
+        self,
+        task: Task,
+        cfg: TrainConfig,
+        optim: OptimConfig,
+        run_dir: str | Path,
+        train_data: Dataset,
+        val_data: Dataset | None = None,
+        collate_fn: Callable[[list], Batch] | None = None,
+        tracker: Tracker | None = None,
+        callbacks: Sequence[EpochCallback] = (),
+        step_callbacks: Sequence[StepCallback] = (),
+    ) -> None:
+        self.cfg, self.optim_cfg = cfg, optim
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.device = resolve_device(cfg.device)
+        self.task = task.to(self.device)
+        if cfg.compile:
+            self.task.model.compile()  # in place: parameter names stay un-prefixed
+        self.train_data, self.val_data, self.collate_fn = train_data, val_data, collate_fn
+        self.tracker = tracker or FileTracker(self.run_dir)
+        self.callbacks, self.step_callbacks = list(callbacks), list(step_callbacks)
+        self.amp_dtype = autocast_dtype(cfg.amp, self.device)
+        self.optimizer = build_optimizer(self.task, optim)
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, optim)
+        fp16 = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.progress = Progress()
+        self.epoch_meter, self.log_meter = Meter(), Meter()
+        self.history: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ sizes
+
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        return math.ceil(len(self.train_data) / self.cfg.batch_size)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.micro_batches_per_epoch / self.cfg.accumulation_steps)
+
+    @property
+    def total_steps(self) -> int:
+        total = self.cfg.epochs * self.steps_per_epoch
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
+    # ------------------------------------------------------------------ fit
+
+    def fit(self, resume: bool = False) -> FitResult:
+        """Train to the end (epochs, max_steps or early stop); ``resume`` continues the run."""
+        if resume:
+            self.resume()
+        while not self._finished():
+            self._train_epoch()
+            self._end_epoch()
+        self.tracker.close()
+        best = ckpt.resolve(self.ckpt_dir, ckpt.BEST) if self.cfg.checkpoint.keep_best else None
+        return FitResult(
+            history=list(self.history),
+            run_dir=self.run_dir,
+            last_checkpoint=ckpt.resolve(self.ckpt_dir),
+            best_checkpoint=best,
+            best_value=self.progress.best_value,
+            stopped_early=self.progress.stopped_early,
+        )
+
+    def _finished(self) -> bool:
+        p = self.progress
+        return p.stopped_early or p.epoch >= self.cfg.epochs or p.step >= self.total_steps
+
+    # ------------------------------------------------------------------ data
+
+    def loader(self, dataset: Dataset, shuffle: bool, epoch: int = 0, start: int = 0) -> DataLoader:
+        """A loader whose order and worker seeds depend only on (seed, epoch, start).
+
+        Its own generator keeps the loader from drawing on the global torch RNG (which
+        would shift dropout between an uninterrupted and a resumed run).
+        """
+        sampler = EpochSampler(len(dataset), self.cfg.seed, shuffle)
+        sampler.set_position(epoch, start)
+        set_epoch = getattr(self.collate_fn, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=sampler,
+            collate_fn=self.collate_fn,
+            num_workers=self.cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch),
+        )
+
+    # ------------------------------------------------------------------ training
+
+    def _train_epoch(self) -> None:
+        p, accum = self.progress, self.cfg.accumulation_steps
+        loader = self.loader(self.train_data, True, p.epoch, p.batch_in_epoch * self.cfg.batch_size)
+        batches = iter(loader)
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=p.batch_in_epoch // accum,
+            desc=f"epoch {p.epoch + 1}/{self.cfg.epochs}",
+            disable=not self.cfg.progress,
+            leave=False,
+        )
+        self.task.train()
+        self._clock = {"start": time.perf_counter(), "wait": 0.0, "samples": 0}
+        while p.step < self.total_steps:
+            tick = time.perf_counter()
+            group = list(islice(batches, accum))
+            self._clock["wait"] += time.perf_counter() - tick
+            if not group:
+                break
+            self._optimizer_step(group)
+            bar.update(1)
+            bar.set_postfix(
+                loss=f"{self.log_meter.means().get('loss', float('nan')):.4f}",
+                samples_s=f"{self._throughput():.1f}",
+            )
+            self._after_step()
+        bar.close()
+
+    def _optimizer_step(self, group: list[Batch]) -> None:
+        """Accumulate gradients over ``group`` (weighted by size: = one big batch), then step."""
+        total = sum(len(b) for b in group)
+        for batch in group:
+            batch = batch.to(self.device, non_blocking=True)
+            with self._autocast():
+                result = self.task(batch)
+            self._check_finite(result, batch)
+            self.scaler.scale(result.loss * (len(batch) / total)).backward()
+            for meter in (self.epoch_meter, self.log_meter):
+                meter.update(result.logs, len(batch))
+        if self.optim_cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            params = [q for g in self.optimizer.param_groups for q in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.progress.batch_in_epoch += len(group)
+        self.progress.step += 1
+        self._clock["samples"] += total
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _check_finite(self, result: StepResult, batch: Batch) -> None:
+        if torch.isfinite(result.loss).item():
+            return
+        p = self.progress
+        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in result.logs.items())
+        last = ckpt.resolve(self.ckpt_dir)
+        raise NonFiniteLossError(
+            f"loss became {result.loss.item()} at epoch {p.epoch + 1}, step {p.step + 1} "
+            f"({terms}); first sample ids of the batch: {batch.ids[:4]}. The run stopped; the "
+            f"last good checkpoint is {last or 'none (none written yet)'}. Resume from it "
+            "with a lower learning rate or check those inputs."
+        )
+
+    def _throughput(self) -> float:
+        elapsed = time.perf_counter() - self._clock["start"]
+        return self._clock["samples"] / elapsed if elapsed > 0 else 0.0
+
+    def _after_step(self) -> None:
+        p = self.progress
+        if p.step % self.cfg.log_every_n_steps == 0:
+            lr = self.scheduler.get_last_lr()[0]
+            logs = {f"train/{k}": v for k, v in self.log_meter.means().items()}
+            self.tracker.log_metrics({**logs, "train/lr": lr}, p.step, p.epoch + 1)
+            self.log_meter = Meter()
+        every = self.cfg.checkpoint.every_n_steps
+        if every and p.step % every == 0:
+            self.save()
+        for callback in self.step_callbacks:
+            callback(self)
+
+    # ------------------------------------------------------------------ epoch end
+
+    def _end_epoch(self) -> None:
+        """Evaluate, update best / early stopping, checkpoint, log, run the callbacks."""
+        p = self.progress
+        summary = {f"train/{k}": v for k, v in self.epoch_meter.means().items()}
+        summary["train/samples_per_s"] = self._throughput()
+        elapsed = time.perf_counter() - self._clock["start"]
+        summary["train/data_wait_share"] = self._clock["wait"] / elapsed if elapsed else 0.0
+        if self.val_data is not None:
+            summary.update(self.evaluate(self.val_data, "val"))
+        improved = self._update_best(summary)
+        p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+        self.epoch_meter = Meter()
+        self.history.append({"epoch": p.epoch, "step": p.step, **summary})
+        self.save(best=improved)
+        self.tracker.log_metrics(summary, p.step, p.epoch)
+        logger.info(
+            "epoch %d/%d step %d | %s", p.epoch, self.cfg.epochs, p.step, format_metrics(summary)
+        )
+        self._run_callbacks(summary)
+        plot = getattr(self.tracker, "plot", None)
+        if callable(plot):
+            plot()
+
+    def _update_best(self, summary: dict[str, float]) -> bool:
+        p, cfg = self.progress, self.cfg
+        if cfg.monitor not in summary:
+            raise KeyError(
+                f"monitor: metric {cfg.monitor!r} is not reported; "
+                f"available: {', '.join(sorted(summary))}"
+            )
+        value = summary[cfg.monitor]
+        delta = cfg.early_stopping.min_delta
+        better = p.best_value is None or (
+            value > p.best_value + delta
+            if cfg.monitor_mode == "max"
+            else value < p.best_value - delta
+        )
+        if better and math.isfinite(value):
+            p.best_value, p.best_step, p.bad_epochs = value, p.step, 0
+            return True
+        p.bad_epochs += 1
+        patience = cfg.early_stopping.patience
+        if patience is not None and p.bad_epochs >= patience:
+            p.stopped_early = True
+            logger.info("early stopping: %s did not improve for %d epochs", cfg.monitor, patience)
+        return False
+
+    def _run_callbacks(self, summary: dict[str, float]) -> None:
+        context = EpochContext(self, self.progress.epoch, self.progress.step, summary)
+        for callback in self.callbacks:
+            with preserved_rng():
+                extra = callback(context)
+            if extra:
+                self.tracker.log_metrics(extra, self.progress.step, self.progress.epoch)
+                self.history[-1].update(extra)
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Dataset, split: str = "val") -> dict[str, float]:
+        """Mean of the task's logged scalars and its split-level metrics, keys ``split/name``."""
+        with preserved_rng():
+            was_training = self.task.training
+            self.task.eval()
+            meter, outputs = Meter(), defaultdict(list)
+            for batch in self.loader(dataset, shuffle=False):
+                batch = batch.to(self.device, non_blocking=True)
+                with self._autocast():
+                    result = self.task(batch)
+                meter.update(result.logs, len(batch))
+                for k, v in result.outputs.items():
+                    outputs[k].append(v.cpu())
+            metrics = meter.means()
+            metrics.update(self.task.metrics({k: torch.cat(v) for k, v in outputs.items()}))
+            self.task.train(was_training)
+        return {f"{split}/{k}": v for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state(self) -> dict[str, Any]:
+        """Everything but the weights that an exact resume needs."""
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "progress": asdict(self.progress),
+            "epoch_meter": self.epoch_meter.state(),
+            "log_meter": self.log_meter.state(),
+            "history": self.history,
+        }
+
+    def save(self, best: bool = False) -> Path:
+        path = ckpt.save_checkpoint(self.ckpt_dir, self.progress.step, self.task, self.state())
+        if best and self.cfg.checkpoint.keep_best:
+            ckpt.mark_best(
+                self.ckpt_dir, self.progress.step, self.cfg.monitor, float(self.progress.best_value)
+            )
+        ckpt.prune(self.ckpt_dir)
+        return path
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint of this run, if any; True when one was loaded."""
+        path = ckpt.resolve(self.ckpt_dir)
+        if path is None:
+            logger.info("resume: no checkpoint in %s, starting from scratch", self.ckpt_dir)
+            return False
+        ckpt.load_weights(path, self.task)
+        state = ckpt.load_state(path)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**state["progress"])
+        self.epoch_meter = Meter(state["epoch_meter"])
+        self.log_meter = Meter(state["log_meter"])
+        self.history = list(state["history"])
+        self.tracker.rewind(self.progress.step)
+        ckpt.set_rng_state(state["rng"])  # last: nothing above may draw after it
+        logger.info(
+            "resumed from %s (epoch %d, step %d)", path, self.progress.epoch + 1, self.progress.step
+        )
+        return True
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """One summary line: ``train/loss 0.4123  val/accuracy 0.9310 ...``."""
+    return "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())

@@ -1,0 +1,222 @@
+"""Tasks: what one training step computes, and which metrics a split reports.
+
+A task is an ``nn.Module`` that holds the model and its task-specific heads, so the loop
+optimises, checkpoints and compiles one module and knows nothing of the model:
+``task(batch) -> StepResult`` and ``task.metrics(outputs) -> {name: value}``.
+Fine-tuning tasks are data (:data:`TASKS`), not one class per dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vilalign.data.types import Batch
+from vilalign.model.heads import fused_size
+from vilalign.train import metrics as M
+from vilalign.train.config import ObjectivesConfig
+from vilalign.train.objectives import (
+    AlignmentPrediction,
+    ContrastiveMIM,
+    ImageTextContrastive,
+    MaskedLanguageModelling,
+    ObjectiveOutput,
+)
+
+
+@dataclass
+class StepResult:
+    """One micro-batch: the loss to back-propagate, scalars to average, per-sample outputs."""
+
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor] = field(default_factory=dict)
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Task(nn.Module):
+    """Base: the model plus heads; subclasses define ``forward`` and ``metrics``."""
+
+    name: str = "task"
+    monitor: str = "loss"
+    monitor_mode: Literal["min", "max"] = "min"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> StepResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Split-level metrics from the concatenated per-sample ``outputs``."""
+        return {}
+
+    def _run(self, batch: Batch, **kwargs):
+        return self.model(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            pixel_values=batch.pixel_values,
+            token_type_ids=batch.token_type_ids,
+            **kwargs,
+        )
+
+
+# ---------------------------------------------------------------------------- fine-tuning
+
+LossKind = Literal["multiclass", "binary", "multilabel", "soft"]
+
+
+def task_loss(kind: LossKind, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss of a fine-tuning head, in float32 whatever the autocast dtype."""
+    logits = logits.float()
+    if kind == "multiclass":
+        return F.cross_entropy(logits, labels.long().reshape(-1))
+    if kind == "binary":
+        return F.binary_cross_entropy_with_logits(logits.reshape(-1), labels.float().reshape(-1))
+    if kind == "multilabel":
+        return F.binary_cross_entropy_with_logits(logits, labels.float())
+    if kind == "soft":
+        # As in the bottom-up VQA models: BCE summed over answers, averaged over questions.
+        return F.binary_cross_entropy_with_logits(logits, labels.float()) * logits.shape[1]
+    raise ValueError(f"unknown loss kind {kind!r}")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A fine-tuning task as data: loss, metric function, label count, metric to monitor."""
+
+    loss: LossKind
+    metric_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+    num_labels: int | None  # None: from the data (VQA's answer vocabulary)
+    monitor: str
+    monitor_mode: Literal["min", "max"] = "max"
+
+
+TASKS: dict[str, TaskSpec] = {
+    "hateful_memes": TaskSpec("binary", M.binary_metrics, 1, "auroc"),
+    "mmimdb": TaskSpec("multilabel", M.multilabel_metrics, 23, "f1_micro"),
+    "food101": TaskSpec("multiclass", M.multiclass_metrics, 101, "accuracy"),
+    "vqa": TaskSpec("soft", M.vqa_metrics, None, "vqa_accuracy"),
+    "easyvqa": TaskSpec("multiclass", M.multiclass_metrics, 13, "accuracy"),
+}
+
+
+def task_spec(name: str) -> TaskSpec:
+    if name not in TASKS:
+        raise ValueError(f"task: unknown task {name!r} (allowed: {', '.join(TASKS)})")
+    return TASKS[name]
+
+
+class FinetuneTask(Task):
+    """The model's own classification head on the fused vector, with the spec's loss/metrics."""
+
+    def __init__(self, model: nn.Module, name: str) -> None:
+        super().__init__(model)
+        self.name = name
+        self.spec = task_spec(name)
+        self.monitor = self.spec.monitor
+        self.monitor_mode = self.spec.monitor_mode
+
+    def forward(self, batch: Batch) -> StepResult:
+        if batch.labels is None:
+            raise ValueError(f"task {self.name!r}: batch has no labels")
+        logits = self._run(batch).logits
+        if logits is None:
+            raise ValueError(f"task {self.name!r}: the model has no task head (num_labels=0)")
+        loss = task_loss(self.spec.loss, logits, batch.labels)
+        outputs = {"logits": logits.detach().float(), "targets": batch.labels.detach()}
+        return StepResult(loss, {"loss": loss.detach()}, outputs)
+
+    def metrics(self, outputs: dict[str, torch.Tensor]) -> dict[str, float]:
+        return self.spec.metric_fn(outputs["logits"], outputs["targets"])
+
+
+# ---------------------------------------------------------------------------- pretraining
+
+
+def _halves(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[:n], x[n:]
+
+
+class PretrainingTask(Task):
+    """MLM, contrastive MIM, AP and image-text contrastive, any subset, weighted.
+
+    With MIM active the batch runs once at twice its size: the first half with the MIM
+    mask applied to the image, the second half unmasked. The unmasked half serves MLM,
+    AP and the contrastive term; its patch states, detached, are MIM's targets. One
+    forward over both views keeps every row useful for some loss (a separate no-grad
+    target pass would cost a forward that trains nothing).
+    """
+
+    name = "pretrain"
+
+    def __init__(self, model: nn.Module, cfg: ObjectivesConfig) -> None:
+        super().__init__(model)
+        if not cfg.active:
+            raise ValueError("objectives: every weight is 0; switch on at least one objective")
+        self.cfg = cfg
+        mcfg = model.config
+        if cfg.mlm.weight > 0:
+            self.mlm = MaskedLanguageModelling(model.text_word_embeddings)
+        if cfg.mim.weight > 0:
+            self.mim = ContrastiveMIM(model.image_encoder.embed_dim, cfg.mim.temperature)
+        if cfg.ap.weight > 0:
+            self.ap = AlignmentPrediction(fused_size(mcfg.pooled_size, mcfg.fusion))
+        if cfg.itc.weight > 0:
+            self.itc = ImageTextContrastive(cfg.itc.temperature)
+        self.monitor = "ap_accuracy" if cfg.ap.weight > 0 else "loss"
+        self.monitor_mode = "max" if cfg.ap.weight > 0 else "min"
+
+    def forward(self, batch: Batch) -> StepResult:
+        terms = self._terms(batch)
+        weights = {name: getattr(self.cfg, name).weight for name in terms}
+        loss = sum(weights[n] * t.loss for n, t in terms.items())
+        logs = {"loss": loss.detach()}
+        for name, term in terms.items():
+            logs[f"{name}_loss"] = term.loss.detach()
+            logs.update({f"{name}_{k}": v for k, v in term.logs.items()})
+        return StepResult(loss, logs)
+
+    def _terms(self, batch: Batch) -> dict[str, ObjectiveOutput]:
+        n = len(batch)
+        with_mim = hasattr(self, "mim") and batch.mim_mask is not None
+        out = self._run(_doubled(batch), image_mask=_mim_image_mask(batch)) if with_mim else None
+        if out is None:
+            out = self._run(batch)
+            text, fused = out.text_sequence, out.fused
+            pooled_text, pooled_image = out.pooled_text, out.pooled_image
+        else:
+            text, fused = out.text_sequence[n:], out.fused[n:]
+            pooled_text, pooled_image = out.pooled_text[n:], out.pooled_image[n:]
+        terms: dict[str, ObjectiveOutput] = {}
+        if hasattr(self, "mlm") and batch.mlm_labels is not None:
+            terms["mlm"] = self.mlm(text, batch.mlm_labels)
+        if with_mim:
+            masked, target = _halves(out.image_sequence, n)
+            prefix = self.model.num_prefix_tokens
+            terms["mim"] = self.mim(masked, target, batch.mim_mask, prefix)
+        if hasattr(self, "ap") and batch.ap_labels is not None:
+            terms["ap"] = self.ap(fused, batch.ap_labels)
+        if hasattr(self, "itc"):
+            terms["itc"] = self.itc(pooled_text, pooled_image, batch.ap_labels)
+        return terms
+
+
+def _doubled(batch: Batch) -> Batch:
+    """The batch twice over (first half: to be masked; second half: the target view)."""
+    two = {
+        f.name: torch.cat([getattr(batch, f.name)] * 2)
+        for f in fields(batch)
+        if f.name in ("input_ids", "attention_mask", "token_type_ids", "pixel_values")
+    }
+    return replace(batch, **two)
+
+
+def _mim_image_mask(batch: Batch) -> torch.Tensor:
+    mask = batch.mim_mask.bool()
+    return torch.cat([mask, torch.zeros_like(mask)])  # (2B, P)

@@ -1,0 +1,111 @@
+"""Where a run's figures go: a small ``Tracker`` interface and a file-based implementation.
+
+``FileTracker`` writes ``metrics.jsonl`` (one record per log call), ``metrics.csv`` (tidy:
+step, epoch, name, value) and ``params.json`` into the run folder. The run store (MLflow,
+see DESIGN.md) plugs in later as another ``Tracker``; the loop only calls this interface.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+METRICS_JSONL = "metrics.jsonl"
+METRICS_CSV = "metrics.csv"
+PARAMS_JSON = "params.json"
+PLOT_PNG = "metrics.png"
+
+
+class Tracker(Protocol):
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int, epoch: int) -> None: ...
+
+    def rewind(self, step: int) -> None:
+        """Forget records after ``step`` (a resumed run repeats them)."""
+
+    def close(self) -> None: ...
+
+
+class FileTracker:
+    """Append-only metrics files in the run folder, plus a PNG plot on :meth:`plot`."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self.run_dir / METRICS_JSONL
+        self.csv = self.run_dir / METRICS_CSV
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        (self.run_dir / PARAMS_JSON).write_text(json.dumps(dict(params), indent=2, default=str))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int, epoch: int) -> None:
+        record = {"step": step, "epoch": epoch, **{k: float(v) for k, v in metrics.items()}}
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        new = not self.csv.exists()
+        with self.csv.open("a", newline="") as f:
+            writer = csv.writer(f)
+            if new:
+                writer.writerow(["step", "epoch", "name", "value"])
+            writer.writerows([step, epoch, k, float(v)] for k, v in metrics.items())
+
+    def records(self) -> list[dict[str, float]]:
+        if not self.jsonl.exists():
+            return []
+        return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line]
+
+    def rewind(self, step: int) -> None:
+        kept = [r for r in self.records() if r["step"] <= step]
+        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        with self.csv.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step", "epoch", "name", "value"])
+            for r in kept:
+                rest = {k: v for k, v in r.items() if k not in ("step", "epoch")}
+                writer.writerows([r["step"], r["epoch"], k, v] for k, v in rest.items())
+
+    def plot(self) -> Path | None:
+        return plot_metrics(self.records(), self.run_dir / PLOT_PNG)
+
+    def close(self) -> None:
+        self.plot()
+
+
+def plot_metrics(records: list[dict[str, float]], path: Path) -> Path | None:
+    """Losses (left) and other metrics (right) against optimiser step; None if nothing to plot."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for r in records:
+        for k, v in r.items():
+            if k in ("step", "epoch") or not math.isfinite(v) or k.endswith(("lr", "/time_s")):
+                continue
+            xs, ys = series.setdefault(k, ([], []))
+            xs.append(int(r["step"]))
+            ys.append(v)
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name, (xs, ys) in sorted(series.items()):
+        is_loss = "loss" in name
+        if not is_loss and (name.endswith(("samples_per_s", "data_wait_share"))):
+            continue
+        ax = ax_loss if is_loss else ax_metric
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name)
+    for ax, title in ((ax_loss, "losses"), (ax_metric, "metrics")):
+        ax.set_xlabel("optimiser step")
+        ax.set_title(title)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,189 @@
+"""The one loop: accumulation, exact resume, NaN stop, early stopping, files, callbacks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from vilalign.model import build_model
+from vilalign.train import checkpoint as ckpt
+from vilalign.train.config import OptimConfig, TrainConfig
+from vilalign.train.loop import NonFiniteLossError, Trainer, seed_everything
+from vilalign.train.tasks import FinetuneTask, StepResult
+
+
+class Killed(Exception):
+    """Stands in for the process being killed."""
+
+
+def _trainer(make_config, toy_dataset, collate, run_dir, seed=0, dropout=True, **train):
+    seed_everything(seed)
+    off = {} if dropout else {"dropout": 0.0, "attention_dropout": 0.0}
+    model = build_model(make_config(**off))
+    if not dropout:
+        for m in model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = 0.0
+    cfg = TrainConfig(
+        **{
+            "batch_size": 2,
+            "epochs": 2,
+            "progress": False,
+            "monitor": "val/accuracy",
+            "monitor_mode": "max",
+            "seed": seed,
+            **train,
+        }
+    )
+    return Trainer(
+        FinetuneTask(model, "easyvqa"),
+        cfg,
+        OptimConfig(lr=1e-3, eps=1e-3 if not dropout else 1e-8),
+        run_dir,
+        toy_dataset(12),
+        toy_dataset(6, seed=1),
+        collate,
+    )
+
+
+def _state(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.task.state_dict().items()}
+
+
+def test_accumulating_four_micro_batches_equals_one_batch_four_times_larger(
+    make_config, toy_dataset, collate, tmp_path
+):
+    small = _trainer(
+        make_config,
+        toy_dataset,
+        collate,
+        tmp_path / "a",
+        dropout=False,
+        batch_size=2,
+        target_batch_size=8,
+        max_steps=1,
+    )
+    big = _trainer(
+        make_config, toy_dataset, collate, tmp_path / "b", dropout=False, batch_size=8, max_steps=1
+    )
+    # Same samples in the first step: the shuffle depends on the seed only.
+    small.fit()
+    big.fit()
+    a, b = _state(small), _state(big)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+    before = _fresh(make_config).state_dict()
+    changed = [k for k in a if not torch.equal(a[k], before[k])]
+    assert changed  # the step did something
+
+
+def _fresh(make_config) -> nn.Module:
+    seed_everything(0)
+    return FinetuneTask(build_model(make_config()), "easyvqa")
+
+
+def test_kill_and_resume_ends_bit_identical_to_an_uninterrupted_run(
+    make_config, toy_dataset, collate, tmp_path
+):
+    kw = {"target_batch_size": 4, "checkpoint": {"every_n_steps": 2}}
+    whole = _trainer(make_config, toy_dataset, collate, tmp_path / "whole", **kw)
+    whole.fit()
+
+    def kill_after_step_5(trainer: Trainer) -> None:
+        if trainer.progress.step == 5:
+            raise Killed
+
+    broken = _trainer(make_config, toy_dataset, collate, tmp_path / "broken", **kw)
+    broken.step_callbacks.append(kill_after_step_5)
+    with pytest.raises(Killed):
+        broken.fit()
+    assert ckpt.read_pointer(tmp_path / "broken" / "checkpoints")["step"] == 4
+    # A new process: fresh model and trainer (different init seed), then resume.
+    resumed = _trainer(make_config, toy_dataset, collate, tmp_path / "broken", seed=0, **kw)
+    seed_everything(123)
+    assert resumed.fit(resume=True).history[-1]["step"] == 6
+    a, b = _state(whole), _state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    timing = ("samples_per_s", "data_wait_share")
+    for h1, h2 in zip(whole.history, resumed.history, strict=True):
+        assert {k: v for k, v in h1.items() if not k.endswith(timing)} == {
+            k: v for k, v in h2.items() if not k.endswith(timing)
+        }
+    # The metrics file has no duplicate steps from the killed attempt.
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()
+    ]
+    whole_steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == whole_steps
+
+
+class NanAtStep(FinetuneTask):
+    def __init__(self, model, at: int) -> None:
+        super().__init__(model, "easyvqa")
+        self.calls, self.at = 0, at
+
+    def forward(self, batch) -> StepResult:
+        result = super().forward(batch)
+        self.calls += 1
+        if self.calls == self.at:
+            result.loss = result.loss * float("nan")
+        return result
+
+
+def test_a_nan_loss_stops_the_run_and_the_last_checkpoint_stays_loadable(
+    make_config, toy_dataset, collate, tmp_path
+):
+    trainer = _trainer(make_config, toy_dataset, collate, tmp_path, checkpoint={"every_n_steps": 2})
+    trainer.task = NanAtStep(trainer.task.model, at=4)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan .* step 4.*step-00000002"):
+        trainer.fit()
+    last = ckpt.resolve(tmp_path / "checkpoints")
+    assert last.name == "step-00000002"
+    ckpt.load_weights(last, _fresh(make_config))
+    assert ckpt.load_state(last)["progress"]["step"] == 2
+
+
+def test_run_outputs_callbacks_and_early_stopping(make_config, toy_dataset, collate, tmp_path):
+    seen = []
+
+    def callback(ctx):
+        seen.append((ctx.epoch, ctx.step, ctx.metrics["val/accuracy"]))
+        return {"analysis/dummy": float(ctx.epoch)}
+
+    trainer = _trainer(
+        make_config,
+        toy_dataset,
+        collate,
+        tmp_path,
+        batch_size=4,
+        epochs=6,
+        monitor="val/loss",
+        monitor_mode="max",
+        early_stopping={"patience": 1},
+    )
+    trainer.callbacks.append(callback)
+    result = trainer.fit()
+    # "max" of a falling loss: epoch 1 is the best, epoch 2 does not improve → stop.
+    assert result.stopped_early and len(result.history) == 2
+    assert [s[0] for s in seen] == [1, 2]
+    assert result.best_checkpoint.name == "step-00000003"  # epoch 1 = 3 steps
+    assert result.history[-1]["analysis/dummy"] == 2.0
+    for name in ("metrics.jsonl", "metrics.csv", "metrics.png"):
+        assert (tmp_path / name).is_file()
+    assert {"train/loss", "val/loss", "val/accuracy", "train/samples_per_s"} <= set(
+        result.history[0]
+    )
+
+
+def test_an_unknown_monitor_names_the_available_metrics(
+    make_config, toy_dataset, collate, tmp_path
+):
+    trainer = _trainer(make_config, toy_dataset, collate, tmp_path, monitor="val/acc", max_steps=1)
+    with pytest.raises(KeyError, match="val/accuracy"):
+        trainer.fit()
