@@ -70,3 +70,32 @@ def _easyvqa_captions(cfg: DataConfig, split: str, transform: ImageTransform) ->
 
     return EasyVQACaptions(split, transform, captions_per_image=cfg.captions_per_image,
                            **_common(cfg))
+
+
+@register_dataset("hateful_memes", ("train", "dev_seen", "dev_unseen", "test_seen", "test_unseen"))
+def _hateful_memes(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
+    from vilalign.data.hateful_memes import HatefulMemes
+
+    return HatefulMemes(cfg.root, split, transform, **_common(cfg))
+
+
+@register_dataset("mmimdb", ("train", "dev", "test"))
+def _mmimdb(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
+    from vilalign.data.mmimdb import MMIMDb
+
+    return MMIMDb(cfg.root, split, transform, **_common(cfg))
+
+
+@register_dataset("food101", ("train", "test"))
+def _food101(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
+    from vilalign.data.food101 import Food101
+
+    return Food101(cfg.root, split, transform, **_common(cfg))
+
+
+@register_dataset("vqa", ("train", "val", "test-dev", "test"))
+def _vqa(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
+    from vilalign.data.vqa import VQAv2
+
+    return VQAv2(cfg.root, split, transform, answer_vocab=cfg.vqa_answer_vocab,
+                 vocab_size=cfg.vqa_answer_vocab_size, **_common(cfg))
