@@ -23,3 +23,51 @@ def test_bad_preset_is_a_clear_error(capsys):
     assert main(["info", "--preset", "huge"]) == 2
     err = capsys.readouterr().err
     assert "unknown preset 'huge'" in err and "tiny, base, minilm" in err
+
+
+def test_analyse_writes_a_tidy_table(tmp_path, capsys):
+    import pandas as pd
+
+    code = main(
+        [
+            "analyse",
+            "--preset",
+            "tiny",
+            "--n-samples",
+            "40",
+            "--batch-size",
+            "20",
+            "--measures",
+            "cka_linear,mutual_knn",
+            "--views",
+            "cls",
+            "--run-dir",
+            str(tmp_path),
+            "--permutations",
+            "0",
+        ]
+    )
+    assert code == 0
+    table = pd.read_csv(tmp_path / "alignment.csv")
+    assert set(table.measure) == {"cka_linear", "mutual_knn"}
+    assert list(table.layer.unique()) == ["fusion.0", "fusion.1", "fusion.2", "fusion.3"]
+    out = capsys.readouterr().out
+    assert "coattention" in out and "alignment.parquet" in out
+    matrix = pd.read_csv(tmp_path / "alignment_layer_matrix.csv", index_col=0)
+    assert matrix.shape == (6, 6)
+
+
+def test_analyse_unknown_measure_fails_naming_it(tmp_path, capsys):
+    args = [
+        "analyse",
+        "--preset",
+        "tiny",
+        "--n-samples",
+        "8",
+        "--measures",
+        "ckaa",
+        "--run-dir",
+        str(tmp_path),
+    ]
+    assert main(args) == 2
+    assert "unknown measure 'ckaa'" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 # Order = order in `vilalign --help`.
-COMMANDS = ("info",)
+COMMANDS = ("analyse", "info")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,110 @@
+"""Alignment analysis of one model on one dataset: collect → measure → write.
+
+Used by ``vilalign analyse`` and by the training loop's per-epoch callback, so the
+numbers after training and during training come from the same code.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from torch import nn
+from torch.utils.data import DataLoader
+
+from vilalign.analysis.align import (
+    DEFAULT_MEASURES,
+    RunInfo,
+    StatsOptions,
+    alignment_table,
+    layer_matrix,
+)
+from vilalign.analysis.collect import Representations, collect
+from vilalign.data import Collator, DataConfig, build_dataset, build_transform
+from vilalign.model.checkpoint import unwrap
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AlignmentSpec:
+    """What to measure: which samples, views, measures and statistics."""
+
+    data: DataConfig
+    split: str
+    n_samples: int = 500
+    views: Sequence[str] = ("cls", "mean")
+    measures: Sequence[str] = DEFAULT_MEASURES
+    include_encoders: bool = True
+    stats: StatsOptions = field(default_factory=StatsOptions)
+    batch_size: int = 64
+    max_length: int = 32
+    heatmap_measure: str = "cka_linear"
+
+
+@dataclass
+class AlignmentResult:
+    table: pd.DataFrame
+    matrix: pd.DataFrame | None
+    representations: Representations
+    files: list[Path]
+
+
+def analysis_loader(model: nn.Module, tokenizer: Any, spec: AlignmentSpec) -> DataLoader:
+    """An evaluation loader (no augmentation, fixed order) over the analysis split."""
+    # Analysis always sees unaugmented images, also on a training split.
+    transform = build_transform(unwrap(model).image_data_config, train=False)
+    dataset = build_dataset(spec.data, spec.split, transform)
+    padding = "max_length" if "tokens" in spec.views else "longest"
+    collator = Collator(tokenizer, max_length=spec.max_length, padding=padding)
+    return DataLoader(dataset, batch_size=spec.batch_size, shuffle=False, collate_fn=collator)
+
+
+def run_alignment(
+    model: nn.Module,
+    tokenizer: Any,
+    spec: AlignmentSpec,
+    info: RunInfo,
+    out_dir: str | Path | None = None,
+    loader: DataLoader | None = None,
+    progress: bool = True,
+) -> AlignmentResult:
+    """Collect representations once, measure every fusion layer, optionally write files."""
+    loader = loader or analysis_loader(model, tokenizer, spec)
+    n = min(spec.n_samples, len(loader.dataset))  # type: ignore[arg-type]
+    reps = collect(
+        model,
+        loader,
+        n,
+        spec.views,
+        spec.include_encoders,
+        progress=progress,
+        device=next(unwrap(model).parameters()).device,
+    )
+    table = alignment_table(reps, spec.measures, info, spec.stats, progress=progress)
+    pooled = [v for v in spec.views if v != "tokens"]
+    matrix = layer_matrix(reps, spec.heatmap_measure, pooled[0]) if pooled else None
+    files: list[Path] = []
+    if out_dir is not None:
+        files = write_alignment(table, matrix, Path(out_dir), info)
+    return AlignmentResult(table, matrix, reps, files)
+
+
+def write_alignment(
+    table: pd.DataFrame, matrix: pd.DataFrame | None, out_dir: Path, info: RunInfo
+) -> list[Path]:
+    """alignment.csv (+ .parquet), the layer×layer matrix, and the plots."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "alignment" if info.epoch is None else f"alignment_epoch{info.epoch}"
+    files = [out_dir / f"{stem}.csv", out_dir / f"{stem}.parquet"]
+    table.to_csv(files[0], index=False)
+    table.to_parquet(files[1], index=False)
+    if matrix is not None:
+        path = out_dir / f"{stem}_layer_matrix.csv"
+        matrix.to_csv(path)
+        files.append(path)
+    return files

@@ -1,0 +1,96 @@
+"""``vilalign analyse``: layer-wise alignment of a model's text and image streams."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from vilalign.analysis.align import DEFAULT_MEASURES
+
+    p = sub.add_parser(
+        "analyse",
+        help="measure text-image alignment layer by layer",
+        description=(
+            "Run a model once over N samples of a dataset, collect each fusion layer's text "
+            "and image representations (and the encoders'), and compare them with alignment "
+            "measures. Writes alignment.csv/.parquet and the layer x layer matrix into "
+            "--run-dir and prints a compact table."
+        ),
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="a folder written by save_pretrained")
+    src.add_argument("--preset", help="analyse a freshly built model of this preset instead")
+    p.add_argument("--dataset", default="easyvqa", help="dataset name (default: easyvqa)")
+    p.add_argument("--root", help="dataset folder (not needed for easyvqa)")
+    p.add_argument("--split", default="test", help="split to analyse (default: test)")
+    p.add_argument("--n-samples", type=int, default=500, help="samples to collect (default 500)")
+    p.add_argument("--views", default="cls,mean", help="comma list of cls, mean, tokens")
+    p.add_argument(
+        "--measures",
+        default=",".join(DEFAULT_MEASURES),
+        help="comma list of measure names (default: %(default)s)",
+    )
+    p.add_argument("--permutations", type=int, default=0, help="permutation-null size (p-values)")
+    p.add_argument("--resamples", type=int, default=0, help="bootstrap resamples (intervals)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", type=Path, default=Path("runs/analyse"), help="output folder")
+    p.set_defaults(handler=run)
+
+
+def _split(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from vilalign.analysis.align import RunInfo, StatsOptions
+    from vilalign.analysis.pipeline import AlignmentSpec, run_alignment
+    from vilalign.config import model_config
+    from vilalign.data import DataConfig
+    from vilalign.model import build_model, load_pretrained, load_tokenizer
+    from vilalign.model.checkpoint import TOKENIZER_DIR
+
+    torch.manual_seed(args.seed)
+    if args.checkpoint is not None:
+        model = load_pretrained(args.checkpoint)
+        tok_dir = args.checkpoint / TOKENIZER_DIR
+        from transformers import AutoTokenizer
+
+        tokenizer = (
+            AutoTokenizer.from_pretrained(tok_dir)
+            if tok_dir.is_dir()
+            else load_tokenizer(model.config.text)
+        )
+        run_name = args.checkpoint.name
+    else:
+        model = build_model(model_config(args.preset))
+        tokenizer = load_tokenizer(model.config.text)
+        run_name = f"{args.preset}-untrained"
+    spec = AlignmentSpec(
+        data=DataConfig(name=args.dataset, root=args.root),
+        split=args.split,
+        n_samples=args.n_samples,
+        views=_split(args.views),
+        measures=_split(args.measures),
+        stats=StatsOptions(args.permutations, args.resamples, seed=args.seed),
+        batch_size=args.batch_size,
+        max_length=model.config.text.max_length,
+    )
+    info = RunInfo(run=run_name, seed=args.seed, dataset=args.dataset)
+    result = run_alignment(model, tokenizer, spec, info, out_dir=args.run_dir)
+    print(compact_table(result.table))
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def compact_table(table) -> str:
+    """Layers as rows, (view, measure) as columns, values to 3 decimals."""
+    wide = table.pivot_table(
+        index=["layer", "layer_kind"], columns=["view", "measure"], values="value", sort=False
+    )
+    return wide.round(3).to_string()
