@@ -290,20 +290,43 @@ class Pair:
             ("cross_cov", center), lambda: self.x.centred(center).T @ self.y.centred(center)
         )
 
-    def cca(self, center: bool = True) -> tuple[Tensor, Tensor]:
-        """Canonical correlations (descending) and x-side canonical directions (D1×r).
+    def whitened_cross(self, center: bool = True) -> Tensor:
+        """Wxᵀ Cxy Wy (rx×ry): the cross-covariance of orthonormal bases of both views.
 
-        Whitening both views and taking singular values of the whitened cross-covariance
-        (Hotelling 1936; the same quantity as Kornblith et al.'s QR formulation).
+        Its singular values are the canonical correlations (Hotelling 1936); it is Qxᵀ Qy
+        of Kornblith et al.'s QR formulation, reached through D×D factors instead.
+        """
+
+        def make() -> Tensor:
+            wx, wy = self.x.whitener(center), self.y.whitener(center)
+            return wx.T @ self.cross_cov(center) @ wy
+
+        return self._cached(("whitened_cross", center), make)
+
+    def canonical_correlations(self, center: bool = True) -> Tensor:
+        """Canonical correlations, descending (``svdvals``; no singular vectors needed)."""
+
+        def make() -> Tensor:
+            return torch.linalg.svdvals(self.whitened_cross(center)).clamp(0.0, 1.0)
+
+        return self._cached(("rho", center), make)
+
+    def canonical_directions(self, center: bool = True) -> tuple[Tensor, Tensor]:
+        """Canonical correlations and the x-side canonical directions (D1×r).
+
+        Left singular vectors from ``eigh`` of M Mᵀ: on CPU, LAPACK's full SVD of a D×D
+        matrix is often an order of magnitude slower than the symmetric eigensolver.
         """
 
         def make() -> tuple[Tensor, Tensor]:
-            wx, wy = self.x.whitener(center), self.y.whitener(center)
-            m = wx.T @ self.cross_cov(center) @ wy
-            u, s, _ = torch.linalg.svd(m, full_matrices=False)
-            return s.clamp(0.0, 1.0), wx @ u
+            m = self.whitened_cross(center)
+            r = min(m.shape)
+            evals, evecs = torch.linalg.eigh(m @ m.T)
+            u = evecs.flip(1)[:, :r]
+            rho = evals.flip(0)[:r].clamp(0.0, 1.0).sqrt()
+            return rho, self.x.whitener(center) @ u
 
-        return self._cached(("cca", center), make)
+        return self._cached(("cca_dirs", center), make)
 
 
 # --------------------------------------------------------------------------- registry
@@ -552,7 +575,7 @@ def _warn_if_trivial(p: Pair, rx: int, ry: int) -> None:
 def _cca_mean(p: Pair, center: bool = True) -> float:
     """Mean canonical correlation (ρ̄ of Raghu et al. 2017). Invariant to invertible
     linear maps of either view."""
-    rho, _ = p.cca(center)
+    rho = p.canonical_correlations(center)
     _warn_if_trivial(p, p.x.whitener(center).shape[1], p.y.whitener(center).shape[1])
     return float(rho.mean())
 
@@ -565,9 +588,10 @@ def _cca_squared(p: Pair, center: bool = True) -> float:
     ``center=False`` reproduces Kornblith's demo notebook, whose ``cca`` takes the QR of
     uncentred features (its data have mean ≈ 0); CCA proper centres.
     """
-    rho, _ = p.cca(center)
-    _warn_if_trivial(p, p.x.whitener(center).shape[1], p.y.whitener(center).shape[1])
-    return float((rho**2).mean())
+    # Σρ² = ‖M‖²_F: no decomposition needed.
+    m = p.whitened_cross(center)
+    _warn_if_trivial(p, m.shape[0], m.shape[1])
+    return float(torch.linalg.matrix_norm(m) ** 2) / min(m.shape)
 
 
 def _svd_reduce(view: View, variance: float, n_components: int | None) -> Tensor:
@@ -614,7 +638,7 @@ def _pwcca(p: Pair) -> float:
     """
     rx, ry = p.x.whitener().shape[1], p.y.whitener().shape[1]
     pair = p if rx <= ry else Pair(p.y, p.x)
-    rho, dirs = pair.cca()
+    rho, dirs = pair.canonical_directions()
     xc = pair.x.centred()
     variates = xc @ dirs  # (N, r), orthonormal columns
     weights = (variates.T @ xc).abs().sum(dim=1)  # (r,)
