@@ -17,6 +17,8 @@ DatasetName = Literal[
     "easyvqa_captions",
     "captions_folder",
     "captions_shards",
+    "coco_karpathy",
+    "flickr30k_karpathy",
 ]
 
 

@@ -99,3 +99,6 @@ def _vqa(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
 
     return VQAv2(cfg.root, split, transform, answer_vocab=cfg.vqa_answer_vocab,
                  vocab_size=cfg.vqa_answer_vocab_size, **_common(cfg))
+
+
+from vilalign.data import karpathy as _karpathy  # noqa: E402, F401  (registers its builders)
