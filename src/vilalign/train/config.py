@@ -6,11 +6,22 @@ eps 1e-8, weight decay 0.01, 10 % warm-up, pretrained encoders at 0.1x the learn
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from vilalign.config import StrictModel
+from vilalign.config import (
+    PRESETS,
+    ConfigError,
+    ModelConfig,
+    StrictModel,
+    deep_merge,
+    preset_mapping,
+    read_mapping,
+    validate,
+)
+from vilalign.data.config import DataConfig
 
 
 class OptimConfig(StrictModel):
@@ -105,10 +116,14 @@ class TrainConfig(StrictModel):
     compile: bool = False
     device: str = Field("auto", description="'auto': cuda when available, else cpu.")
     num_workers: int = Field(0, ge=0)
-    monitor: str = Field(
-        "val/loss", description="Metric that picks the best checkpoint and drives early stopping."
+    monitor: str | None = Field(
+        None,
+        description="Metric that picks the best checkpoint and drives early stopping, e.g. "
+        "'val/accuracy'; default: the task's own (val/ when there is a validation split).",
     )
-    monitor_mode: Literal["min", "max"] = "min"
+    monitor_mode: Literal["min", "max"] | None = Field(
+        None, description="Whether the monitored metric should rise or fall; default: the task's."
+    )
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     progress: bool = Field(True, description="Show a tqdm bar per epoch.")
@@ -127,3 +142,77 @@ class TrainConfig(StrictModel):
     def accumulation_steps(self) -> int:
         """Micro-batches per optimiser step."""
         return (self.target_batch_size or self.batch_size) // self.batch_size
+
+
+# ---------------------------------------------------------------------------- run configs
+
+
+class SplitsConfig(StrictModel):
+    """Which dataset splits train, validate (every epoch) and test (once, best weights)."""
+
+    train: str | None = Field(None, description="Default: the dataset's training split.")
+    val: str | None = Field(
+        None, description="Default: hold out val_fraction of the training split."
+    )
+    test: str | None = Field(None, description="Default: the split named 'test', if any.")
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="Share of train held out when val is not named; 0: none."
+    )
+
+
+class RunConfig(StrictModel):
+    """What every run needs: the model (a preset plus overrides), data, loop and optimiser.
+
+    ``model`` is merged onto the preset's model section, so a file only names what differs:
+    ``{"preset": "tiny", "model": {"depth": 2}}``.
+    """
+
+    preset: str = Field("tiny", description=f"Model preset: one of {', '.join(PRESETS)}.")
+    model: ModelConfig
+    data: DataConfig = DataConfig()
+    splits: SplitsConfig = SplitsConfig()
+    train: TrainConfig = TrainConfig()
+    optim: OptimConfig = OptimConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_preset(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = data.get("preset", "tiny")
+        model = data.get("model") or {}
+        if isinstance(model, dict):
+            data = {**data, "model": deep_merge(preset_mapping(preset)["model"], model)}
+        return data
+
+
+class FinetuneConfig(RunConfig):
+    """``vilalign finetune``: one task head on one dataset."""
+
+    task: str | None = Field(
+        None,
+        description="Task name (hateful_memes, mmimdb, food101, vqa, easyvqa); "
+        "default: the dataset's name.",
+    )
+    init_from: str | None = Field(
+        None, description="A pretrained model folder (save_pretrained) or a pretraining run."
+    )
+
+    @property
+    def task_name(self) -> str:
+        return self.task or self.data.name
+
+
+class PretrainConfig(RunConfig):
+    """``vilalign pretrain``: the objectives on image-caption data."""
+
+    data: DataConfig = DataConfig(name="easyvqa_captions")
+    objectives: ObjectivesConfig = ObjectivesConfig()
+
+
+def load_run_config(path: str | Path, kind: type[RunConfig], **overrides: Any) -> RunConfig:
+    """Read a YAML/JSON run file, apply (nested) overrides, validate; errors name the field."""
+    data = deep_merge(read_mapping(path), overrides)
+    if "preset" in data and data["preset"] not in PRESETS:
+        raise ConfigError(f"{path}: preset: unknown preset {data['preset']!r}")
+    return validate(kind, data, source=str(path))

@@ -192,6 +192,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, optim)
         fp16 = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        split = "val" if val_data is not None else "train"
+        self.monitor = cfg.monitor or f"{split}/{task.monitor}"
+        self.monitor_mode = cfg.monitor_mode or (task.monitor_mode if not cfg.monitor else "min")
         self.progress = Progress()
         self.epoch_meter, self.log_meter = Meter(), Meter()
         self.history: list[dict[str, float]] = []
@@ -373,16 +376,16 @@ class Trainer:
 
     def _update_best(self, summary: dict[str, float]) -> bool:
         p, cfg = self.progress, self.cfg
-        if cfg.monitor not in summary:
+        if self.monitor not in summary:
             raise KeyError(
-                f"monitor: metric {cfg.monitor!r} is not reported; "
+                f"monitor: metric {self.monitor!r} is not reported; "
                 f"available: {', '.join(sorted(summary))}"
             )
-        value = summary[cfg.monitor]
+        value = summary[self.monitor]
         delta = cfg.early_stopping.min_delta
         better = p.best_value is None or (
             value > p.best_value + delta
-            if cfg.monitor_mode == "max"
+            if self.monitor_mode == "max"
             else value < p.best_value - delta
         )
         if better and math.isfinite(value):
@@ -392,7 +395,7 @@ class Trainer:
         patience = cfg.early_stopping.patience
         if patience is not None and p.bad_epochs >= patience:
             p.stopped_early = True
-            logger.info("early stopping: %s did not improve for %d epochs", cfg.monitor, patience)
+            logger.info("early stopping: %s did not improve for %d epochs", self.monitor, patience)
         return False
 
     def _run_callbacks(self, summary: dict[str, float]) -> None:
@@ -444,7 +447,7 @@ class Trainer:
         path = ckpt.save_checkpoint(self.ckpt_dir, self.progress.step, self.task, self.state())
         if best and self.cfg.checkpoint.keep_best:
             ckpt.mark_best(
-                self.ckpt_dir, self.progress.step, self.cfg.monitor, float(self.progress.best_value)
+                self.ckpt_dir, self.progress.step, self.monitor, float(self.progress.best_value)
             )
         ckpt.prune(self.ckpt_dir)
         return path

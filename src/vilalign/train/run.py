@@ -1,0 +1,273 @@
+"""The library side of ``vilalign pretrain`` and ``vilalign finetune``: setup → fit → test.
+
+Each function builds the datasets, the model and the task from a validated run config,
+runs the one loop, evaluates the best checkpoint on the test split, and leaves in the
+run folder: ``config.json`` (resolved), ``metrics.jsonl``/``.csv``, ``metrics.png``,
+``checkpoints/``, ``model/`` (``save_pretrained`` of the best weights, the thing to
+fine-tune from) and ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import Dataset, Subset
+from transformers import PreTrainedTokenizerBase
+
+from vilalign.config import ConfigError
+from vilalign.data import SPLITS, Collator, build_dataset, build_transform
+from vilalign.data.masking import PretrainingCollator
+from vilalign.data.types import Sample
+from vilalign.model import VilbertModel, build_model, load_tokenizer, save_pretrained
+from vilalign.model.encoders import build_vit, image_data_config
+from vilalign.train import checkpoint as ckpt
+from vilalign.train.config import FinetuneConfig, PretrainConfig, RunConfig
+from vilalign.train.loop import EpochCallback, FitResult, Trainer, seed_everything
+from vilalign.train.tasks import FinetuneTask, PretrainingTask, Task, task_spec
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+RESULTS_FILE = "results.json"
+MODEL_DIR = "model"
+
+
+@dataclass
+class Splits:
+    train: Dataset
+    val: Dataset | None
+    test: Dataset | None
+    names: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    fit: FitResult
+    test_metrics: dict[str, float]
+    run_dir: Path
+    model_dir: Path
+
+
+# ---------------------------------------------------------------------------- entry points
+
+
+def run_finetuning(
+    cfg: FinetuneConfig,
+    run_dir: str | Path,
+    init_from: str | Path | None = None,
+    resume: bool = False,
+    callbacks: Sequence[EpochCallback] = (),
+) -> RunResult:
+    """Fine-tune ``cfg.task_name`` on ``cfg.data``; ``init_from`` overrides ``cfg.init_from``."""
+    run_dir = _prepare_run_dir(cfg, run_dir, resume)
+    seed_everything(cfg.train.seed)
+    spec = task_spec(cfg.task_name)
+    splits = build_splits(cfg)
+    num_labels = 1 if spec.loss == "binary" else getattr(splits.train, "num_labels", None)
+    model_cfg = cfg.model.model_copy(update={"num_labels": num_labels or spec.num_labels})
+    model = build_model(model_cfg)
+    source = init_from or cfg.init_from
+    if source is not None:
+        load_encoder_weights(model, source)
+    task = FinetuneTask(model, cfg.task_name)
+    tokenizer = load_tokenizer(cfg.model.text)
+    collate = Collator(tokenizer, max_length=cfg.model.text.max_length)
+    return _fit_and_test(cfg, run_dir, task, splits, collate, tokenizer, resume, callbacks)
+
+
+def run_pretraining(
+    cfg: PretrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    callbacks: Sequence[EpochCallback] = (),
+) -> RunResult:
+    """Pretrain on ``cfg.data`` (image-caption pairs) with the configured objectives."""
+    run_dir = _prepare_run_dir(cfg, run_dir, resume)
+    seed_everything(cfg.train.seed)
+    splits = build_splits(cfg)
+    model = build_model(cfg.model.model_copy(update={"num_labels": 0}))
+    task = PretrainingTask(model, cfg.objectives)
+    tokenizer = load_tokenizer(cfg.model.text)
+    collate = pretraining_collator(cfg, model, tokenizer)
+    return _fit_and_test(cfg, run_dir, task, splits, collate, tokenizer, resume, callbacks)
+
+
+def _fit_and_test(
+    cfg: RunConfig,
+    run_dir: Path,
+    task: Task,
+    splits: Splits,
+    collate: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    resume: bool,
+    callbacks: Sequence[EpochCallback],
+) -> RunResult:
+    trainer = Trainer(
+        task,
+        cfg.train,
+        cfg.optim,
+        run_dir,
+        splits.train,
+        splits.val,
+        collate,
+        callbacks=callbacks,
+    )
+    fit = trainer.fit(resume=resume)
+    if fit.best_checkpoint is not None:
+        ckpt.load_weights(fit.best_checkpoint, task)  # test and export the best, not the last
+    test = trainer.evaluate(splits.test, "test") if splits.test is not None else {}
+    if test:
+        trainer.tracker.log_metrics(test, trainer.progress.step, trainer.progress.epoch)
+    model_dir = save_pretrained(task.model, run_dir / MODEL_DIR, tokenizer)
+    _write_results(run_dir, fit, test, splits)
+    return RunResult(fit, test, run_dir, model_dir)
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def _prepare_run_dir(cfg: RunConfig, run_dir: str | Path, resume: bool) -> Path:
+    """Create the run folder and write the resolved config; refuse to mix two runs."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG_FILE
+    resolved = json.loads(cfg.model_dump_json())
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if not resume and ckpt.read_pointer(run_dir / "checkpoints") is not None:
+            raise FileExistsError(
+                f"{run_dir} already holds a run; resume it (resume=True) or pick a new folder"
+            )
+        if resume and saved != resolved:
+            logger.warning("resume: the config differs from the one saved in %s", path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_json_atomic(path, resolved)
+    return run_dir
+
+
+def build_splits(cfg: RunConfig) -> Splits:
+    """Train / val / test datasets with the right transform each (augmentation on train only)."""
+    name = cfg.data.name
+    known = SPLITS.get(name, ())
+    train_split = cfg.splits.train or known[0]
+    test_split = cfg.splits.test or ("test" if "test" in known else None)
+    data_config = image_data_config(
+        build_vit(cfg.model.image, load_weights=False), cfg.model.image.img_size
+    )
+
+    def load(split: str, as_train: bool) -> Dataset:
+        transform = build_transform(data_config, cfg.data.augment, train=as_train)
+        return build_dataset(cfg.data, split, transform)
+
+    train = load(train_split, True)
+    names = {"train": train_split}
+    if cfg.splits.val is not None:
+        val, names["val"] = load(cfg.splits.val, False), cfg.splits.val
+    elif cfg.splits.val_fraction > 0:
+        train, val = holdout(
+            train, load(train_split, False), cfg.splits.val_fraction, cfg.train.seed
+        )
+        names["val"] = f"{cfg.splits.val_fraction:.0%} of {train_split}"
+    else:
+        val = None
+    test = load(test_split, False) if test_split is not None else None
+    if test_split is not None:
+        names["test"] = test_split
+    return Splits(train, val, test, names)
+
+
+def holdout(
+    train: Dataset, train_as_eval: Dataset, fraction: float, seed: int
+) -> tuple[Dataset, Dataset]:
+    """Split a training set into (train, val) by a seeded permutation of indices.
+
+    ``train_as_eval`` is the same split read with the evaluation transform, so the
+    held-out part is not augmented. ``num_labels`` is carried over to the subsets.
+    """
+    n = len(train)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = max(1, round(fraction * n))
+    subsets = Subset(train, order[cut:]), Subset(train_as_eval, order[:cut])
+    for subset in subsets:
+        if hasattr(train, "num_labels"):
+            subset.num_labels = train.num_labels
+    return subsets
+
+
+def caption_image_key(sample: Sample) -> str:
+    """The image a caption sample shows: ids ``<split>-img<id>-<k>`` share ``<split>-img<id>``."""
+    match = re.match(r"^(.*-img\d+)-\d+$", sample.id)
+    return match.group(1) if match else sample.id
+
+
+def pretraining_collator(
+    cfg: PretrainConfig, model: VilbertModel, tokenizer: PreTrainedTokenizerBase
+) -> PretrainingCollator:
+    side = round(model.num_patches**0.5)
+    if side * side != model.num_patches:
+        raise ConfigError(f"image: MIM needs a square patch grid, got {model.num_patches} patches")
+    obj = cfg.objectives
+    return PretrainingCollator(
+        Collator(tokenizer, max_length=cfg.model.text.max_length),
+        tokenizer,
+        (side, side),
+        mlm_probability=obj.mlm.probability if obj.mlm.weight > 0 else None,
+        mim_ratio=obj.mim.ratio if obj.mim.weight > 0 else None,
+        mim_pattern=obj.mim.pattern,
+        ap_negative_ratio=obj.ap.negative_ratio if obj.ap.weight + obj.itc.weight > 0 else 0.0,
+        mlm_on_negatives=obj.mlm.on_negatives,
+        seed=cfg.train.seed,
+        image_key=caption_image_key,
+    )
+
+
+# ---------------------------------------------------------------------------- weights
+
+
+def load_encoder_weights(model: VilbertModel, source: str | Path) -> None:
+    """Load pretrained weights into ``model``, all but a task head of another size.
+
+    ``source`` is a ``save_pretrained`` folder or a run folder holding one in ``model/``.
+    Every other missing or unexpected key is an error naming the keys.
+    """
+    source = Path(source)
+    folder = source / MODEL_DIR if (source / MODEL_DIR / "model.safetensors").is_file() else source
+    file = folder / "model.safetensors"
+    if not file.is_file():
+        raise FileNotFoundError(f"init_from: no model.safetensors in {source} or {source}/model")
+    state = load_file(str(file))
+    own = model.state_dict()
+    # A new task head (other label count, or none in a pretrained model) starts fresh.
+    state = {
+        k: v
+        for k, v in state.items()
+        if not k.startswith("head.") or (k in own and own[k].shape == v.shape)
+    }
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("head.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"init_from {file}: does not match the model: missing {missing}, "
+            f"unexpected {unexpected}"
+        )
+    logger.info("initialised from %s", file)
+
+
+def _write_results(run_dir: Path, fit: FitResult, test: dict[str, float], splits: Splits) -> None:
+    results = {
+        "splits": splits.names,
+        "epochs": len(fit.history),
+        "best_value": fit.best_value,
+        "best_checkpoint": str(fit.best_checkpoint) if fit.best_checkpoint else None,
+        "stopped_early": fit.stopped_early,
+        "last_epoch": fit.history[-1] if fit.history else {},
+        "test": test,
+    }
+    ckpt.write_json_atomic(run_dir / RESULTS_FILE, results)
