@@ -63,9 +63,11 @@ def _check_k(k: int, n: int) -> None:
 
 # --------------------------------------------------------------------------- caches
 
-# View cache entries that are N×N matrices over rows (re-indexed under a permutation) and
-# entries that do not depend on the order of rows (kept as they are).
-_SQUARE_KEYS = frozenset({"gram", "gram_c", "gram_c_offdiag", "cos_gram", "sqdist"})
+# View cache entries that are N×N matrices over rows (re-indexed when rows are taken;
+# centred ones only under a permutation) and entries that do not depend on the order of
+# rows (kept under a permutation).
+_RAW_SQUARE_KEYS = frozenset({"gram", "cos_gram", "sqdist"})
+_CENTRED_SQUARE_KEYS = frozenset({"gram_c", "gram_c_offdiag"})
 _ORDER_FREE_KEYS = frozenset({"gram_c_norm", "hsic_u_self", "cov", "cov_raw", "pca", "whitener"})
 
 
@@ -101,18 +103,31 @@ class View:
         Why: a permutation null recomputes a measure hundreds of times on the same rows in
         a new order; permuting an N×N matrix costs O(N²), recomputing it O(N²·D).
         """
+        return self._take(perm, same_set=True)
+
+    def subset(self, index: Tensor) -> View:
+        """The view restricted to rows ``index`` (repeats allowed, as in a bootstrap).
+
+        Only caches that depend on single rows or pairs of rows (raw and cosine Gram,
+        distances) carry over; centred quantities depend on the whole set and are redone.
+        """
+        return self._take(index, same_set=False)
+
+    def _take(self, index: Tensor, same_set: bool) -> View:
+        index = index.to(self.x.device)
         out = View.__new__(View)
-        out.name, out.x, out._cache = self.name, self.x[perm], {}
+        out.name, out.x, out._cache = self.name, self.x[index], {}
+        square = _RAW_SQUARE_KEYS | (_CENTRED_SQUARE_KEYS if same_set else frozenset())
         for key, value in self._cache.items():
             name = key[0] if isinstance(key, tuple) else key
-            if name in _SQUARE_KEYS:
-                out._cache[key] = value[perm][:, perm]
-            elif name in _ORDER_FREE_KEYS:
-                out._cache[key] = value
-            elif name == "rbf":
-                out._cache[key] = (value[0][perm][:, perm], value[1])
+            if name in square:
+                out._cache[key] = value[index][:, index]
             elif name == "row_norms":
-                out._cache[key] = value[perm]
+                out._cache[key] = value[index]
+            elif same_set and name in _ORDER_FREE_KEYS:
+                out._cache[key] = value
+            elif same_set and name == "rbf":
+                out._cache[key] = (value[0][index][:, index], value[1])
         return out
 
     # -- sample space ---------------------------------------------------------------
@@ -339,7 +354,9 @@ class Measure:
     ``impl`` works on a :class:`Pair` (shared caches). ``higher_is_better``/``best`` tell
     the statistics which tail is "more aligned" and what a perfect score is. ``resample``
     says how to draw confidence intervals ("bootstrap" with replacement, or "subsample"
-    without replacement where duplicated rows would bias the estimate).
+    without replacement where duplicated rows would bias the estimate: duplicates become
+    each other's nearest neighbours, put diagonal terms back into the unbiased HSIC, shrink
+    the effective rank that CCA fits, and add zero dissimilarities to both RDMs).
     ``pairing_invariant`` marks measures that ignore which row goes with which (a
     permutation test of the pairing is meaningless for them); ``equal_dims`` those that
     need D1 == D2.
@@ -571,7 +588,7 @@ def _warn_if_trivial(p: Pair, rx: int, ry: int) -> None:
         )
 
 
-@register("cca")
+@register("cca", resample="subsample")
 def _cca_mean(p: Pair, center: bool = True) -> float:
     """Mean canonical correlation (ρ̄ of Raghu et al. 2017). Invariant to invertible
     linear maps of either view."""
@@ -580,7 +597,7 @@ def _cca_mean(p: Pair, center: bool = True) -> float:
     return float(rho.mean())
 
 
-@register("cca_squared")
+@register("cca_squared", resample="subsample")
 def _cca_squared(p: Pair, center: bool = True) -> float:
     """Mean squared canonical correlation R²_CCA (Kornblith et al. 2019, Table 1):
     ‖Q_xᵀ Q_y‖²_F / min(rank x, rank y).
@@ -615,7 +632,7 @@ def _svd_reduce(view: View, variance: float, n_components: int | None) -> Tensor
     return evecs[:, :keep] / evals[:keep].sqrt()
 
 
-@register("svcca")
+@register("svcca", resample="subsample")
 def _svcca(p: Pair, variance: float = 0.99, n_components: int | None = None) -> float:
     """SVCCA (Raghu et al. 2017): SVD-reduce each view to the directions keeping
     ``variance`` of its variance (or ``n_components``), then mean canonical correlation."""
@@ -628,7 +645,7 @@ def _svcca(p: Pair, variance: float = 0.99, n_components: int | None = None) -> 
     return float(rho.mean())
 
 
-@register("pwcca")
+@register("pwcca", resample="subsample")
 def _pwcca(p: Pair) -> float:
     """Projection-weighted CCA (Morcos, Raghu & Bengio 2018, eq. in §2.3).
 
@@ -703,7 +720,7 @@ def _rdm_upper(view: View, inner: str) -> Tensor:
     return mat[iu[0], iu[1]]
 
 
-@register("rsa")
+@register("rsa", resample="subsample")
 def _rsa(p: Pair, inner: str = "correlation") -> float:
     """RSA (Kriegeskorte et al. 2008): Spearman correlation of the upper triangles of the
     two representational dissimilarity matrices (default: correlation distance, as ReSi)."""
