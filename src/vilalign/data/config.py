@@ -90,6 +90,9 @@ class DataConfig(StrictModel):
         1, ge=1, description="easyvqa_captions: caption sentences (samples) per image."
     )
     shuffle_buffer: int = Field(1000, ge=0, description="captions_shards: samples in buffer.")
+    epoch_length: int | None = Field(
+        None, gt=0, description="captions_shards: samples per rank per epoch (equal DDP steps)."
+    )
     seed: int = 0
 
     @model_validator(mode="after")

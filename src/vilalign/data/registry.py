@@ -101,4 +101,20 @@ def _vqa(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
                  vocab_size=cfg.vqa_answer_vocab_size, **_common(cfg))
 
 
+@register_dataset("captions_folder", ("train",))
+def _captions_folder(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
+    from vilalign.data.captions import CaptionFolder
+
+    return CaptionFolder(cfg.root, transform, **_common(cfg))
+
+
+@register_dataset("captions_shards", ("train",))
+def _captions_shards(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
+    from vilalign.data.captions import CaptionShards
+
+    # streaming: no cache (img2dataset already resized the images), no limit
+    return CaptionShards(cfg.root, transform, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+                         on_bad_image=cfg.on_bad_image, epoch_length=cfg.epoch_length)
+
+
 from vilalign.data import karpathy as _karpathy  # noqa: E402, F401  (registers its builders)
