@@ -71,3 +71,48 @@ def test_analyse_unknown_measure_fails_naming_it(tmp_path, capsys):
     ]
     assert main(args) == 2
     assert "unknown measure 'ckaa'" in capsys.readouterr().err
+
+
+def test_set_overrides_parse_yaml_values():
+    from vilalign.commands.training import parse_overrides
+
+    got = parse_overrides(["train.epochs=2", "model.coattention_layers=[1]", "data.name=easyvqa"])
+    assert got == {
+        "train": {"epochs": 2},
+        "model": {"coattention_layers": [1]},
+        "data": {"name": "easyvqa"},
+    }
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_overrides(["train.epochs"])
+
+
+def test_finetune_command_runs_and_reports(tmp_path, capsys):
+    config = tmp_path / "ft.yaml"
+    config.write_text(
+        "preset: tiny\ntask: easyvqa\ndata: {name: easyvqa, limit: 48}\n"
+        "splits: {val_fraction: 0.25}\n"
+        "train: {batch_size: 16, epochs: 1, max_steps: 2, progress: false}\n"
+    )
+    code = main(
+        [
+            "finetune",
+            str(config),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--set",
+            "model.depth=2",
+            "--set",
+            "model.coattention_layers=[1]",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "test/accuracy" in out
+    assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+
+
+def test_finetune_bad_field_in_run_file(tmp_path, capsys):
+    config = tmp_path / "ft.yaml"
+    config.write_text("preset: tiny\ntrain: {epoks: 1}\n")
+    assert main(["finetune", str(config)]) == 2
+    assert "train.epoks: unknown field" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Sub-commands of ``vilalign``: one module each, each with ``add_parser(subparsers)``."""
+"""Sub-commands of ``vilalign``: modules with ``add_parser(subparsers)`` (one or more commands)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 # Order = order in `vilalign --help`.
-COMMANDS = ("analyse", "info")
+COMMANDS = ("training", "analyse", "info")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,101 @@
+"""``vilalign pretrain`` and ``vilalign finetune``: one run from a run file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OVERRIDE_HELP = (
+    "override a field of the run file, dotted path = YAML value; repeatable "
+    "(e.g. --set train.epochs=2 --set model.coattention_layers=[1])"
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="pretrain on image-caption data (MLM, MIM, AP, ITC)",
+        description=(
+            "Pretrain a two-stream model with the objectives named in the run file "
+            "(objectives: mlm/mim/ap/itc with weights). Writes config.json, metrics.jsonl/.csv, "
+            "metrics.png, checkpoints/ and model/ (the weights to fine-tune from) into RUN_DIR."
+        ),
+    )
+    _common(p)
+    p.set_defaults(handler=run_pretrain)
+
+    p = sub.add_parser(
+        "finetune",
+        help="fine-tune on a downstream task",
+        description=(
+            "Fine-tune on a downstream dataset (hateful_memes, mmimdb, food101, vqa, easyvqa) "
+            "with the task's loss and metrics; evaluates the best checkpoint on the test split."
+        ),
+    )
+    _common(p)
+    p.add_argument(
+        "--from",
+        dest="init_from",
+        type=Path,
+        help="start from a pretrained model folder or pretraining run directory",
+    )
+    p.set_defaults(handler=run_finetune)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="run file (YAML or JSON)")
+    p.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config name>)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help=OVERRIDE_HELP)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.epochs=2", "model.depth=2"]`` → nested dict with YAML-parsed values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def _run_dir(args: argparse.Namespace) -> Path:
+    return args.run_dir or Path("runs") / args.config.stem
+
+
+def _summary(result: Any) -> None:
+    last = result.fit.history[-1] if result.fit.history else {}
+    print(f"run directory: {result.run_dir}")
+    print(f"model (best weights): {result.model_dir}")
+    shown = {
+        k: round(v, 4) for k, v in {**last, **result.test_metrics}.items() if isinstance(v, float)
+    }
+    print(json.dumps(shown, indent=2))
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from vilalign.train.config import PretrainConfig, load_run_config
+    from vilalign.train.run import run_pretraining
+
+    cfg = load_run_config(args.config, PretrainConfig, **parse_overrides(args.overrides))
+    _summary(run_pretraining(cfg, _run_dir(args), resume=args.resume))
+    return 0
+
+
+def run_finetune(args: argparse.Namespace) -> int:
+    from vilalign.train.config import FinetuneConfig, load_run_config
+    from vilalign.train.run import run_finetuning
+
+    cfg = load_run_config(args.config, FinetuneConfig, **parse_overrides(args.overrides))
+    result = run_finetuning(cfg, _run_dir(args), init_from=args.init_from, resume=args.resume)
+    _summary(result)
+    return 0
