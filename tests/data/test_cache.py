@@ -28,7 +28,7 @@ def test_rows_equal_prepared_images(images, eval_transform, tmp_path):
         np.testing.assert_array_equal(cache.read(cache.row(p)),
                                       eval_transform.prepare(load_image(p)))
     rows = [cache.row(p) for p in images[::-1]]
-    assert cache.read(rows).shape == (5, *eval_transform.size, 3)
+    assert cache.read(rows).shape == (5, 3, *eval_transform.size)
 
 
 def test_reused_then_rebuilt_on_change(images, eval_transform, data_config, tmp_path):
@@ -46,7 +46,7 @@ def test_reused_then_rebuilt_on_change(images, eval_transform, data_config, tmp_
     small = build_transform({**data_config, "input_size": (3, 16, 16)})
     resized = build(images, small, tmp_path)
     assert resized.folder not in (first.folder, changed.folder)
-    assert resized.read(0).shape == (16, 16, 3)
+    assert resized.read(0).shape == (3, 16, 16)
 
 
 def test_parallel_build_equals_inline(images, eval_transform, tmp_path):

@@ -33,3 +33,15 @@ def test_fixed_padding_missing_labels_and_skipped(tokenizer):
     assert batch.input_ids.shape == (1, 10) and batch.labels is None
     with pytest.raises(ValueError, match="empty batch"):
         Collator(tokenizer)([None])
+
+
+def test_rows_of_one_batch_tensor_are_not_copied(tokenizer):
+    images = torch.randn(3, 3, 4, 4)
+    batch = Collator(tokenizer)([Sample(image=img, text="x", label=None, id=str(i))
+                                 for i, img in enumerate(images)])
+    assert batch.pixel_values.data_ptr() == images.data_ptr()
+    shuffled = [images[2], images[0], images[1]]  # not in row order: a real stack
+    out = Collator(tokenizer)([Sample(image=img, text="x", label=None, id="s")
+                               for img in shuffled])
+    assert out.pixel_values.data_ptr() != images.data_ptr()
+    assert torch.equal(out.pixel_values, torch.stack(shuffled))

@@ -29,10 +29,11 @@ def test_eval_transform_equals_timm(data_config, photo):
 def test_prepare_is_uint8_hwc_and_finish_batch_matches(data_config, photo):
     t = build_transform(data_config)
     u8 = t.prepare(photo)
-    assert u8.dtype == np.uint8 and u8.shape == (IMG, IMG, 3)
-    batch = t.finish_batch(np.stack([u8, u8[::-1]]))
-    assert batch.is_contiguous()
-    assert torch.allclose(batch[0], t.finish(u8)) and torch.allclose(batch[1], t.finish(u8[::-1]))
+    assert u8.dtype == np.uint8 and u8.shape == (3, IMG, IMG)
+    flipped = u8[:, ::-1]
+    batch = t.finish_batch(np.stack([u8, flipped]))
+    assert batch.is_contiguous() and batch.dtype == torch.float32
+    assert torch.allclose(batch[0], t.finish(u8)) and torch.allclose(batch[1], t.finish(flipped))
 
 
 def test_augmentation_only_for_training(data_config, photo):

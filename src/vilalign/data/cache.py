@@ -2,7 +2,7 @@
 
 Layout of one cache (a folder ``<name>-<fingerprint>``):
 
-* ``images.u8`` — a raw uint8 array N×H×W×3 (opened with ``numpy.memmap``), one row per
+* ``images.u8`` — a raw uint8 array N×3×H×W (opened with ``numpy.memmap``), one row per
   good image, already resized and centre-cropped by :meth:`ImageTransform.prepare`;
 * ``index.json`` — the image keys (file paths) in row order, the array shape, the
   settings it was built with, and the bad images that were skipped.
@@ -34,7 +34,7 @@ from vilalign.data.transforms import ImageTransform
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: rows are C×H×W
 INDEX_FILE = "index.json"
 ARRAY_FILE = "images.u8"
 
@@ -60,7 +60,7 @@ def fingerprint(paths: Sequence[str], settings: dict[str, Any]) -> str:
 
 
 class ImageCache:
-    """A built cache: ``rows(keys)`` → row numbers, ``read(rows)`` → N×H×W×3 uint8."""
+    """A built cache: ``row(key)`` → row number, ``read(rows)`` → N×3×H×W uint8."""
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
@@ -94,7 +94,7 @@ class ImageCache:
         return self._array
 
     def read(self, rows: int | Sequence[int] | np.ndarray) -> np.ndarray:
-        """One H×W×3 image (int) or N×H×W×3 images (rows), copied out of the memmap."""
+        """One 3×H×W image (int) or N×3×H×W images (rows), copied out of the memmap."""
         return np.array(self.array[rows])
 
     def __getstate__(self) -> dict[str, Any]:
@@ -165,7 +165,7 @@ def _write_rows(
 ) -> tuple[list[str], list[list[str]], list[int]]:
     """Decode every image into consecutive rows; return (keys, bad, final shape)."""
     h, w = transform.size
-    row_shape = (h, w, 3)
+    row_shape = (3, h, w)
     array = np.memmap(file, dtype=np.uint8, mode="w+", shape=(max(len(paths), 1), *row_shape))
     keys: list[str] = []
     bad: list[list[str]] = []

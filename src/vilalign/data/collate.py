@@ -10,6 +10,22 @@ import torch
 from vilalign.data.types import Batch, Sample
 
 
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """``torch.stack``, without the copy when the images already are the rows, in order,
+    of one batch tensor (what a cached dataset's ``__getitems__`` returns)."""
+    base = images[0]._base
+    if (
+        base is not None
+        and base.dim() == 4
+        and base.shape[0] == len(images)
+        and base.is_contiguous()
+        and all(img._base is base and img.data_ptr() == base[i].data_ptr()
+                for i, img in enumerate(images))
+    ):
+        return base
+    return torch.stack(images)
+
+
 class Collator:
     """``list[Sample]`` → :class:`Batch` (picklable, so DataLoader workers can run it).
 
@@ -52,7 +68,7 @@ class Collator:
         labels = [s.label for s in kept]
         return Batch(
             **self.tokenize([s.text for s in kept]),
-            pixel_values=torch.stack([s.image for s in kept]),  # (B, C, H, W)
+            pixel_values=stack_images([s.image for s in kept]),  # (B, C, H, W)
             labels=torch.stack(labels) if all(x is not None for x in labels) else None,
             ids=[s.id for s in kept],
         )

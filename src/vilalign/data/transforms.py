@@ -4,7 +4,7 @@ Preprocessing is split in two so the expensive half can be cached:
 
 * :meth:`ImageTransform.prepare` — decode-side, deterministic: timm's evaluation resize and
   centre crop (exactly ``timm.data.create_transform(**data_config)`` minus the
-  normalisation) → an H×W×3 uint8 array. This is what the image cache stores.
+  normalisation) → a C×H×W uint8 array. This is what the image cache stores.
 * :meth:`ImageTransform.finish` — per-sample, cheap: albumentations augmentation (training
   only) on that uint8 array, then scaling and normalisation with the encoder's mean/std →
   a C×H×W float tensor.
@@ -79,8 +79,8 @@ class ImageTransform:
         use_aug = train and augment is not None and augment.enabled
         self._augment = _albumentations(augment, self.size) if use_aug else None  # type: ignore[arg-type]
         # normalise as x * scale + shift == (x / 255 - mean) / std, one fused op per sample
-        mean = torch.tensor(data_config["mean"], dtype=torch.float32).view(-1, 1, 1)
-        std = torch.tensor(data_config["std"], dtype=torch.float32).view(-1, 1, 1)
+        mean = np.asarray(data_config["mean"], dtype=np.float32).reshape(-1, 1, 1)
+        std = np.asarray(data_config["std"], dtype=np.float32).reshape(-1, 1, 1)
         self._scale = 1.0 / (255.0 * std)
         self._shift = -mean / std
 
@@ -94,24 +94,28 @@ class ImageTransform:
         return {k: _jsonable(self.data_config.get(k)) for k in keys}
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """Resize and centre-crop as timm evaluates: H×W×3 uint8."""
-        chw = self._resize(image.convert("RGB"))  # (3, H, W) uint8
-        return np.ascontiguousarray(np.asarray(chw).transpose(1, 2, 0))  # (H, W, 3)
+        """Resize and centre-crop as timm evaluates: 3×H×W uint8 (the cached form)."""
+        return np.asarray(self._resize(image.convert("RGB")))  # (3, H, W)
 
-    def finish(self, hwc: np.ndarray) -> torch.Tensor:
-        """Augment (training) and normalise one H×W×3 uint8 array → C×H×W float."""
+    def finish(self, chw: np.ndarray) -> torch.Tensor:
+        """Augment (training) and normalise one 3×H×W uint8 array → 3×H×W float."""
         if self._augment is not None:
-            hwc = self._augment(image=hwc)["image"]
-        chw = torch.from_numpy(np.ascontiguousarray(hwc)).permute(2, 0, 1)  # (3, H, W)
-        return torch.addcmul(self._shift, chw.float(), self._scale)
+            hwc = self._augment(image=np.ascontiguousarray(chw.transpose(1, 2, 0)))["image"]
+            chw = hwc.transpose(2, 0, 1)
+        return self._normalise(np.ascontiguousarray(chw))
 
-    def finish_batch(self, nhwc: np.ndarray) -> torch.Tensor:
-        """:meth:`finish` for N×H×W×3 at once (vectorised when not augmenting)."""
+    def finish_batch(self, nchw: np.ndarray) -> torch.Tensor:
+        """:meth:`finish` for N×3×H×W at once (vectorised when not augmenting)."""
         if self._augment is not None:
-            return torch.stack([self.finish(a) for a in nhwc])
-        nchw = torch.from_numpy(np.ascontiguousarray(nhwc)).permute(0, 3, 1, 2)  # (N, 3, H, W)
-        out = torch.empty(nchw.shape, dtype=torch.float32)  # contiguous N×C×H×W
-        return torch.addcmul(self._shift, nchw.float(), self._scale, out=out)
+            return torch.stack([self.finish(a) for a in nchw])
+        return self._normalise(np.ascontiguousarray(nchw))
+
+    def _normalise(self, chw: np.ndarray) -> torch.Tensor:
+        # numpy, on purpose: single-threaded. torch's OpenMP threads on a batch-sized op
+        # stall when the cores are busy (a training step in the same process).
+        out = np.multiply(chw, self._scale, dtype=np.float32)
+        out += self._shift
+        return torch.from_numpy(out)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.finish(self.prepare(image))
