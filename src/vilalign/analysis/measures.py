@@ -83,6 +83,7 @@ class View:
         self.name = name
         self.x = x.detach().to(_DTYPE)
         self._cache: dict[Any, Any] = {}
+        self._parent: tuple[View, Tensor, bool] | None = None
 
     @property
     def n(self) -> int:
@@ -94,14 +95,16 @@ class View:
 
     def _cached(self, key: Any, fn: Callable[[], Any]) -> Any:
         if key not in self._cache:
-            self._cache[key] = fn()
+            derived = self._from_parent(key)
+            self._cache[key] = fn() if derived is None else derived
         return self._cache[key]
 
     def permuted(self, perm: Tensor) -> View:
         """The same view with rows reordered; Gram-like caches are re-indexed, not recomputed.
 
         Why: a permutation null recomputes a measure hundreds of times on the same rows in
-        a new order; permuting an N×N matrix costs O(N²), recomputing it O(N²·D).
+        a new order; permuting an N×N matrix costs O(N²), recomputing it O(N²·D). Entries
+        are taken from the parent lazily, only when a measure asks for them.
         """
         return self._take(perm, same_set=True)
 
@@ -117,18 +120,30 @@ class View:
         index = index.to(self.x.device)
         out = View.__new__(View)
         out.name, out.x, out._cache = self.name, self.x[index], {}
-        square = _RAW_SQUARE_KEYS | (_CENTRED_SQUARE_KEYS if same_set else frozenset())
-        for key, value in self._cache.items():
-            name = key[0] if isinstance(key, tuple) else key
-            if name in square:
-                out._cache[key] = value[index][:, index]
-            elif name == "row_norms":
-                out._cache[key] = value[index]
-            elif same_set and name in _ORDER_FREE_KEYS:
-                out._cache[key] = value
-            elif same_set and name == "rbf":
-                out._cache[key] = (value[0][index][:, index], value[1])
+        out._parent = (self, index, same_set)
         return out
+
+    def _from_parent(self, key: Any) -> Any:
+        """A cache entry derived from the parent view's, or None if it must be computed."""
+        if self._parent is None:
+            return None
+        parent, index, same_set = self._parent
+        if key not in parent._cache:  # the parent may itself derive it from its parent
+            derived = parent._from_parent(key)
+            if derived is None:
+                return None
+            parent._cache[key] = derived
+        value = parent._cache[key]
+        name = key[0] if isinstance(key, tuple) else key
+        if name in _RAW_SQUARE_KEYS or (same_set and name in _CENTRED_SQUARE_KEYS):
+            return value[index][:, index]
+        if name == "row_norms":
+            return value[index]
+        if same_set and name in _ORDER_FREE_KEYS:
+            return value
+        if same_set and name == "rbf":
+            return (value[0][index][:, index], value[1])
+        return None
 
     # -- sample space ---------------------------------------------------------------
     def gram(self) -> Tensor:
@@ -255,27 +270,51 @@ class View:
 
         return self._cached("pca", make)
 
-    def whitener(self, center: bool = True) -> Tensor:
-        """A (D×r) with Aᵀ cov A = I on the column space of xc: xc·A is an orthonormal basis.
+    def whitener(self, center: bool = True) -> _Whitener:
+        """W (D×r) with Wᵀ cov W = I on the column space of xc: xc·W is an orthonormal basis.
 
-        Cholesky when cov is well conditioned (fast); otherwise the eigen-decomposition with
-        a rank tolerance, so directions of zero variance (D ≥ N, collinear features) do not
-        enter CCA as spurious perfect correlations.
+        Cholesky when cov is well conditioned (fast; W = L⁻ᵀ is applied by triangular
+        solves, never formed); otherwise the eigen-decomposition with a rank tolerance, so
+        directions of zero variance (D ≥ N, collinear features) do not enter CCA as
+        spurious perfect correlations.
         """
 
-        def make() -> Tensor:
+        def make() -> _Whitener:
             self.gram_c_norm()
             cov = self.cov(center)
             chol, info = torch.linalg.cholesky_ex(cov)
             diag = chol.diagonal()
             if int(info) == 0 and float(diag.min() / diag.max()) > 1e-6:
-                eye = torch.eye(self.d, dtype=_DTYPE, device=self.x.device)
-                return torch.linalg.solve_triangular(chol.T, eye, upper=True)
+                return _Whitener(chol=chol)
             evals, evecs = torch.linalg.eigh(cov)
             keep = evals > evals.max() * self.d * torch.finfo(_DTYPE).eps * 1e3
-            return evecs[:, keep] / evals[keep].sqrt()
+            return _Whitener(basis=evecs[:, keep] / evals[keep].sqrt())
 
         return self._cached(("whitener", center), make)
+
+
+@dataclass(frozen=True)
+class _Whitener:
+    """W = L⁻ᵀ (from a Cholesky factor L) or an explicit basis W = V Λ^{-1/2}."""
+
+    chol: Tensor | None = None
+    basis: Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.chol.shape[0] if self.chol is not None else self.basis.shape[1]
+
+    def t_apply(self, a: Tensor) -> Tensor:
+        """Wᵀ a."""
+        if self.chol is not None:
+            return torch.linalg.solve_triangular(self.chol, a, upper=False)
+        return self.basis.T @ a
+
+    def apply(self, u: Tensor) -> Tensor:
+        """W u."""
+        if self.chol is not None:
+            return torch.linalg.solve_triangular(self.chol.T, u, upper=True)
+        return self.basis @ u
 
 
 class Pair:
@@ -314,7 +353,8 @@ class Pair:
 
         def make() -> Tensor:
             wx, wy = self.x.whitener(center), self.y.whitener(center)
-            return wx.T @ self.cross_cov(center) @ wy
+            left = wx.t_apply(self.cross_cov(center))  # Wxᵀ Cxy
+            return wy.t_apply(left.T).T  # (Wyᵀ (Wxᵀ Cxy)ᵀ)ᵀ = Wxᵀ Cxy Wy
 
         return self._cached(("whitened_cross", center), make)
 
@@ -339,7 +379,7 @@ class Pair:
             evals, evecs = torch.linalg.eigh(m @ m.T)
             u = evecs.flip(1)[:, :r]
             rho = evals.flip(0)[:r].clamp(0.0, 1.0).sqrt()
-            return rho, self.x.whitener(center) @ u
+            return rho, self.x.whitener(center).apply(u)
 
         return self._cached(("cca_dirs", center), make)
 
@@ -519,7 +559,7 @@ class MinibatchCKA:
         self._sums = torch.zeros(3, dtype=_DTYPE)
         self.batches = 0
 
-    def update(self, x: Tensor, y: Tensor) -> None:
+    def update(self, x: Tensor | View, y: Tensor | View) -> None:
         """Add one minibatch of paired rows (needs at least 4 rows)."""
         pair = Pair(x, y)
         _need_n(pair.x, 4, "a minibatch of the unbiased HSIC estimator")
@@ -545,32 +585,33 @@ class MinibatchCKA:
 
 
 def minibatch_cka(
-    x: Tensor, y: Tensor, batch_size: int = 256, generator: torch.Generator | None = None
+    x: Tensor | View,
+    y: Tensor | View,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
 ) -> float:
     """Minibatch CKA over consecutive batches (shuffled first if ``generator`` is given).
 
-    A final batch with fewer than 4 rows is dropped (the estimator needs n > 3).
+    A final batch with fewer than 4 rows is dropped (the estimator needs n > 3). Views
+    whose Gram matrix is already cached give each batch's Gram by slicing it.
     """
-    _check_matrix(x, "x")
-    _check_matrix(y, "y")
-    n = x.shape[0]
-    if y.shape[0] != n:
-        raise ValueError(f"x and y must have the same N, got {n} and {y.shape[0]}")
+    pair = Pair(x, y)
     if batch_size < 4:
         raise ValueError(f"batch_size must be >= 4, got {batch_size}")
+    n = pair.n
     order = torch.arange(n) if generator is None else torch.randperm(n, generator=generator)
     acc = MinibatchCKA()
     for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size].to(x.device)
+        idx = order[start : start + batch_size]
         if idx.numel() >= 4:
-            acc.update(x[idx], y[idx])
+            acc.update(pair.x.subset(idx), pair.y.subset(idx))
     return acc.compute()
 
 
 @register("cka_minibatch", resample="subsample")
 def _cka_minibatch(p: Pair, batch_size: int = 256) -> float:
     """Minibatch linear CKA with the unbiased HSIC (Nguyen et al. 2021); see MinibatchCKA."""
-    return minibatch_cka(p.x.x, p.y.x, batch_size=batch_size)
+    return minibatch_cka(p.x, p.y, batch_size=batch_size)
 
 
 # --------------------------------------------------------------------------- CCA family
@@ -593,7 +634,7 @@ def _cca_mean(p: Pair, center: bool = True) -> float:
     """Mean canonical correlation (ρ̄ of Raghu et al. 2017). Invariant to invertible
     linear maps of either view."""
     rho = p.canonical_correlations(center)
-    _warn_if_trivial(p, p.x.whitener(center).shape[1], p.y.whitener(center).shape[1])
+    _warn_if_trivial(p, p.x.whitener(center).rank, p.y.whitener(center).rank)
     return float(rho.mean())
 
 
@@ -653,7 +694,7 @@ def _pwcca(p: Pair) -> float:
     the representation's neurons x_j (centred columns) the canonical variate h_i accounts
     for; weights come from the view with the smaller rank, as in the authors' code.
     """
-    rx, ry = p.x.whitener().shape[1], p.y.whitener().shape[1]
+    rx, ry = p.x.whitener().rank, p.y.whitener().rank
     pair = p if rx <= ry else Pair(p.y, p.x)
     rho, dirs = pair.canonical_directions()
     xc = pair.x.centred()
@@ -672,8 +713,8 @@ def _procrustes(p: Pair) -> float:
     narrower view is implicitly zero-padded).
     """
     p.x.gram_c_norm(), p.y.gram_c_norm()  # raise on constant features
-    fx = float(p.x.cov().trace().sqrt())
-    fy = float(p.y.cov().trace().sqrt())
+    fx = float(p.x.gram_c().diagonal().sum().sqrt())  # ‖xc‖_F² = tr(xc xcᵀ)
+    fy = float(p.y.gram_c().diagonal().sum().sqrt())
     nuclear = float(torch.linalg.svdvals(p.cross_cov()).sum())
     return nuclear / (fx * fy)
 
