@@ -65,3 +65,19 @@ def test_bad_image_skipped_or_named(images, eval_transform, tmp_path):
     assert len(cache) == 5 and str(bad) not in cache
     assert cache.bad == [(str(bad), "empty file (0 bytes)")]
     assert not list((tmp_path / "cache").glob("*.tmp-*"))  # the failed build left nothing
+
+
+def _build_in_child(args):
+    paths, transform, folder = args
+    return str(open_or_build("t", paths, transform, folder, progress=False).folder)
+
+
+def test_concurrent_builders_share_one_cache(images, eval_transform, tmp_path):
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        folders = pool.map(_build_in_child, [(images, eval_transform, tmp_path / "c")] * 2)
+    assert folders[0] == folders[1]
+    assert len(build(images, eval_transform, tmp_path / "x")) == 5
+    assert sorted(p.name for p in (tmp_path / "c").iterdir() if not p.name.endswith(".lock")) \
+        == [folders[0].rsplit("/", 1)[1]]

@@ -114,3 +114,18 @@ def test_unknown_split_named(tmp_path, data_config):
     root = formats.hateful_memes(tmp_path / "hm")
     with pytest.raises(ConfigError, match=r"'dev'.*dev_seen"):
         load("hateful_memes", root, "dev", data_config, tmp_path)
+
+
+def test_cached_dataset_in_worker_processes(tmp_path, data_config, tokenizer):
+    from torch.utils.data import DataLoader
+
+    from vilalign.data import Collator
+
+    root = formats.hateful_memes(tmp_path / "hm")
+    ds = load("hateful_memes", root, "train", data_config, tmp_path)
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=Collator(tokenizer))
+    batches = list(loader)
+    assert [i for b in batches for i in b.ids] == [s.id for s in ds]
+    for b in batches:
+        for image, sid in zip(b.pixel_values, b.ids, strict=True):
+            assert_matches(image, f"hm{sid}", data_config)

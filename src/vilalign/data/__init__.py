@@ -1,18 +1,33 @@
 """vilalign.data: datasets in their real formats, preprocessing, image cache, collation.
 
-Typical use::
+Typical use (``model.image_data_config`` is the image encoder's timm data config)::
 
-    cfg = DataConfig(name="easyvqa", cache={"dir": "cache"})
+    cfg = DataConfig(name="easyvqa")                      # cache on, in ~/.cache/vilalign
     transform = build_image_transform(model.image_data_config, cfg, "train")
-    train = build_dataset(cfg, "train", transform)
+    train = build_dataset(cfg, "train", transform)        # built once, then memory-mapped
     loader = DataLoader(train, batch_size=64, shuffle=True,
                         collate_fn=Collator(tokenizer, max_length=24))
+    run.log(train.loading_report())                       # skipped bad images, with reasons
+
+Pretraining captions from easy-VQA: ``DataConfig(name="easyvqa_captions")``; from
+Conceptual Captions: :func:`download_conceptual_captions`, then
+``DataConfig(name="captions_shards", root="cc/{00000..00331}.tar")``.
 """
 
 from vilalign.data.base import ImageTextDataset, Record
 from vilalign.data.cache import ImageCache, default_cache_dir, open_or_build
-from vilalign.data.collate import Collator
+from vilalign.data.captions import (
+    CaptionFolder,
+    CaptionShards,
+    DownloadReport,
+    download_conceptual_captions,
+    read_download_report,
+)
+from vilalign.data.collate import Collator, stack_images
 from vilalign.data.config import AugmentConfig, CacheConfig, DataConfig
+from vilalign.data.easyvqa import EasyVQA, EasyVQACaptions
+from vilalign.data.food101 import Food101
+from vilalign.data.hateful_memes import HatefulMemes
 from vilalign.data.images import (
     BadImageError,
     BadImageLog,
@@ -20,6 +35,7 @@ from vilalign.data.images import (
     decode_image,
     load_image,
 )
+from vilalign.data.mmimdb import MMIMDb
 from vilalign.data.registry import (
     SPLITS,
     build_dataset,
@@ -29,6 +45,13 @@ from vilalign.data.registry import (
 )
 from vilalign.data.transforms import ImageTransform, build_transform
 from vilalign.data.types import Batch, Sample
+from vilalign.data.vqa import (
+    VQAv2,
+    load_answer_vocab,
+    normalize_answer,
+    save_answer_vocab,
+    soft_score,
+)
 
 __all__ = [
     "SPLITS",
@@ -37,21 +60,37 @@ __all__ = [
     "BadImageLog",
     "Batch",
     "CacheConfig",
+    "CaptionFolder",
+    "CaptionShards",
     "Collator",
     "DataConfig",
     "DataFormatError",
+    "DownloadReport",
+    "EasyVQA",
+    "EasyVQACaptions",
+    "Food101",
+    "HatefulMemes",
     "ImageCache",
     "ImageTextDataset",
     "ImageTransform",
+    "MMIMDb",
     "Record",
     "Sample",
+    "VQAv2",
     "build_dataset",
     "build_image_transform",
     "build_transform",
     "decode_image",
     "default_cache_dir",
+    "download_conceptual_captions",
     "is_train_split",
+    "load_answer_vocab",
     "load_image",
+    "normalize_answer",
     "open_or_build",
+    "read_download_report",
     "register_dataset",
+    "save_answer_vocab",
+    "soft_score",
+    "stack_images",
 ]

@@ -16,6 +16,7 @@ that looks complete, and concurrent builders (DDP ranks) do not corrupt each oth
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -120,12 +121,31 @@ def open_or_build(
     settings = {**transform.cache_key(), "on_bad_image": on_bad_image}
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     folder = root / f"{name}-{fingerprint(paths, settings)}"
-    if (folder / INDEX_FILE).is_file():
-        logger.info("image cache: reusing %s", folder)
-        return ImageCache(folder)
-    logger.info("image cache: building %s from %d images", folder, len(paths))
-    _build(folder, paths, transform, settings, on_bad_image, workers, progress)
+    if not (folder / INDEX_FILE).is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        # one builder at a time (DDP ranks, parallel runs); the others wait, then reuse it
+        with _locked(folder.with_name(folder.name + ".lock")):
+            if not (folder / INDEX_FILE).is_file():
+                logger.info("image cache: building %s from %d images", folder, len(paths))
+                _build(folder, paths, transform, settings, on_bad_image, workers, progress)
+    logger.info("image cache: using %s", folder)
     return ImageCache(folder)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on ``path`` (a no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: rely on the atomic rename alone
+        yield
+        return
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _build(
