@@ -77,15 +77,14 @@ class ImageTextDataset(Dataset[Sample]):
 
     def _drop_missing(self, records: list[Record]) -> list[Record]:
         """A cheap stat of every file, so a missing one fails (or is counted) now."""
-        missing = {p for p in {r.image for r in records} if not os.path.isfile(p)}
-        if not missing:
-            return records
-        for path in sorted(missing):
-            err = BadImageError(path, "file not found")
-            if self.on_bad_image == "error":
-                raise BadImageError(path, f"file not found ({len(missing)} missing in {self.name})")
-            self.bad_images.add(err)
-        return [r for r in records if r.image not in missing]
+        missing = sorted(p for p in {r.image for r in records} if not os.path.isfile(p))
+        if missing and self.on_bad_image == "error":
+            raise BadImageError(missing[0], f"file not found ({len(missing)} missing in "
+                                            f"{self.name})")
+        for path in missing:
+            self.bad_images.add(BadImageError(path, "file not found"))
+        gone = set(missing)
+        return [r for r in records if r.image not in gone] if gone else records
 
     def _attach_cache(self, records: list[Record], cfg: CacheConfig) -> list[Record]:
         paths = sorted({r.image for r in records})  # order-free, so datasets can share it

@@ -205,9 +205,11 @@ class CaptionShards(IterableDataset):
     Each epoch the shard list is shuffled with ``seed + epoch`` (the same order on every
     rank), then rank ``r`` of ``W`` takes shards ``r::W`` and DataLoader worker ``w`` of
     ``N`` takes every N-th of those, so every shard is read exactly once per epoch. Call
-    :meth:`set_epoch` each epoch, as with ``DistributedSampler``. Ranks may hold unequal
-    numbers of samples; DDP needs equal step counts, so give ``epoch_length`` (samples per
-    rank per epoch): the stream then cycles through its shards and stops at that length.
+    :meth:`set_epoch` each epoch, as with ``DistributedSampler`` (before the DataLoader
+    starts its workers: ``persistent_workers`` keep the epoch they were started with).
+    Ranks may hold unequal numbers of samples; DDP needs equal step counts, so give
+    ``epoch_length`` (samples per rank per epoch): the stream then cycles through its
+    shards and stops at that length.
 
     ``rank``/``world_size`` default to ``torch.distributed``'s. Bad images follow
     ``on_bad_image``; skips are counted in ``bad_images`` of the process that read them
