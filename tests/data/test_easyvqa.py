@@ -72,3 +72,33 @@ def test_image_facts_reads_negations():
              ("is there a blue shape?", "no")]
     assert image_facts(pairs) == {"color": "red", "shape": "circle"}
     assert caption_for({"color": "red", "shape": "circle"}, 0) == "a red circle."
+
+
+NAMED_RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "black": (0, 0, 0),
+             "gray": (128, 128, 128), "teal": (0, 128, 128), "brown": (165, 42, 42),
+             "yellow": (255, 255, 0)}
+
+
+def shape_colour(image, data_config) -> str:
+    """The named colour most foreground (non-near-white) pixels are closest to."""
+    mean = torch.tensor(data_config["mean"]).view(3, 1, 1)
+    std = torch.tensor(data_config["std"]).view(3, 1, 1)
+    px = ((image * std + mean) * 255).permute(1, 2, 0).reshape(-1, 3)  # (H*W, 3)
+    fg = px[(px - 245).abs().amax(dim=1) > 60]
+    table = torch.tensor(list(NAMED_RGB.values()), dtype=torch.float32)
+    votes = torch.cdist(fg, table).argmin(dim=1).bincount(minlength=len(NAMED_RGB))
+    return list(NAMED_RGB)[int(votes.argmax())]
+
+
+def test_images_show_what_their_questions_answer(cached, data_config):
+    """The shape's colour in each sample's image is the answer to its colour question."""
+    _, ds = cached
+    test = ds["test"]
+    colour_qs = [i for i, r in enumerate(test.records)
+                 if r.text.startswith(("what color", "what is the color"))][:200]
+    batch = test.__getitems__(colour_qs)
+    seen = [shape_colour(s.image, data_config) for s in batch]
+    truth = [test.answers[int(s.label)] for s in batch]
+    agree = sum(a == b for a, b in zip(seen, truth, strict=True)) / len(batch)
+    shifted = sum(a == b for a, b in zip(seen, truth[1:] + truth[:1], strict=True)) / len(batch)
+    assert agree > 0.95 and shifted < 0.5  # a pairing off by one would show
