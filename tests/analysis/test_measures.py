@@ -532,3 +532,20 @@ def test_token_maxsim_identical_and_errors():
         M.token_maxsim(t, t, direction="sideways")
     with pytest.raises(ValueError, match="B×T×D"):
         M.token_maxsim(t[0], t)
+
+
+@pytest.mark.parametrize("n", [51, 52])
+def test_rbf_cka_matches_direct_formula_for_odd_and_even_n(n):
+    # Kornblith et al.'s definition written out: σ² = threshold² · np.median of the full
+    # squared-distance matrix, then biased CKA of the double-centred RBF Gram matrices.
+    x, y = _related(n=n)
+
+    def centred_rbf(a: np.ndarray, threshold: float) -> np.ndarray:
+        sq = scipy.spatial.distance.squareform(scipy.spatial.distance.pdist(a, "sqeuclidean"))
+        k = np.exp(-sq / (2 * threshold**2 * np.median(sq)))
+        h = np.eye(len(a)) - 1 / len(a)
+        return h @ k @ h
+
+    kx, ky = centred_rbf(x.numpy(), 0.7), centred_rbf(y.numpy(), 0.7)
+    expected = (kx * ky).sum() / (np.linalg.norm(kx) * np.linalg.norm(ky))
+    assert M.cka_rbf(x, y, threshold=0.7) == pytest.approx(expected, abs=1e-12)

@@ -230,7 +230,8 @@ def test_subset_view_matches_fresh_view():
     vx = M.View(x)
     M.compute_measures(vx, y, ["cka_linear", "cka_unbiased", "mutual_knn"])
     idx = torch.tensor([0, 3, 3, 7, 9, 9, 9, 12, 20, 31, 33, 39])
-    for name in ("cka_linear", "cka_unbiased", "cosine", "cka_rbf"):
+    M.compute_measures(vx, y, ["mutual_knn", "cka_rbf", "rsa"])
+    for name in ("cka_linear", "cka_unbiased", "cosine", "cka_rbf", "mutual_knn", "rsa"):
         assert M.MEASURES[name](vx.subset(idx), y[idx]) == pytest.approx(
             M.MEASURES[name](x[idx], y[idx]), abs=1e-12
         )

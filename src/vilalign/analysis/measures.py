@@ -63,12 +63,11 @@ def _check_k(k: int, n: int) -> None:
 
 # --------------------------------------------------------------------------- caches
 
-# View cache entries that are N×N matrices over rows (re-indexed when rows are taken;
-# centred ones only under a permutation) and entries that do not depend on the order of
-# rows (kept under a permutation).
-_RAW_SQUARE_KEYS = frozenset({"gram", "cos_gram", "sqdist"})
-_CENTRED_SQUARE_KEYS = frozenset({"gram_c", "gram_c_offdiag"})
-_ORDER_FREE_KEYS = frozenset({"gram_c_norm", "hsic_u_self", "cov", "cov_raw", "pca", "whitener"})
+# View cache entries that are N×N matrices of pairwise quantities (re-indexed when rows
+# are taken) and entries that do not depend on the order of rows (kept under a
+# permutation). The centred Gram is re-indexed, and re-centred for a subset.
+_PAIRWISE_KEYS = frozenset({"cos_gram", "sqdist"})
+_ORDER_FREE_KEYS = frozenset({"gram_c_dot", "hsic_u_self", "cov", "cov_raw", "pca", "whitener"})
 
 
 class View:
@@ -135,64 +134,69 @@ class View:
             parent._cache[key] = derived
         value = parent._cache[key]
         name = key[0] if isinstance(key, tuple) else key
-        if name in _RAW_SQUARE_KEYS or (same_set and name in _CENTRED_SQUARE_KEYS):
+        if name == "cos_gram" and not same_set:
+            # Repeated rows are identical (cosine 1), not "self" (the −2 of the diagonal).
+            sliced = value[index][:, index]
+            sliced[index[:, None] == index[None, :]] = 1.0
+            return sliced.fill_diagonal_(-2.0)
+        if name in _PAIRWISE_KEYS:
             return value[index][:, index]
+        if name == "gram_c":  # a subset is re-centred: H_S (Kc)_S H_S = centred Gram of S
+            sliced = value[index][:, index]
+            return sliced if same_set else _double_centre(sliced)
         if name == "row_norms":
             return value[index]
         if same_set and name in _ORDER_FREE_KEYS:
             return value
         if same_set and name == "rbf":
-            return (value[0][index][:, index], value[1])
+            kernel, rowsum, total, normsq = value
+            return kernel[index][:, index], rowsum[index], total, normsq
         return None
 
     # -- sample space ---------------------------------------------------------------
-    def gram(self) -> Tensor:
-        """Raw linear Gram matrix x xᵀ (N×N)."""
-        return self._cached("gram", lambda: self.x @ self.x.T)
-
     def gram_c(self) -> Tensor:
-        """Centred Gram H K H (N×N), by double centring K: O(N²) instead of a second matmul.
+        """Centred Gram xc xcᵀ (N×N): the one N×N matmul a view needs.
 
-        In float64 the cancellation from a large feature mean costs ~eps·(mean/spread)²,
-        negligible for network activations.
+        Everything else in sample space derives from it in O(N²): distances (translation
+        invariant), the raw Gram Kc + a1ᵀ + 1aᵀ + c (see ``_offsets``), cosines, HSIC.
+        Centring the features first (not double-centring x xᵀ) costs no precision to a
+        large feature mean.
         """
+        return self._cached("gram_c", lambda: self.centred() @ self.centred().T)
 
-        def make() -> Tensor:
-            k = self.gram()
-            row = k.mean(dim=1, keepdim=True)
-            kc = k - row - row.T + k.mean()
-            return (kc + kc.T) / 2  # exactly symmetric
+    def _offsets(self) -> tuple[Tensor, float]:
+        """a = xc·m and c = m·m, so that the raw Gram x xᵀ = Kc + a1ᵀ + 1aᵀ + c."""
 
-        return self._cached("gram_c", make)
+        def make() -> tuple[Tensor, float]:
+            m = self.x.mean(dim=0)
+            return self.centred() @ m, float(m @ m)
+
+        return self._cached("offsets", make)
+
+    def gram_c_dot(self) -> float:
+        """‖Kc‖²_F; raises when every row is the same (constant features)."""
+
+        def make() -> float:
+            kc = self.gram_c()
+            value = float(_dot(kc, kc))
+            scale = float(self.row_norms_sq().sum())
+            if math.sqrt(value) <= 1e-10 * scale:
+                raise ValueError(f"{self.name} has constant features (all rows equal)")
+            return value
+
+        return self._cached("gram_c_dot", make)
 
     def gram_c_norm(self) -> float:
         """Frobenius norm of the centred Gram; raises when every row is the same."""
-
-        def make() -> float:
-            norm = float(torch.linalg.matrix_norm(self.gram_c()))
-            scale = float(self.gram().diagonal().abs().max()) * self.n
-            if norm <= 1e-12 * max(scale, 1e-300):
-                raise ValueError(f"{self.name} has constant features (all rows equal)")
-            return norm
-
-        return self._cached("gram_c_norm", make)
-
-    def gram_c_offdiag(self) -> Tensor:
-        """Centred Gram with zero diagonal, the K̃ of the unbiased HSIC estimator."""
-
-        def make() -> Tensor:
-            self.gram_c_norm()  # raise on constant features first
-            return self.gram_c().clone().fill_diagonal_(0.0)
-
-        return self._cached("gram_c_offdiag", make)
+        return math.sqrt(self.gram_c_dot())
 
     def hsic_u_self(self) -> float:
         """Unbiased HSIC(K, K); must be positive for CKA to be defined."""
 
         def make() -> float:
             _need_n(self, 4, "the unbiased HSIC estimator")
-            kt = self.gram_c_offdiag()
-            value = float(_hsic_unbiased(kt, kt, symmetric=True))
+            kc = self.gram_c()
+            value = _hsic_unbiased_centred(kc, kc, self.gram_c_dot())
             if value <= 0:
                 raise ValueError(
                     f"{self.name}: unbiased HSIC(K, K) = {value:.3g} <= 0 (degenerate "
@@ -202,9 +206,12 @@ class View:
 
         return self._cached("hsic_u_self", make)
 
+    def row_norms_sq(self) -> Tensor:
+        return self._cached("row_norms_sq", lambda: (self.x * self.x).sum(dim=1))
+
     def row_norms(self) -> Tensor:
         def make() -> Tensor:
-            norms = self.gram().diagonal().clamp_min(0).sqrt()
+            norms = self.row_norms_sq().sqrt()
             if bool((norms <= 1e-12 * norms.max().clamp_min(1e-300)).any()):
                 raise ValueError(f"{self.name} has an all-zero row: its cosine is undefined")
             return norms
@@ -212,21 +219,29 @@ class View:
         return self._cached("row_norms", make)
 
     def cos_gram(self) -> Tensor:
-        """Cosine similarity of rows (the Gram of L2-normalised rows)."""
+        """Cosine similarity of rows, with the diagonal set to −2 (below any cosine).
+
+        The diagonal is never used as a similarity: −2 keeps a sample out of its own
+        neighbour list without a copy of the matrix, and stays finite for masks.
+        """
 
         def make() -> Tensor:
+            a, c = self._offsets()
             inv = 1.0 / self.row_norms()
-            return self.gram() * inv[:, None] * inv[None, :]
+            cos = self.gram_c() + (a[:, None] + (a[None, :] + c))  # raw Gram x xᵀ
+            cos *= inv[:, None]
+            cos *= inv[None, :]
+            return cos.fill_diagonal_(-2.0)
 
         return self._cached("cos_gram", make)
 
     def sqdist(self) -> Tensor:
-        """Squared Euclidean distances between rows, from the Gram matrix."""
+        """Squared Euclidean distances between rows, from the centred Gram."""
 
         def make() -> Tensor:
-            k = self.gram()
-            sq = k.diagonal()
-            dist = (sq[:, None] + sq[None, :] - 2 * k).clamp_min_(0.0)
+            kc = self.gram_c()
+            sq = kc.diagonal()
+            dist = (sq[:, None] + sq[None, :]).sub_(kc, alpha=2.0).clamp_min_(0.0)
             return dist.fill_diagonal_(0.0)
 
         return self._cached("sqdist", make)
@@ -241,11 +256,11 @@ class View:
 
         def make() -> Tensor:
             self.gram_c_norm()  # all rows equal: every neighbour ties
-            sims = self.cos_gram().clone().fill_diagonal_(-math.inf)
-            lowest = sims.masked_fill(sims == -math.inf, math.inf).min()
-            if float(sims.max() - lowest) <= 1e-12:
+            cos = self.cos_gram()
+            off_min = float(torch.where(cos < -1.5, 2.0, cos).min())  # diagonal excluded
+            if off_min >= 1 - 1e-12:
                 raise ValueError(f"{self.name}: all rows have the same direction (k-NN ties)")
-            return torch.topk(sims, k, dim=1).indices
+            return torch.topk(cos, k, dim=1).indices
 
         return self._cached(("knn", k), make)
 
@@ -337,6 +352,11 @@ class Pair:
         if key not in self._cache:
             self._cache[key] = fn()
         return self._cache[key]
+
+    def gram_c_dot(self) -> float:
+        """⟨Kc, Lc⟩_F, shared by the linear CKA variants."""
+        self.x.gram_c_norm(), self.y.gram_c_norm()  # raise on constant features first
+        return self._cached("gram_c_dot", lambda: float(_dot(self.x.gram_c(), self.y.gram_c())))
 
     def cross_cov(self, center: bool = True) -> Tensor:
         """xcᵀ yc (D1×D2) (raw xᵀy when not ``center``)."""
@@ -467,31 +487,52 @@ def compute_measures(
 # --------------------------------------------------------------------------- kernels
 
 
-def _hsic_unbiased(k: Tensor, l: Tensor, symmetric: bool = False) -> Tensor:
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """⟨A, B⟩_F in one fused pass (no N×N temporary)."""
+    return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
+def _double_centre(k: Tensor) -> Tensor:
+    row = k.mean(dim=1, keepdim=True)
+    return k - row - row.T + row.mean()
+
+
+def _hsic_unbiased(k: Tensor, l: Tensor) -> Tensor:
     """Unbiased HSIC (Song et al. 2012, JMLR 13, eq. 5) of zero-diagonal K̃, L̃, in O(N²).
 
     HSIC₁ = [tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1/((n-1)(n-2)) − 2/(n-2)·1ᵀK̃L̃1] / (n(n-3)),
-    with 1ᵀK̃L̃1 = (K̃ᵀ1)·(L̃1). For non-symmetric inputs (CKNNA's masked kernels)
-    tr(K̃L̃) is Σ K̃∘L̃ᵀ, as in platonic-rep's ``hsic_unbiased``.
+    with 1ᵀK̃L̃1 = (K̃ᵀ1)·(L̃1) and tr(K̃L̃) = Σ K̃∘L̃ᵀ, which also holds for the
+    non-symmetric masked kernels of CKNNA (as in platonic-rep's ``hsic_unbiased``).
     """
     n = k.shape[0]
-    trace = (k * l).sum() if symmetric else (k * l.T).sum()
+    trace = (k * l.T).sum()
     sums = k.sum() * l.sum() / ((n - 1) * (n - 2))
     cross = 2.0 * (k.sum(dim=0) @ l.sum(dim=1)) / (n - 2)
     return (trace + sums - cross) / (n * (n - 3))
 
 
-def _cka_from_centred(kc: Tensor, lc: Tensor, knorm: float, lnorm: float) -> float:
-    # CKA = <Kc, Lc>_F / (‖Kc‖_F ‖Lc‖_F) (Kornblith et al. 2019, eq. 4; the 1/(n-1)² of
-    # the biased HSIC cancels).
-    return float((kc * lc).sum()) / (knorm * lnorm)
+def _hsic_unbiased_centred(kc: Tensor, lc: Tensor, dot: float) -> float:
+    """The same estimator from centred Grams Kc, Lc and ⟨Kc, Lc⟩_F, with no N² pass.
+
+    HSIC₁ is invariant to centring the features (U-centring, Székely & Rizzo 2014), so it
+    may be computed from Kc. With K̃ = Kc − diag(d_K): Kc·1 = 0 gives K̃1 = −d_K and
+    1ᵀK̃1 = −Σd_K, and tr(K̃L̃) = ⟨Kc, Lc⟩ − d_K·d_L.
+    """
+    n = kc.shape[0]
+    dk, dl = kc.diagonal(), lc.diagonal()
+    dkdl = float(dk @ dl)
+    trace = dot - dkdl
+    sums = float(dk.sum()) * float(dl.sum()) / ((n - 1) * (n - 2))
+    cross = 2.0 * dkdl / (n - 2)
+    return (trace + sums - cross) / (n * (n - 3))
 
 
 @register("cka_linear")
 def _cka_linear(p: Pair) -> float:
-    """Linear CKA (Kornblith et al. 2019), the biased-HSIC estimator; equals the RV
-    coefficient of the centred data. Biased upward for N small relative to D."""
-    return _cka_from_centred(p.x.gram_c(), p.y.gram_c(), p.x.gram_c_norm(), p.y.gram_c_norm())
+    """Linear CKA (Kornblith et al. 2019, eq. 4): ⟨Kc, Lc⟩_F / (‖Kc‖_F ‖Lc‖_F), the
+    biased-HSIC estimator (its 1/(n-1)² cancels); equals the RV coefficient of the centred
+    data. Biased upward for N small relative to D."""
+    return p.gram_c_dot() / (p.x.gram_c_norm() * p.y.gram_c_norm())
 
 
 @register("cka_unbiased", resample="subsample")
@@ -500,51 +541,81 @@ def _cka_unbiased(p: Pair) -> float:
     normalisation, as in Nguyen et al. 2021 and Kornblith's demo (``debiased=True``).
 
     Some libraries divide the unbiased numerator by biased self-HSICs; that is not the
-    estimator of the paper. HSIC₁ is unchanged by centring the features, so the centred
-    Gram (better conditioned) is used. Bootstraps by subsampling: a duplicated row puts a
-    diagonal term back into the off-diagonal sum this estimator was built to exclude.
+    estimator of the paper. Bootstraps by subsampling: a duplicated row puts a diagonal
+    term back into the off-diagonal sum this estimator was built to exclude.
     """
-    kxy = float(_hsic_unbiased(p.x.gram_c_offdiag(), p.y.gram_c_offdiag(), symmetric=True))
+    _need_n(p.x, 4, "the unbiased HSIC estimator")
+    kxy = _hsic_unbiased_centred(p.x.gram_c(), p.y.gram_c(), p.gram_c_dot())
     return kxy / math.sqrt(p.x.hsic_u_self() * p.y.hsic_u_self())
 
 
-def _median(values: Tensor) -> Tensor:
-    # numpy's median (mean of the two middle values), which Kornblith's gram_rbf uses;
-    # torch.median returns the lower one and torch.quantile caps the input size.
-    flat = values.reshape(-1)
-    m = flat.numel()
-    lo = torch.kthvalue(flat, (m + 1) // 2).values
-    hi = torch.kthvalue(flat, m // 2 + 1).values
-    return (lo + hi) / 2
+_TRIU_MASKS: dict[tuple[int, str], Tensor] = {}
 
 
-def _rbf_centred(view: View, threshold: float) -> tuple[Tensor, float]:
-    def make() -> tuple[Tensor, float]:
+def _upper(mat: Tensor) -> Tensor:
+    """The strict upper triangle of a square matrix, row by row (cached boolean mask)."""
+    key = (mat.shape[0], str(mat.device))
+    if key not in _TRIU_MASKS:
+        if len(_TRIU_MASKS) > 8:
+            _TRIU_MASKS.clear()
+        ones = torch.ones(mat.shape, dtype=torch.bool, device=mat.device)
+        _TRIU_MASKS[key] = torch.triu(ones, diagonal=1)
+    return mat.masked_select(_TRIU_MASKS[key])
+
+
+def _median_distance(sq: Tensor) -> float:
+    """numpy's median of a whole N×N distance matrix (zero diagonal), from its upper half.
+
+    Kornblith et al.'s ``gram_rbf`` takes ``np.median`` over the full matrix, diagonal
+    zeros included (the mean of the two middle values). Sorted, that matrix is N zeros
+    followed by every upper value twice, so the value at rank p > N is the upper value at
+    rank ⌈(p − N)/2⌉: two selections on half the entries instead of all of them.
+    """
+    n = sq.shape[0]
+    upper = _upper(sq)
+
+    def at(rank: int) -> float:  # 1-indexed rank in the full sorted matrix
+        if rank <= n:
+            return 0.0
+        return float(torch.kthvalue(upper, (rank - n + 1) // 2).values)
+
+    total = n * n
+    lo, hi = (total + 1) // 2, total // 2 + 1
+    return (at(lo) + at(hi)) / 2 if hi != lo else at(lo)
+
+
+def _rbf_kernel(view: View, threshold: float) -> tuple[Tensor, Tensor, float, float]:
+    """RBF Gram K, its row sums, total and ‖HKH‖²_F (centring is never materialised)."""
+
+    def make() -> tuple[Tensor, Tensor, float, float]:
         sq = view.sqdist()
-        # Kornblith et al.'s heuristic: σ = threshold × median distance, the median taken
-        # over the whole N×N matrix (diagonal zeros included), as in their demo notebook.
-        sq_median = float(_median(sq))
+        # Kornblith et al.'s heuristic: σ² = threshold² × median squared distance.
+        sq_median = _median_distance(sq)
         if sq_median <= 0:
             raise ValueError(f"{view.name}: median pairwise distance is 0 (constant rows)")
-        k = torch.exp(-sq / (2 * threshold**2 * sq_median))
-        row = k.mean(dim=1, keepdim=True)
-        kc = k - row - row.T + k.mean()
-        norm = float(torch.linalg.matrix_norm(kc))
-        if norm == 0:
+        k = sq.mul(-1.0 / (2 * threshold**2 * sq_median)).exp_()
+        rowsum = k.sum(dim=1)
+        total = float(rowsum.sum())
+        n = k.shape[0]
+        normsq = float(_dot(k, k)) - 2.0 / n * float(rowsum @ rowsum) + total**2 / n**2
+        if normsq <= 1e-24 * n * n:
             raise ValueError(f"{view.name}: RBF Gram matrix is constant")
-        return kc, norm
+        return k, rowsum, total, normsq
 
     return view._cached(("rbf", threshold), make)
 
 
 @register("cka_rbf")
 def _cka_rbf(p: Pair, threshold: float = 1.0) -> float:
-    """RBF-kernel CKA, bandwidth σ = ``threshold`` × median pairwise distance."""
+    """RBF-kernel CKA (Kornblith et al. 2019), bandwidth σ = ``threshold`` × median
+    pairwise distance; ⟨HKH, HLH⟩ = ⟨K, L⟩ − 2/n (K1)·(L1) + (1ᵀK1)(1ᵀL1)/n²."""
     if threshold <= 0:
         raise ValueError(f"threshold must be positive, got {threshold}")
-    kc, kn = _rbf_centred(p.x, threshold)
-    lc, ln = _rbf_centred(p.y, threshold)
-    return _cka_from_centred(kc, lc, kn, ln)
+    k, rk, tk, nk = _rbf_kernel(p.x, threshold)
+    l, rl, tl, nl = _rbf_kernel(p.y, threshold)
+    n = p.n
+    cross = float(_dot(k, l)) - 2.0 / n * float(rk @ rl) + tk * tl / n**2
+    return cross / math.sqrt(nk * nl)
 
 
 class MinibatchCKA:
@@ -563,15 +634,16 @@ class MinibatchCKA:
         """Add one minibatch of paired rows (needs at least 4 rows)."""
         pair = Pair(x, y)
         _need_n(pair.x, 4, "a minibatch of the unbiased HSIC estimator")
-        kt, lt = pair.x.gram_c_offdiag(), pair.y.gram_c_offdiag()
-        terms = torch.stack(
+        kc, lc = pair.x.gram_c(), pair.y.gram_c()
+        terms = torch.tensor(
             [
-                _hsic_unbiased(kt, lt, symmetric=True),
-                _hsic_unbiased(kt, kt, symmetric=True),
-                _hsic_unbiased(lt, lt, symmetric=True),
-            ]
+                _hsic_unbiased_centred(kc, lc, pair.gram_c_dot()),
+                _hsic_unbiased_centred(kc, kc, pair.x.gram_c_dot()),
+                _hsic_unbiased_centred(lc, lc, pair.y.gram_c_dot()),
+            ],
+            dtype=_DTYPE,
         )
-        self._sums += terms.cpu()
+        self._sums += terms
         self.batches += 1
 
     def compute(self) -> float:
@@ -743,22 +815,23 @@ def _pearson(a: Tensor, b: Tensor, what: str) -> float:
 
 def _rdm_upper(view: View, inner: str) -> Tensor:
     """Upper triangle of a representational similarity matrix (monotone in the RDM)."""
-    iu = torch.triu_indices(view.n, view.n, 1, device=view.x.device)
     if inner == "euclidean":
-        mat = -view.sqdist()  # a monotone transform leaves Spearman unchanged
+        mat = view.sqdist()  # Spearman needs only the order, and both RDMs share it
     elif inner == "cosine":
         mat = view.cos_gram()
     elif inner == "correlation":
-        # Pearson correlation between rows, from the Gram: (K_ij − D m_i m_j)/sqrt(v_i v_j).
-        m = view.x.mean(dim=1)
-        cov = view.gram() - view.d * m[:, None] * m[None, :]
+        # Pearson correlation between rows from the Gram: (K_ij − D r_i r_j)/sqrt(v_i v_j),
+        # r the row means, with the raw Gram K = Kc + a1ᵀ + 1aᵀ + c.
+        a, c = view._offsets()
+        r = view.x.mean(dim=1)
+        cov = view.gram_c() + (a[:, None] + a[None, :] + c - view.d * r[:, None] * r[None, :])
         var = cov.diagonal().clamp_min(0)
         if bool((var <= 1e-12 * var.max().clamp_min(1e-300)).any()):
             raise ValueError(f"{view.name} has a constant row: its correlation is undefined")
         mat = cov / var.sqrt()[:, None] / var.sqrt()[None, :]
     else:
         raise ValueError(f"inner must be 'correlation', 'cosine' or 'euclidean', got {inner!r}")
-    return mat[iu[0], iu[1]]
+    return _upper(mat)
 
 
 @register("rsa", resample="subsample")
