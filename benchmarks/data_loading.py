@@ -39,8 +39,14 @@ def data_config(size: int) -> dict[str, Any]:
     import timm
     from timm.data import resolve_data_config
 
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=size,
-                            patch_size=16 if size >= 128 else 8, depth=1, num_classes=0)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=size,
+        patch_size=16 if size >= 128 else 8,
+        depth=1,
+        num_classes=0,
+    )
     return resolve_data_config({"input_size": (3, size, size)}, model=vit)
 
 
@@ -62,8 +68,14 @@ def images_only(samples: list[Sample]) -> torch.Tensor:
 
 def rate(dataset: Dataset, collate: Callable, batch_size: int, workers: int) -> float:
     """Samples per second over one pass (after one warm-up batch)."""
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers,
-                        collate_fn=collate, generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(0),
+    )
     it = iter(loader)
     next(it)
     start, n = time.perf_counter(), 0
@@ -72,8 +84,13 @@ def rate(dataset: Dataset, collate: Callable, batch_size: int, workers: int) -> 
     return n / (time.perf_counter() - start)
 
 
-def compare(name: str, build: Callable[[bool], Dataset], collates: dict[str, Callable],
-            batch_size: int, workers: int) -> list[tuple[str, ...]]:
+def compare(
+    name: str,
+    build: Callable[[bool], Dataset],
+    collates: dict[str, Callable],
+    batch_size: int,
+    workers: int,
+) -> list[tuple[str, ...]]:
     start = time.perf_counter()
     cached = build(True)
     built = time.perf_counter() - start
@@ -82,8 +99,17 @@ def compare(name: str, build: Callable[[bool], Dataset], collates: dict[str, Cal
     for label, collate in collates.items():
         fast = rate(cached, collate, batch_size, workers)
         slow = rate(decoded, collate, batch_size, workers)
-        rows.append((name, label, f"{len(cached)}", f"{slow:,.0f}", f"{fast:,.0f}",
-                     f"{fast / slow:.1f}x", f"{built:.1f}s"))
+        rows.append(
+            (
+                name,
+                label,
+                f"{len(cached)}",
+                f"{slow:,.0f}",
+                f"{fast:,.0f}",
+                f"{fast / slow:.1f}x",
+                f"{built:.1f}s",
+            )
+        )
     return rows
 
 
@@ -93,8 +119,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jpegs", type=int, default=1000, help="224x224 JPEGs to write and read")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads in this process (DataLoader workers always use 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in this process (DataLoader workers always use 1)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
@@ -108,8 +138,9 @@ def main(argv: list[str] | None = None) -> None:
         cache = {"dir": f"{tmp}/cache", "progress": False}
 
         def easyvqa(use_cache: bool) -> Dataset:
-            cfg = DataConfig(name="easyvqa", limit=args.samples,
-                             cache={**cache, "enabled": use_cache})
+            cfg = DataConfig(
+                name="easyvqa", limit=args.samples, cache={**cache, "enabled": use_cache}
+            )
             return build_dataset(cfg, "train", build_transform(data_config(64)))
 
         rows += compare("easy-VQA 64px PNG", easyvqa, collates, args.batch_size, args.workers)
@@ -118,18 +149,24 @@ def main(argv: list[str] | None = None) -> None:
         write_jpegs(folder, args.jpegs)
 
         def jpegs(use_cache: bool) -> Dataset:
-            cfg = DataConfig(name="captions_folder", root=str(folder),
-                             cache={**cache, "enabled": use_cache})
+            cfg = DataConfig(
+                name="captions_folder", root=str(folder), cache={**cache, "enabled": use_cache}
+            )
             return build_dataset(cfg, "train", build_transform(data_config(224)))
 
         rows += compare("224px JPEG folder", jpegs, collates, args.batch_size, args.workers)
     header = ("workload", "collate", "samples", "decode/s", "cache/s", "ratio", "cache build")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print(f"batch {args.batch_size}, workers {args.workers}, torch threads "
-          f"{torch.get_num_threads()}")
+    print(
+        f"batch {args.batch_size}, workers {args.workers}, torch threads {torch.get_num_threads()}"
+    )
     for r in [header, *rows]:
-        print("  ".join(c.ljust(w) if i < 2 else c.rjust(w)
-                        for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+        print(
+            "  ".join(
+                c.ljust(w) if i < 2 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
 
 
 if __name__ == "__main__":

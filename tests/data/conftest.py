@@ -14,8 +14,16 @@ def data_config() -> dict[str, Any]:
     import timm
     from timm.data import resolve_data_config
 
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=IMG, patch_size=8,
-                            embed_dim=64, depth=1, num_heads=2, num_classes=0)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=IMG,
+        patch_size=8,
+        embed_dim=64,
+        depth=1,
+        num_heads=2,
+        num_classes=0,
+    )
     return resolve_data_config({"input_size": (3, IMG, IMG)}, model=vit)
 
 

@@ -32,11 +32,20 @@ def hateful_memes(root: Path) -> Path:
     return root
 
 
-MMIMDB_SPLITS = {"train": ["0000001", "0000002", "0000003"], "dev": ["0000004", "0000005"],
-                 "test": ["0000006", "0000007"]}
-MMIMDB_GENRES = {"0000001": ["Drama", "Comedy"], "0000002": ["Film-Noir"],
-                 "0000003": ["Sci-Fi", "News", "Drama"], "0000004": ["Horror"],
-                 "0000005": ["Western", "War"], "0000006": ["Short"], "0000007": ["Music"]}
+MMIMDB_SPLITS = {
+    "train": ["0000001", "0000002", "0000003"],
+    "dev": ["0000004", "0000005"],
+    "test": ["0000006", "0000007"],
+}
+MMIMDB_GENRES = {
+    "0000001": ["Drama", "Comedy"],
+    "0000002": ["Film-Noir"],
+    "0000003": ["Sci-Fi", "News", "Drama"],
+    "0000004": ["Horror"],
+    "0000005": ["Western", "War"],
+    "0000006": ["Short"],
+    "0000007": ["Music"],
+}
 
 
 def mmimdb(root: Path) -> Path:
@@ -45,16 +54,22 @@ def mmimdb(root: Path) -> Path:
     (root / "split.json").write_text(json.dumps(MMIMDB_SPLITS))
     for mid, genres in MMIMDB_GENRES.items():
         write_image(root / "dataset" / f"{mid}.jpeg", f"mm{mid}")
-        meta = {"title": f"Movie {mid}", "genres": genres, "year": 1999,
-                "plot": [f"short {mid}", f"the longest plot of movie {mid}", "mid"]}
+        meta = {
+            "title": f"Movie {mid}",
+            "genres": genres,
+            "year": 1999,
+            "plot": [f"short {mid}", f"the longest plot of movie {mid}", "mid"],
+        }
         (root / "dataset" / f"{mid}.json").write_text(json.dumps(meta))
     return root
 
 
 FOOD_ROWS = {
-    "train": [("apple_pie_0.jpg", "Apple Pie, the classic", "apple_pie"),
-              ("waffles_3.jpg", "Belgian waffles recipe", "waffles"),
-              ("sushi_7.jpg", 'Sushi "rolls" at home', "sushi")],
+    "train": [
+        ("apple_pie_0.jpg", "Apple Pie, the classic", "apple_pie"),
+        ("waffles_3.jpg", "Belgian waffles recipe", "waffles"),
+        ("sushi_7.jpg", 'Sushi "rolls" at home', "sushi"),
+    ],
     "test": [("pho_1.jpg", "Pho bo", "pho"), ("apple_pie_9.jpg", "Grandma's pie", "apple_pie")],
 }
 
@@ -93,21 +108,33 @@ def vqa(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     for subtype, rows in (("train2014", VQA_TRAIN), ("val2014", VQA_VAL)):
         qs = [{"image_id": i, "question": q, "question_id": qid} for qid, i, q, _, _ in rows]
-        anns = [{"question_id": qid, "image_id": i, "question_type": "what",
-                 "answer_type": "other", "multiple_choice_answer": mc,
-                 "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
-                             for k, a in enumerate(ans)]}
-                for qid, i, _, mc, ans in rows]
+        anns = [
+            {
+                "question_id": qid,
+                "image_id": i,
+                "question_type": "what",
+                "answer_type": "other",
+                "multiple_choice_answer": mc,
+                "answers": [
+                    {"answer": a, "answer_confidence": "yes", "answer_id": k + 1}
+                    for k, a in enumerate(ans)
+                ],
+            }
+            for qid, i, _, mc, ans in rows
+        ]
         (root / f"v2_OpenEnded_mscoco_{subtype}_questions.json").write_text(
-            json.dumps({"data_subtype": subtype, "questions": qs}))
+            json.dumps({"data_subtype": subtype, "questions": qs})
+        )
         (root / f"v2_mscoco_{subtype}_annotations.json").write_text(
-            json.dumps({"data_subtype": subtype, "annotations": anns}))
+            json.dumps({"data_subtype": subtype, "annotations": anns})
+        )
         for i in {r[1] for r in rows}:
             _coco(root, subtype, i)
     for split, rows in VQA_TEST.items():
         qs = [{"image_id": i, "question": q, "question_id": qid} for qid, i, q in rows]
         (root / f"v2_OpenEnded_mscoco_{split}2015_questions.json").write_text(
-            json.dumps({"questions": qs}))
+            json.dumps({"questions": qs})
+        )
         for _, i, _ in rows:
             _coco(root, "test2015", i)
     return root

@@ -21,15 +21,28 @@ def corrupt(root):
     (img / "42002.png").write_bytes(b"")  # zero bytes
     (img / "42003.png").unlink()  # missing
     (img / "42004.png").write_text("<!DOCTYPE html><html><body>404</body></html>")  # HTML
-    return {"42001": "cannot decode", "42002": "0 bytes", "42003": "not found",
-            "42004": "not an image"}
+    return {
+        "42001": "cannot decode",
+        "42002": "0 bytes",
+        "42003": "not found",
+        "42004": "not an image",
+    }
 
 
 def hm(root, tmp_path, policy, cache=True, split="train"):
-    cfg = DataConfig(name="hateful_memes", root=str(root), on_bad_image=policy,
-                     cache={"enabled": cache, "dir": str(tmp_path / "c"), "progress": False})
-    return build_dataset(cfg, split, transform_for(
-        {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}, cfg, split))
+    cfg = DataConfig(
+        name="hateful_memes",
+        root=str(root),
+        on_bad_image=policy,
+        cache={"enabled": cache, "dir": str(tmp_path / "c"), "progress": False},
+    )
+    return build_dataset(
+        cfg,
+        split,
+        transform_for(
+            {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}, cfg, split
+        ),
+    )
 
 
 @pytest.fixture
@@ -79,11 +92,14 @@ def test_broken_json_line_names_file_and_line(tmp_path):
         hm(root, tmp_path, "error", split="dev_seen")
 
 
-@pytest.mark.parametrize(("edit", "message"), [
-    ({"label": 3}, r"train\.jsonl:1: unknown label 3"),
-    ({"label": None}, r"train\.jsonl:1: missing field 'label'"),
-    ({"img": None}, r"train\.jsonl:1: missing field 'img'"),
-])
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"label": 3}, r"train\.jsonl:1: unknown label 3"),
+        ({"label": None}, r"train\.jsonl:1: missing field 'label'"),
+        ({"img": None}, r"train\.jsonl:1: missing field 'img'"),
+    ],
+)
 def test_bad_field_named(tmp_path, edit, message):
     root = formats.hateful_memes(tmp_path / "hm")
     lines = (root / "train.jsonl").read_text().splitlines()
@@ -96,10 +112,19 @@ def test_bad_field_named(tmp_path, edit, message):
 def test_html_as_jpeg_in_mmimdb(tmp_path):
     root = formats.mmimdb(tmp_path / "mm")
     (root / "dataset" / "0000002.jpeg").write_text("<html><head><title>Not found</title></html>")
-    cfg = DataConfig(name="mmimdb", root=str(root), on_bad_image="skip",
-                     cache={"dir": str(tmp_path / "c"), "progress": False})
-    ds = build_dataset(cfg, "train", transform_for(
-        {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}, cfg, "train"))
+    cfg = DataConfig(
+        name="mmimdb",
+        root=str(root),
+        on_bad_image="skip",
+        cache={"dir": str(tmp_path / "c"), "progress": False},
+    )
+    ds = build_dataset(
+        cfg,
+        "train",
+        transform_for(
+            {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}, cfg, "train"
+        ),
+    )
     assert [s.id for s in ds] == ["0000001", "0000003"] and ds.skipped == 1
     assert "looks like HTML" in ds.bad_images.entries[0][1]
 
@@ -109,5 +134,10 @@ def test_broken_split_json_named(tmp_path):
     (root / "split.json").write_text('{"train": [1, 2,\n  }')
     cfg = DataConfig(name="mmimdb", root=str(root), cache={"enabled": False})
     with pytest.raises(DataFormatError, match=r"split\.json:2: not valid JSON"):
-        build_dataset(cfg, "train", transform_for(
-            {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}, cfg, "train"))
+        build_dataset(
+            cfg,
+            "train",
+            transform_for(
+                {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}, cfg, "train"
+            ),
+        )

@@ -25,8 +25,9 @@ def test_rows_equal_prepared_images(images, eval_transform, tmp_path):
     cache = build(images, eval_transform, tmp_path)
     assert len(cache) == 5
     for p in images:
-        np.testing.assert_array_equal(cache.read(cache.row(p)),
-                                      eval_transform.prepare(load_image(p)))
+        np.testing.assert_array_equal(
+            cache.read(cache.row(p)), eval_transform.prepare(load_image(p))
+        )
     rows = [cache.row(p) for p in images[::-1]]
     assert cache.read(rows).shape == (5, 3, *eval_transform.size)
 
@@ -40,8 +41,9 @@ def test_reused_then_rebuilt_on_change(images, eval_transform, data_config, tmp_
     os.utime(images[2], ns=(1, 1))
     changed = build(images, eval_transform, tmp_path)
     assert changed.folder != first.folder
-    np.testing.assert_array_equal(changed.read(changed.row(images[2])),
-                                  eval_transform.prepare(load_image(images[2])))
+    np.testing.assert_array_equal(
+        changed.read(changed.row(images[2])), eval_transform.prepare(load_image(images[2]))
+    )
     # so does a different preprocessing size
     small = build_transform({**data_config, "input_size": (3, 16, 16)})
     resized = build(images, small, tmp_path)
@@ -79,5 +81,6 @@ def test_concurrent_builders_share_one_cache(images, eval_transform, tmp_path):
         folders = pool.map(_build_in_child, [(images, eval_transform, tmp_path / "c")] * 2)
     assert folders[0] == folders[1]
     assert len(build(images, eval_transform, tmp_path / "x")) == 5
-    assert sorted(p.name for p in (tmp_path / "c").iterdir() if not p.name.endswith(".lock")) \
-        == [folders[0].rsplit("/", 1)[1]]
+    assert sorted(p.name for p in (tmp_path / "c").iterdir() if not p.name.endswith(".lock")) == [
+        folders[0].rsplit("/", 1)[1]
+    ]

@@ -44,8 +44,9 @@ def test_split_across_ranks_and_workers(tmp_path, eval_transform, tokenizer):
         ds = CaptionShards(pattern, eval_transform, shuffle_buffer=4, rank=rank, world_size=2)
         parts = [set(ds.shards_for(rank, 2, w, 2)) for w in range(2)]
         assert not parts[0] & parts[1]
-        loader = DataLoader(ds, batch_size=4, num_workers=2,
-                            collate_fn=Collator(tokenizer, max_length=8))
+        loader = DataLoader(
+            ds, batch_size=4, num_workers=2, collate_fn=Collator(tokenizer, max_length=8)
+        )
         seen.append([i for batch in loader for i in batch.ids])
     assert not set(seen[0]) & set(seen[1])  # ranks read disjoint shards
     everything = [f"{s:05d}{i:04d}" for s in range(6) for i in range(3)]
@@ -54,8 +55,10 @@ def test_split_across_ranks_and_workers(tmp_path, eval_transform, tokenizer):
 
 def test_epoch_length_equalises_ranks(tmp_path, eval_transform):
     pattern = write_shards(tmp_path / "s", shards=3, per_shard=4)  # 2 shards vs 1 shard
-    lengths = [len(list(CaptionShards(pattern, eval_transform, rank=r, world_size=2,
-                                      epoch_length=7))) for r in range(2)]
+    lengths = [
+        len(list(CaptionShards(pattern, eval_transform, rank=r, world_size=2, epoch_length=7)))
+        for r in range(2)
+    ]
     assert lengths == [7, 7]
 
 
@@ -73,8 +76,11 @@ def test_caption_folder(tmp_path, data_config):
         write_image(root / f"{name}.jpg", f"folder{name}")
         (root / f"{name}.txt").write_text(f"a caption for {name}\n")
     write_image(root / "orphan.png", "orphan")  # no caption: not a sample
-    cfg = DataConfig(name="captions_folder", root=str(root),
-                     cache={"dir": str(tmp_path / "c"), "progress": False})
+    cfg = DataConfig(
+        name="captions_folder",
+        root=str(root),
+        cache={"dir": str(tmp_path / "c"), "progress": False},
+    )
     from vilalign.data import build_image_transform
 
     ds = build_dataset(cfg, "train", build_image_transform(data_config, cfg, "train"))

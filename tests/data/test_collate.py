@@ -9,9 +9,15 @@ from vilalign.data import Batch, Collator, Sample
 
 
 def samples(texts, labels=True):
-    return [Sample(image=torch.full((3, 8, 8), float(i)), text=t,
-                   label=torch.tensor(i) if labels else None, id=f"s{i}")
-            for i, t in enumerate(texts)]
+    return [
+        Sample(
+            image=torch.full((3, 8, 8), float(i)),
+            text=t,
+            label=torch.tensor(i) if labels else None,
+            id=f"s{i}",
+        )
+        for i, t in enumerate(texts)
+    ]
 
 
 def test_padding_truncation_and_fields(tokenizer):
@@ -29,7 +35,8 @@ def test_padding_truncation_and_fields(tokenizer):
 
 def test_fixed_padding_missing_labels_and_skipped(tokenizer):
     batch = Collator(tokenizer, max_length=10, padding="max_length")(
-        [None, *samples(["hi"], labels=False)])
+        [None, *samples(["hi"], labels=False)]
+    )
     assert batch.input_ids.shape == (1, 10) and batch.labels is None
     with pytest.raises(ValueError, match="empty batch"):
         Collator(tokenizer)([None])
@@ -37,11 +44,11 @@ def test_fixed_padding_missing_labels_and_skipped(tokenizer):
 
 def test_rows_of_one_batch_tensor_are_not_copied(tokenizer):
     images = torch.randn(3, 3, 4, 4)
-    batch = Collator(tokenizer)([Sample(image=img, text="x", label=None, id=str(i))
-                                 for i, img in enumerate(images)])
+    batch = Collator(tokenizer)(
+        [Sample(image=img, text="x", label=None, id=str(i)) for i, img in enumerate(images)]
+    )
     assert batch.pixel_values.data_ptr() == images.data_ptr()
     shuffled = [images[2], images[0], images[1]]  # not in row order: a real stack
-    out = Collator(tokenizer)([Sample(image=img, text="x", label=None, id="s")
-                               for img in shuffled])
+    out = Collator(tokenizer)([Sample(image=img, text="x", label=None, id="s") for img in shuffled])
     assert out.pixel_values.data_ptr() != images.data_ptr()
     assert torch.equal(out.pixel_values, torch.stack(shuffled))

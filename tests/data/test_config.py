@@ -15,14 +15,17 @@ def test_defaults_and_registry_agree():
     assert set(names) == set(SPLITS)  # every name the config allows can be built
 
 
-@pytest.mark.parametrize(("data", "field"), [
-    ({"name": "cifar10"}, "name"),
-    ({"name": "mmimdb"}, "root"),
-    ({"cache": {"enabeld": False}}, "cache.enabeld"),
-    ({"on_bad_image": "ignore"}, "on_bad_image"),
-    ({"augment": {"crop_scale": [0.9, 0.5]}}, "crop_scale"),
-    ({"vqa_answer_vocab_size": 0}, "vqa_answer_vocab_size"),
-])
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"name": "cifar10"}, "name"),
+        ({"name": "mmimdb"}, "root"),
+        ({"cache": {"enabeld": False}}, "cache.enabeld"),
+        ({"on_bad_image": "ignore"}, "on_bad_image"),
+        ({"augment": {"crop_scale": [0.9, 0.5]}}, "crop_scale"),
+        ({"vqa_answer_vocab_size": 0}, "vqa_answer_vocab_size"),
+    ],
+)
 def test_errors_name_the_field(data, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         validate(DataConfig, data, source="data.yaml")

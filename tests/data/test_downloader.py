@@ -42,8 +42,9 @@ def server(tmp_path):
     (site / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 3])
     hits: list[str] = []
     handler = type("H", (_Handler,), {"hits": hits})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
-                                            functools.partial(handler, directory=str(site)))
+    httpd = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(handler, directory=str(site))
+    )
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
@@ -64,13 +65,15 @@ def test_download_to_shards_and_resume(server, tmp_path, eval_transform):
     base, hits = server
     tsv = write_tsv(tmp_path / "cc.tsv", base)
     out = tmp_path / "shards"
-    report = download_conceptual_captions(tsv, out, image_size=SIZE, threads=4,
-                                          samples_per_shard=10, timeout=5)
+    report = download_conceptual_captions(
+        tsv, out, image_size=SIZE, threads=4, samples_per_shard=10, timeout=5
+    )
     assert (report.successes, report.failed_to_download, report.failed_to_resize) == (20, 3, 2)
     assert len(report.shards) == 3
     samples = list(tarfile_samples({"url": str(p)} for p in report.shards))
     assert sorted(s["txt"].decode() for s in samples) == sorted(
-        f"a photo number {i}" for i in range(20))  # exactly the good ones
+        f"a photo number {i}" for i in range(20)
+    )  # exactly the good ones
     for s in samples:
         caption = s["txt"].decode()
         image = Image.open(io.BytesIO(s["jpg"]))
@@ -82,8 +85,9 @@ def test_download_to_shards_and_resume(server, tmp_path, eval_transform):
     assert len(list(CaptionShards(str(out / "*.tar"), eval_transform))) == 20
     fetched = len(hits)
     assert fetched >= 25
-    again = download_conceptual_captions(tsv, out, image_size=SIZE, threads=4,
-                                         samples_per_shard=10, timeout=5)
+    again = download_conceptual_captions(
+        tsv, out, image_size=SIZE, threads=4, samples_per_shard=10, timeout=5
+    )
     assert len(hits) == fetched  # nothing fetched again
     assert again.successes == 20 and again.failures == 5
     with pytest.raises(DataFormatError, match=r"another download.*image_size"):
@@ -99,8 +103,9 @@ def test_interrupted_download_resumes_missing_shards_only(server, tmp_path):
     for name in ("00001.tar", "00001_stats.json", "00001.parquet"):  # as if killed mid-way
         (out / name).unlink()
     hits.clear()
-    report = download_conceptual_captions(tsv, out, image_size=SIZE, threads=4,
-                                          samples_per_shard=10)
+    report = download_conceptual_captions(
+        tsv, out, image_size=SIZE, threads=4, samples_per_shard=10
+    )
     assert 10 <= len(hits) <= 12  # the ten rows of shard 1 (dead links may be retried)
     assert report.successes == 20 and len(report.shards) == 3
 

@@ -15,8 +15,9 @@ from vilalign.data.easyvqa import answers, caption_for, image_facts
 
 @pytest.fixture(scope="module")
 def cached(data_config, tmp_path_factory):
-    cfg = DataConfig(name="easyvqa", cache={"dir": str(tmp_path_factory.mktemp("c")),
-                                            "progress": False})
+    cfg = DataConfig(
+        name="easyvqa", cache={"dir": str(tmp_path_factory.mktemp("c")), "progress": False}
+    )
     transform = build_image_transform(data_config, cfg, "test")
     return cfg, {s: build_dataset(cfg, s, transform) for s in ("train", "test")}
 
@@ -55,8 +56,9 @@ def test_loader_batches(cached, tokenizer):
 
 def test_captions_from_question_answer_pairs(cached, data_config):
     cfg, _ = cached
-    caps_cfg = DataConfig(**{**cfg.model_dump(), "name": "easyvqa_captions",
-                             "captions_per_image": 2})
+    caps_cfg = DataConfig(
+        **{**cfg.model_dump(), "name": "easyvqa_captions", "captions_per_image": 2}
+    )
     caps = build_dataset(caps_cfg, "test", build_image_transform(data_config, caps_cfg, "test"))
     assert len(caps) == 2000 and caps[0].label is None
     # the caption states the shape and colour the image's answers establish
@@ -68,15 +70,25 @@ def test_captions_from_question_answer_pairs(cached, data_config):
 
 
 def test_image_facts_reads_negations():
-    pairs = [("is there not a red shape?", "no"), ("does the image contain a circle?", "yes"),
-             ("is there a blue shape?", "no")]
+    pairs = [
+        ("is there not a red shape?", "no"),
+        ("does the image contain a circle?", "yes"),
+        ("is there a blue shape?", "no"),
+    ]
     assert image_facts(pairs) == {"color": "red", "shape": "circle"}
     assert caption_for({"color": "red", "shape": "circle"}, 0) == "a red circle."
 
 
-NAMED_RGB = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "black": (0, 0, 0),
-             "gray": (128, 128, 128), "teal": (0, 128, 128), "brown": (165, 42, 42),
-             "yellow": (255, 255, 0)}
+NAMED_RGB = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "black": (0, 0, 0),
+    "gray": (128, 128, 128),
+    "teal": (0, 128, 128),
+    "brown": (165, 42, 42),
+    "yellow": (255, 255, 0),
+}
 
 
 def shape_colour(image, data_config) -> str:
@@ -94,8 +106,11 @@ def test_images_show_what_their_questions_answer(cached, data_config):
     """The shape's colour in each sample's image is the answer to its colour question."""
     _, ds = cached
     test = ds["test"]
-    colour_qs = [i for i, r in enumerate(test.records)
-                 if r.text.startswith(("what color", "what is the color"))][:200]
+    colour_qs = [
+        i
+        for i, r in enumerate(test.records)
+        if r.text.startswith(("what color", "what is the color"))
+    ][:200]
     batch = test.__getitems__(colour_qs)
     seen = [shape_colour(s.image, data_config) for s in batch]
     truth = [test.answers[int(s.label)] for s in batch]

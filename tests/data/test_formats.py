@@ -15,8 +15,12 @@ from .helpers import assert_matches
 
 
 def load(name, root, split, data_config, tmp_path, cache=True, **kw):
-    cfg = DataConfig(name=name, root=str(root), cache={"enabled": cache, "progress": False,
-                                                       "dir": str(tmp_path / "cache")}, **kw)
+    cfg = DataConfig(
+        name=name,
+        root=str(root),
+        cache={"enabled": cache, "progress": False, "dir": str(tmp_path / "cache")},
+        **kw,
+    )
     return build_dataset(cfg, split, build_image_transform(data_config, cfg, split))
 
 
@@ -72,7 +76,13 @@ def test_food101_unknown_class_names_line(tmp_path, data_config):
 
 def test_vqa_normalisation_and_scores():
     assert [normalize_answer(a) for a in ("Two", "a dog.", "Dog", "isnt", "3.5", "1,000")] == [
-        "2", "dog", "dog", "isn't", "3.5", "1000"]
+        "2",
+        "dog",
+        "dog",
+        "isn't",
+        "3.5",
+        "1000",
+    ]
     humans = [normalize_answer(a) for a in formats.VQA_Q1_ANSWERS]
     scores = [soft_score(a, humans) for a in ("2", "dog", "red", "blue", "cat")]
     assert scores == pytest.approx([1.0, 0.9, 0.6, 0.3, 0.0])
@@ -105,8 +115,9 @@ def test_vqa_vocab_saved_and_reused(tmp_path, data_config):
 
     root = formats.vqa(tmp_path / "vqa")
     save_answer_vocab(["yes", "dog"], tmp_path / "vocab.json")
-    ds = load("vqa", root, "train", data_config, tmp_path,
-              vqa_answer_vocab=str(tmp_path / "vocab.json"))
+    ds = load(
+        "vqa", root, "train", data_config, tmp_path, vqa_answer_vocab=str(tmp_path / "vocab.json")
+    )
     assert ds.answer_vocab == ["yes", "dog"] and ds.num_labels == 2
 
 

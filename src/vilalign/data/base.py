@@ -79,8 +79,9 @@ class ImageTextDataset(Dataset[Sample]):
         """A cheap stat of every file, so a missing one fails (or is counted) now."""
         missing = sorted(p for p in {r.image for r in records} if not os.path.isfile(p))
         if missing and self.on_bad_image == "error":
-            raise BadImageError(missing[0], f"file not found ({len(missing)} missing in "
-                                            f"{self.name})")
+            raise BadImageError(
+                missing[0], f"file not found ({len(missing)} missing in {self.name})"
+            )
         for path in missing:
             self.bad_images.add(BadImageError(path, "file not found"))
         gone = set(missing)
@@ -88,8 +89,9 @@ class ImageTextDataset(Dataset[Sample]):
 
     def _attach_cache(self, records: list[Record], cfg: CacheConfig) -> list[Record]:
         paths = sorted({r.image for r in records})  # order-free, so datasets can share it
-        self.cache = open_or_build(self.name, paths, self.transform, cfg.dir,
-                                   self.on_bad_image, cfg.workers, cfg.progress)
+        self.cache = open_or_build(
+            self.name, paths, self.transform, cfg.dir, self.on_bad_image, cfg.workers, cfg.progress
+        )
         for path, reason in self.cache.bad:
             self.bad_images.add(BadImageError(path, reason))
         kept = [r for r in records if r.image in self.cache]
@@ -98,8 +100,12 @@ class ImageTextDataset(Dataset[Sample]):
 
     def _drop_undecodable(self, records: list[Record]) -> list[Record]:
         bad: set[str] = set()
-        for path in tqdm(list(dict.fromkeys(r.image for r in records)), desc="checking images",
-                         unit="img", disable=len(records) < 1000):
+        for path in tqdm(
+            list(dict.fromkeys(r.image for r in records)),
+            desc="checking images",
+            unit="img",
+            disable=len(records) < 1000,
+        ):
             try:
                 load_image(path)
             except BadImageError as err:
@@ -117,8 +123,9 @@ class ImageTextDataset(Dataset[Sample]):
         return len(self.records)
 
     def _sample(self, record: Record, image: torch.Tensor) -> Sample:
-        return Sample(image=image, text=record.text, label=self.label_tensor(record.target),
-                      id=record.id)
+        return Sample(
+            image=image, text=record.text, label=self.label_tensor(record.target), id=record.id
+        )
 
     def __getitem__(self, index: int) -> Sample:
         record = self.records[index]

@@ -161,10 +161,16 @@ def _build(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        keys, bad, shape = _write_rows(tmp / ARRAY_FILE, paths, transform, workers, progress,
-                                       on_bad_image)
-        index = {"version": CACHE_VERSION, "settings": settings, "shape": shape,
-                 "keys": keys, "bad": bad}
+        keys, bad, shape = _write_rows(
+            tmp / ARRAY_FILE, paths, transform, workers, progress, on_bad_image
+        )
+        index = {
+            "version": CACHE_VERSION,
+            "settings": settings,
+            "shape": shape,
+            "keys": keys,
+            "bad": bad,
+        }
         (tmp / INDEX_FILE).write_text(json.dumps(index))
         try:
             os.replace(tmp, folder)
@@ -190,8 +196,9 @@ def _write_rows(
     keys: list[str] = []
     bad: list[list[str]] = []
     results = _prepared(paths, transform, workers)
-    for path, result in tqdm(results, total=len(paths), desc="caching images",
-                             disable=not progress, unit="img"):
+    for path, result in tqdm(
+        results, total=len(paths), desc="caching images", disable=not progress, unit="img"
+    ):
         if isinstance(result, BadImageError):
             if on_bad_image == "error":
                 raise result

@@ -97,8 +97,10 @@ def _check_manifest(out: Path, manifest: dict[str, Any]) -> bool:
         old = json.loads(path.read_text())
         diff = sorted(k for k in manifest if old.get(k) != manifest[k])
         if diff:
-            raise DataFormatError(f"{out}: holds shards of another download (differs in "
-                                  f"{', '.join(diff)}); use a new output folder")
+            raise DataFormatError(
+                f"{out}: holds shards of another download (differs in "
+                f"{', '.join(diff)}); use a new output folder"
+            )
     path.write_text(json.dumps(manifest))
     shards = -(-manifest["rows"] // manifest["samples_per_shard"])  # ceil
     return all((out / f"{i:05d}_stats.json").is_file() for i in range(shards))
@@ -140,8 +142,13 @@ def download_conceptual_captions(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     url_list, rows, digest = _headered_tsv(Path(tsv), out)
-    manifest = {"input_sha256": digest, "rows": rows, "image_size": image_size,
-                "samples_per_shard": samples_per_shard, "resize_mode": resize_mode}
+    manifest = {
+        "input_sha256": digest,
+        "rows": rows,
+        "image_size": image_size,
+        "samples_per_shard": samples_per_shard,
+        "resize_mode": resize_mode,
+    }
     if _check_manifest(out, manifest):
         # every shard is done: skip img2dataset's process start-up (seconds) entirely
         logger.info("conceptual captions: %s is complete, nothing to fetch", out)
@@ -151,16 +158,33 @@ def download_conceptual_captions(
     # albumentations (imported by img2dataset in every worker) otherwise polls the internet
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     download(
-        url_list=str(url_list), output_folder=str(out), output_format="webdataset",
-        input_format="tsv", url_col="url", caption_col="caption", image_size=image_size,
-        resize_mode=resize_mode, processes_count=processes, thread_count=threads,
-        number_sample_per_shard=samples_per_shard, timeout=timeout, retries=retries,
-        incremental_mode="incremental", enable_wandb=False, distributor="multiprocessing",
+        url_list=str(url_list),
+        output_folder=str(out),
+        output_format="webdataset",
+        input_format="tsv",
+        url_col="url",
+        caption_col="caption",
+        image_size=image_size,
+        resize_mode=resize_mode,
+        processes_count=processes,
+        thread_count=threads,
+        number_sample_per_shard=samples_per_shard,
+        timeout=timeout,
+        retries=retries,
+        incremental_mode="incremental",
+        enable_wandb=False,
+        distributor="multiprocessing",
     )
     report = read_download_report(out)
-    logger.info("conceptual captions: %d images in %d shards; %d failed to download, %d "
-                "failed to decode/resize (%s)", report.successes, len(report.shards),
-                report.failed_to_download, report.failed_to_resize, report.reasons)
+    logger.info(
+        "conceptual captions: %d images in %d shards; %d failed to download, %d "
+        "failed to decode/resize (%s)",
+        report.successes,
+        len(report.shards),
+        report.failed_to_download,
+        report.failed_to_resize,
+        report.reasons,
+    )
     return report
 
 
@@ -309,8 +333,9 @@ def folder_records(root: str | Path) -> list[Record]:
         caption = path.with_suffix(".txt")
         if caption.is_file():
             key = path.relative_to(root).with_suffix("").as_posix()
-            records.append(Record(id=key, image=str(path),
-                                  text=caption.read_text(encoding="utf-8").strip()))
+            records.append(
+                Record(id=key, image=str(path), text=caption.read_text(encoding="utf-8").strip())
+            )
     if not records:
         raise DataFormatError(f"{root}: no image with a same-named .txt caption")
     return records
@@ -327,5 +352,11 @@ class CaptionFolder(ImageTextDataset):
         cache: CacheConfig | None = None,
         limit: int | None = None,
     ) -> None:
-        super().__init__(f"captions-{Path(root).name}", folder_records(root), transform,
-                         on_bad_image, cache, limit)
+        super().__init__(
+            f"captions-{Path(root).name}",
+            folder_records(root),
+            transform,
+            on_bad_image,
+            cache,
+            limit,
+        )

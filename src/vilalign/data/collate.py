@@ -19,8 +19,10 @@ def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
         and base.dim() == 4
         and base.shape[0] == len(images)
         and base.is_contiguous()
-        and all(img._base is base and img.data_ptr() == base[i].data_ptr()
-                for i, img in enumerate(images))
+        and all(
+            img._base is base and img.data_ptr() == base[i].data_ptr()
+            for i, img in enumerate(images)
+        )
     ):
         return base
     return torch.stack(images)

@@ -73,8 +73,9 @@ class EasyVQA(ImageTextDataset):
         limit: int | None = None,
     ) -> None:
         self.answers = answers()
-        super().__init__(f"easyvqa-{split}", question_records(split), transform, on_bad_image,
-                         cache, limit)
+        super().__init__(
+            f"easyvqa-{split}", question_records(split), transform, on_bad_image, cache, limit
+        )
 
 
 # ---------------------------------------------------------------------- captions
@@ -132,8 +133,9 @@ def caption_records(split: str, captions_per_image: int = 1) -> list[Record]:
         facts = image_facts(pairs[img])
         path = paths.get(img, _missing_image(split, img))
         for k in range(captions_per_image):
-            records.append(Record(id=f"{split}-img{img}-{k}", image=path,
-                                  text=caption_for(facts, img + k)))
+            records.append(
+                Record(id=f"{split}-img{img}-{k}", image=path, text=caption_for(facts, img + k))
+            )
     return records
 
 
@@ -150,5 +152,11 @@ class EasyVQACaptions(ImageTextDataset):
         captions_per_image: int = 1,
     ) -> None:
         # the cache is keyed by image file, so it is shared with the question dataset
-        super().__init__(f"easyvqa-{split}", caption_records(split, captions_per_image),
-                         transform, on_bad_image, cache, limit)
+        super().__init__(
+            f"easyvqa-{split}",
+            caption_records(split, captions_per_image),
+            transform,
+            on_bad_image,
+            cache,
+            limit,
+        )

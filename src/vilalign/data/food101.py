@@ -47,8 +47,14 @@ def records(root: str | Path, split: str) -> list[Record]:
     for lineno, (file, title, cls) in read_csv_rows(path, columns=3):
         if cls not in _CLASS_INDEX:
             raise DataFormatError(f"{path}:{lineno}: unknown class {cls!r}")
-        out.append(Record(id=file, image=str(root / "images" / split / cls / file), text=title,
-                          target=_CLASS_INDEX[cls]))
+        out.append(
+            Record(
+                id=file,
+                image=str(root / "images" / split / cls / file),
+                text=title,
+                target=_CLASS_INDEX[cls],
+            )
+        )
     return out
 
 
@@ -66,5 +72,6 @@ class Food101(ImageTextDataset):
         cache: CacheConfig | None = None,
         limit: int | None = None,
     ) -> None:
-        super().__init__(f"food101-{split}", records(root, split), transform, on_bad_image,
-                         cache, limit)
+        super().__init__(
+            f"food101-{split}", records(root, split), transform, on_bad_image, cache, limit
+        )

@@ -31,9 +31,14 @@ def records(root: str | Path, split: str) -> list[Record]:
             raise DataFormatError(f"{where}: missing field 'label'")
         if label is not None and label not in (0, 1):
             raise DataFormatError(f"{where}: unknown label {label!r} (allowed: 0, 1)")
-        out.append(Record(id=str(require(obj, "id", where)),
-                          image=str(root / require(obj, "img", where)),
-                          text=str(require(obj, "text", where)), target=label))
+        out.append(
+            Record(
+                id=str(require(obj, "id", where)),
+                image=str(root / require(obj, "img", where)),
+                text=str(require(obj, "text", where)),
+                target=label,
+            )
+        )
     return out
 
 
@@ -51,5 +56,6 @@ class HatefulMemes(ImageTextDataset):
         cache: CacheConfig | None = None,
         limit: int | None = None,
     ) -> None:
-        super().__init__(f"hateful_memes-{split}", records(root, split), transform,
-                         on_bad_image, cache, limit)
+        super().__init__(
+            f"hateful_memes-{split}", records(root, split), transform, on_bad_image, cache, limit
+        )

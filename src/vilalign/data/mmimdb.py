@@ -51,8 +51,12 @@ def _record(root: Path, movie_id: str, ignored: Counter[str]) -> Record:
         raise DataFormatError(f"{path}: 'genres' and 'plot' must be non-empty lists")
     ignored.update(g for g in genres if g not in _GENRE_INDEX)
     target = sorted({_GENRE_INDEX[g] for g in genres if g in _GENRE_INDEX})
-    return Record(id=movie_id, image=str(root / "dataset" / f"{movie_id}.jpeg"),
-                  text=max(plots, key=len), target=target)
+    return Record(
+        id=movie_id,
+        image=str(root / "dataset" / f"{movie_id}.jpeg"),
+        text=max(plots, key=len),
+        target=target,
+    )
 
 
 def records(root: str | Path, split: str) -> list[Record]:
@@ -79,8 +83,9 @@ class MMIMDb(ImageTextDataset):
         cache: CacheConfig | None = None,
         limit: int | None = None,
     ) -> None:
-        super().__init__(f"mmimdb-{split}", records(root, split), transform, on_bad_image,
-                         cache, limit)
+        super().__init__(
+            f"mmimdb-{split}", records(root, split), transform, on_bad_image, cache, limit
+        )
 
     def label_tensor(self, target: Any) -> torch.Tensor:
         label = torch.zeros(len(GENRES))

@@ -68,8 +68,9 @@ def _easyvqa(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
 def _easyvqa_captions(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
     from vilalign.data.easyvqa import EasyVQACaptions
 
-    return EasyVQACaptions(split, transform, captions_per_image=cfg.captions_per_image,
-                           **_common(cfg))
+    return EasyVQACaptions(
+        split, transform, captions_per_image=cfg.captions_per_image, **_common(cfg)
+    )
 
 
 @register_dataset("hateful_memes", ("train", "dev_seen", "dev_unseen", "test_seen", "test_unseen"))
@@ -97,8 +98,14 @@ def _food101(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
 def _vqa(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
     from vilalign.data.vqa import VQAv2
 
-    return VQAv2(cfg.root, split, transform, answer_vocab=cfg.vqa_answer_vocab,
-                 vocab_size=cfg.vqa_answer_vocab_size, **_common(cfg))
+    return VQAv2(
+        cfg.root,
+        split,
+        transform,
+        answer_vocab=cfg.vqa_answer_vocab,
+        vocab_size=cfg.vqa_answer_vocab_size,
+        **_common(cfg),
+    )
 
 
 @register_dataset("captions_folder", ("train",))
@@ -113,8 +120,14 @@ def _captions_shards(cfg: DataConfig, split: str, transform: ImageTransform) -> 
     from vilalign.data.captions import CaptionShards
 
     # streaming: no cache (img2dataset already resized the images), no limit
-    return CaptionShards(cfg.root, transform, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
-                         on_bad_image=cfg.on_bad_image, epoch_length=cfg.epoch_length)
+    return CaptionShards(
+        cfg.root,
+        transform,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=cfg.seed,
+        on_bad_image=cfg.on_bad_image,
+        epoch_length=cfg.epoch_length,
+    )
 
 
 from vilalign.data import karpathy as _karpathy  # noqa: E402, F401  (registers its builders)

@@ -78,7 +78,7 @@ class ImageTransform:
         self._resize = _timm_eval_resize(self.data_config)
         use_aug = train and augment is not None and augment.enabled
         self._augment = _albumentations(augment, self.size) if use_aug else None  # type: ignore[arg-type]
-        # normalise as x * scale + shift == (x / 255 - mean) / std, one fused op per sample
+        # normalise as x * scale + shift == (x / 255 - mean) / std
         mean = np.asarray(data_config["mean"], dtype=np.float32).reshape(-1, 1, 1)
         std = np.asarray(data_config["std"], dtype=np.float32).reshape(-1, 1, 1)
         self._scale = 1.0 / (255.0 * std)

@@ -70,11 +70,44 @@ _CONTRACTIONS = {
     "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll",
     "youre": "you're", "youve": "you've",
 }  # fmt: skip
-_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4",
-            "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_NUMBERS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 _ARTICLES = {"a", "an", "the"}
-_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<",
-          "@", "`", ",", "?", "!"]
+_PUNCT = [
+    ";",
+    "/",
+    "[",
+    "]",
+    '"',
+    "{",
+    "}",
+    "(",
+    ")",
+    "=",
+    "+",
+    "\\",
+    "_",
+    "-",
+    ">",
+    "<",
+    "@",
+    "`",
+    ",",
+    "?",
+    "!",
+]
 # the official pattern, quirk included: "(?!<=\d)" is a lookahead, so a period is dropped
 # unless a digit follows it ("3.5" keeps its point, "dog." loses it)
 _PERIOD_STRIP = re.compile(r"(?!<=\d)(\.)(?!\d)")
@@ -122,11 +155,15 @@ def soft_targets(
     human_answers: Sequence[str], vocab_index: dict[str, int]
 ) -> list[tuple[int, float]]:
     """(answer index, score) for every in-vocabulary answer some human gave."""
-    return [(vocab_index[a], soft_score(a, human_answers))
-            for a in sorted(set(human_answers)) if a in vocab_index]
+    return [
+        (vocab_index[a], soft_score(a, human_answers))
+        for a in sorted(set(human_answers))
+        if a in vocab_index
+    ]
 
 
 # ---------------------------------------------------------------- files
+
 
 def questions_file(root: Path, split: str) -> Path:
     return root / f"v2_OpenEnded_mscoco_{_SUBTYPE[split]}_questions.json"
@@ -192,12 +229,19 @@ def records(root: str | Path, split: str, vocab: Sequence[str]) -> list[Record]:
         target = None
         if answers is not None:
             if qid not in answers:
-                raise DataFormatError(f"{annotations_file(root, split)}: no annotation for "
-                                      f"question_id {qid}")
+                raise DataFormatError(
+                    f"{annotations_file(root, split)}: no annotation for question_id {qid}"
+                )
             target = soft_targets(answers[qid], index)
         image = image_path(root, split, require(q, "image_id", where))
-        out.append(Record(id=str(qid), image=str(image), text=str(require(q, "question", where)),
-                          target=target))
+        out.append(
+            Record(
+                id=str(qid),
+                image=str(image),
+                text=str(require(q, "question", where)),
+                target=target,
+            )
+        )
     return out
 
 
@@ -221,8 +265,14 @@ class VQAv2(ImageTextDataset):
             answer_vocab = load_answer_vocab(answer_vocab)
         self.answer_vocab = list(answer_vocab)
         self.num_labels = len(self.answer_vocab)
-        super().__init__(f"vqa-{split}", records(root, split, self.answer_vocab), transform,
-                         on_bad_image, cache, limit)
+        super().__init__(
+            f"vqa-{split}",
+            records(root, split, self.answer_vocab),
+            transform,
+            on_bad_image,
+            cache,
+            limit,
+        )
 
     def label_tensor(self, target: Any) -> torch.Tensor | None:
         if target is None:
