@@ -75,8 +75,10 @@ def test_image_facts_reads_negations():
         ("does the image contain a circle?", "yes"),
         ("is there a blue shape?", "no"),
     ]
-    assert image_facts(pairs) == {"color": "red", "shape": "circle"}
-    assert caption_for({"color": "red", "shape": "circle"}, 0) == "a red circle."
+    assert image_facts(pairs) == {"color": "red", "shape": "circle", "absent": "blue"}
+    assert caption_for(image_facts(pairs), 0) == "a red circle."
+    unsure = image_facts([("is there a triangle?", "no"), ("is there not a teal shape?", "yes")])
+    assert caption_for(unsure, 0) == "a shape that is not teal and not a triangle."
 
 
 NAMED_RGB = {

@@ -90,12 +90,14 @@ _TEMPLATES = (
 
 
 def image_facts(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    """The shape and colour an image's question/answer pairs establish (either may be absent).
+    """What an image's question/answer pairs establish: ``shape``, ``color`` (either may be
+    missing) and ``absent`` (space-separated words the answers rule out).
 
     "what color is the triangle?" → blue gives both; "is there not a red shape?" → no
-    affirms red. Negative answers say what is absent and are not used.
+    affirms red; "is there a circle?" → no rules circles out.
     """
     facts: dict[str, str] = {}
+    absent: set[str] = set()
     for question, answer in pairs:
         words = re.findall(r"[a-z]+", question.lower())
         shape = next((w for w in words if w in SHAPES), None)
@@ -105,21 +107,39 @@ def image_facts(pairs: list[tuple[str, str]]) -> dict[str, str]:
         elif answer in COLORS:
             facts["color"] = answer
         elif answer in ("yes", "no") and (answer == "yes") == bool(_NEGATION.search(question)):
-            continue  # "no X" is true: tells what is absent, not what is there
+            absent.update(w for w in (shape, color) if w)  # "no X" is true: X is not there
+            continue
         if shape:
             facts.setdefault("shape", shape)
         if color:
             facts.setdefault("color", color)
+    # every image holds exactly one shape of one colour: all others ruled out names it
+    for key, options in (("shape", SHAPES), ("color", COLORS)):
+        left = [w for w in options if w not in absent]
+        if key not in facts and len(left) == 1:
+            facts[key] = left[0]
+    if absent:
+        facts["absent"] = " ".join(sorted(absent))
     return facts
 
 
 def caption_for(facts: dict[str, str], variant: int) -> str:
     """A caption sentence from the facts; ``variant`` picks the template."""
-    color = facts.get("color")
-    shape = facts.get("shape", "shape")
-    if color is None:
-        return f"there is a {shape} in the image." if shape != "shape" else "a shape."
-    return _TEMPLATES[variant % len(_TEMPLATES)].format(color=color, shape=shape)
+    color, shape = facts.get("color"), facts.get("shape")
+    if color and shape:
+        return _TEMPLATES[variant % len(_TEMPLATES)].format(color=color, shape=shape)
+    if shape:
+        return f"there is a {shape} in the image."
+    if color:
+        return f"there is a {color} shape in the image."
+    ruled_out = facts.get("absent", "").split()
+    if not ruled_out:
+        return "a shape."
+    return (
+        "a shape that is not "
+        + " and not ".join(f"a {w}" if w in SHAPES else w for w in ruled_out)
+        + "."
+    )
 
 
 def caption_records(split: str, captions_per_image: int = 1) -> list[Record]:
