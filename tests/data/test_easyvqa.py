@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import easy_vqa
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -19,7 +20,12 @@ def cached(data_config, tmp_path_factory):
         name="easyvqa", cache={"dir": str(tmp_path_factory.mktemp("c")), "progress": False}
     )
     transform = build_image_transform(data_config, cfg, "test")
-    return cfg, {s: build_dataset(cfg, s, transform) for s in ("train", "test")}
+    # train read from the files (no 4,000-image cache build here); test through the cache
+    plain = DataConfig(**{**cfg.model_dump(), "cache": {"enabled": False}})
+    return cfg, {
+        "train": build_dataset(plain, "train", transform),
+        "test": build_dataset(cfg, "test", transform),
+    }
 
 
 def test_all_questions_and_answer_order(cached):
@@ -32,6 +38,10 @@ def test_all_questions_and_answer_order(cached):
         sample = ds["test"][i]
         assert sample.text == questions[i] and answers()[int(sample.label)] == words[i]
         assert sample.id == f"test-{i}"
+    questions, words, _ = easy_vqa.get_train_questions()
+    sample = ds["train"][38574]
+    assert (sample.id, sample.text) == ("train-38574", questions[38574])
+    assert answers()[int(sample.label)] == words[38574]
 
 
 def test_cached_sample_equals_decoded(cached, data_config):
@@ -95,13 +105,13 @@ NAMED_RGB = {
 
 def shape_colour(image, data_config) -> str:
     """The named colour most foreground (non-near-white) pixels are closest to."""
-    mean = torch.tensor(data_config["mean"]).view(3, 1, 1)
-    std = torch.tensor(data_config["std"]).view(3, 1, 1)
-    px = ((image * std + mean) * 255).permute(1, 2, 0).reshape(-1, 3)  # (H*W, 3)
-    fg = px[(px - 245).abs().amax(dim=1) > 60]
-    table = torch.tensor(list(NAMED_RGB.values()), dtype=torch.float32)
-    votes = torch.cdist(fg, table).argmin(dim=1).bincount(minlength=len(NAMED_RGB))
-    return list(NAMED_RGB)[int(votes.argmax())]
+    mean = np.array(data_config["mean"]).reshape(3, 1, 1)
+    std = np.array(data_config["std"]).reshape(3, 1, 1)
+    px = ((image.numpy() * std + mean) * 255).reshape(3, -1).T  # (H*W, 3)
+    fg = px[np.abs(px - 245).max(axis=1) > 60]
+    table = np.array(list(NAMED_RGB.values()), dtype=float)
+    nearest = ((fg[:, None, :] - table[None]) ** 2).sum(-1).argmin(axis=1)
+    return list(NAMED_RGB)[int(np.bincount(nearest, minlength=len(NAMED_RGB)).argmax())]
 
 
 def test_images_show_what_their_questions_answer(cached, data_config):
