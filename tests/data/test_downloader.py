@@ -54,6 +54,7 @@ def server(tmp_path):
 
 def write_tsv(path, base):
     rows = [(f"a photo number {i}", f"{base}/good{i}.jpg") for i in range(20)]
+    rows[3] = ('"a photo" number 3', rows[3][1])  # a leading quote must survive as text
     rows += [(f"dead link {i}", f"{base}/missing{i}.jpg") for i in range(3)]
     rows += [("a web page", f"{base}/page.jpg"), ("a cut image", f"{base}/cut.jpg")]
     order = np.random.default_rng(1).permutation(len(rows))  # failures spread over shards
@@ -71,9 +72,9 @@ def test_download_to_shards_and_resume(server, tmp_path, eval_transform):
     assert (report.successes, report.failed_to_download, report.failed_to_resize) == (20, 3, 2)
     assert len(report.shards) == 3
     samples = list(tarfile_samples({"url": str(p)} for p in report.shards))
-    assert sorted(s["txt"].decode() for s in samples) == sorted(
-        f"a photo number {i}" for i in range(20)
-    )  # exactly the good ones
+    want = [f"a photo number {i}" for i in range(20)]
+    want[3] = '"a photo" number 3'
+    assert sorted(s["txt"].decode() for s in samples) == sorted(want)  # exactly the good ones
     for s in samples:
         caption = s["txt"].decode()
         image = Image.open(io.BytesIO(s["jpg"]))

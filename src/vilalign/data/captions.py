@@ -62,27 +62,36 @@ class DownloadReport:
         return self.failed_to_download + self.failed_to_resize
 
 
-def _headered_tsv(tsv: Path, out: Path) -> tuple[Path, int, str]:
-    """Copy the header-less CC TSV with the header img2dataset needs, checking every line.
+def _tsv_to_parquet(tsv: Path, out: Path) -> tuple[Path, int, str]:
+    """Check every line of the header-less CC TSV and copy it to parquet for img2dataset.
 
-    Returns the copy, its row count and a hash of its content (to recognise a resume).
+    Parquet, not TSV: img2dataset reads TSV with quoting on, so a caption starting with a
+    double quote would be mangled. Returns the copy, its row count and a hash of the rows
+    (to recognise a resume).
     """
-    target = out / "_input" / "captions.tsv"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = out / "_input" / "captions.parquet"
     target.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    rows = 0
-    with tsv.open(encoding="utf-8") as src, target.open("w", encoding="utf-8") as dst:
-        dst.write("caption\turl\n")
+    schema = pa.schema([("caption", pa.string()), ("url", pa.string())])
+    digest, rows = hashlib.sha256(), 0
+    chunk: dict[str, list[str]] = {"caption": [], "url": []}
+    with tsv.open(encoding="utf-8") as src, pq.ParquetWriter(target, schema) as writer:
         for lineno, line in enumerate(src, start=1):
             if not line.strip():
                 continue
-            parts = line.rstrip("\n").split("\t")
+            parts = line.rstrip("\r\n").split("\t")
             if len(parts) != 2 or not parts[1].strip():
                 raise DataFormatError(f"{tsv}:{lineno}: expected 'caption<TAB>url'")
-            line = line if line.endswith("\n") else line + "\n"
-            dst.write(line)
+            chunk["caption"].append(parts[0])
+            chunk["url"].append(parts[1].strip())
             digest.update(line.encode())
             rows += 1
+            if len(chunk["url"]) >= 100_000:  # bounded memory for millions of rows
+                writer.write_table(pa.table(chunk, schema=schema))
+                chunk = {"caption": [], "url": []}
+        writer.write_table(pa.table(chunk, schema=schema))
     return target, rows, digest.hexdigest()
 
 
@@ -141,7 +150,7 @@ def download_conceptual_captions(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    url_list, rows, digest = _headered_tsv(Path(tsv), out)
+    url_list, rows, digest = _tsv_to_parquet(Path(tsv), out)
     manifest = {
         "input_sha256": digest,
         "rows": rows,
@@ -161,7 +170,7 @@ def download_conceptual_captions(
         url_list=str(url_list),
         output_folder=str(out),
         output_format="webdataset",
-        input_format="tsv",
+        input_format="parquet",
         url_col="url",
         caption_col="caption",
         image_size=image_size,
