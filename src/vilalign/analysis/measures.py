@@ -763,8 +763,9 @@ def _svd_reduce(view: View, variance: float, n_components: int | None) -> Tensor
             raise ValueError(f"variance must be in (0, 1], got {variance}")
         # Raghu et al. 2017: keep the fewest directions explaining `variance` of the
         # variance (eigenvalues of the covariance = squared singular values). ReSi
-        # (Klabunde et al. 2024) thresholds differently and ends up with 1 component on
-        # typical activations; we follow the paper.
+        # (Klabunde et al. 2024, `top_k_pca_comps`) compares the cumulative *fraction*
+        # with 0.99 × the *total* variance: when that total exceeds ~1.01 nothing
+        # qualifies, np.argmax returns 0 and one component is kept. We follow the paper.
         frac = torch.cumsum(evals, 0) / evals.sum()
         keep = int((frac < variance - 1e-12).sum()) + 1
     positive = int((evals > evals[0] * 1e-12).sum())
