@@ -72,6 +72,9 @@ def test_permutation_test_is_repeatable_and_seed_sensitive():
     c = S.permutation_test(M.mutual_knn, x, y, n_permutations=20, seed=4, k=5)
     np.testing.assert_array_equal(a.null, b.null)
     assert not np.array_equal(a.null, c.null)
+    d = S.permutation_test(M.mutual_knn, x, y, 20, generator=np.random.default_rng(9), k=5)
+    e = S.permutation_test(M.mutual_knn, x, y, 20, generator=np.random.default_rng(9), k=5)
+    np.testing.assert_array_equal(d.null, e.null)
 
 
 def test_permutation_null_uses_cached_grams_correctly():

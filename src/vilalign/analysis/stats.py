@@ -8,9 +8,10 @@
   subsampling without replacement for measures that duplicated rows would bias.
 * :func:`aggregate_over_seeds` — mean, std and a t-interval across runs/seeds.
 
-Every random draw comes from a ``torch.Generator`` (given, or seeded from ``seed``), so
-results repeat exactly. Measures are looked up in :mod:`vilalign.analysis.measures`; a
-plain callable ``fn(x, y, **kw) -> float`` works too (without the cache sharing).
+Every random draw comes from a ``torch.Generator`` (given, derived from a given numpy
+``Generator``, or seeded from ``seed``), so results repeat exactly. Measures are looked
+up in :mod:`vilalign.analysis.measures`; a plain callable ``fn(x, y, **kw) -> float``
+works too (without the cache sharing).
 """
 
 from __future__ import annotations
@@ -75,7 +76,13 @@ def _resolve(
     )
 
 
-def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+def _generator(
+    seed: int | None, generator: torch.Generator | np.random.Generator | None
+) -> torch.Generator:
+    """The torch.Generator to draw from: the one given, one seeded from a numpy Generator
+    (one draw from it), or one seeded from ``seed`` (fresh entropy when None)."""
+    if isinstance(generator, np.random.Generator):
+        return torch.Generator().manual_seed(int(generator.integers(0, 2**63 - 1)))
     if generator is not None:
         return generator
     g = torch.Generator()
@@ -167,7 +174,7 @@ def permutation_test(
     y: torch.Tensor | M.View,
     n_permutations: int = 1000,
     seed: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | np.random.Generator | None = None,
     higher_is_better: bool | None = None,
     best: float | None = None,
     quantile: float = 0.95,
@@ -212,7 +219,7 @@ def max_permutation_test(
     ys: Sequence[torch.Tensor | M.View],
     n_permutations: int = 1000,
     seed: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | np.random.Generator | None = None,
     pairs: Sequence[tuple[int, int]] | None = None,
     higher_is_better: bool | None = None,
     best: float | None = None,
@@ -278,7 +285,7 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | np.random.Generator | None = None,
     method: str | None = None,
     fraction: float = 0.5,
     **options: Any,
