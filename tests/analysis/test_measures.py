@@ -549,3 +549,17 @@ def test_rbf_cka_matches_direct_formula_for_odd_and_even_n(n):
     kx, ky = centred_rbf(x.numpy(), 0.7), centred_rbf(y.numpy(), 0.7)
     expected = (kx * ky).sum() / (np.linalg.norm(kx) * np.linalg.norm(ky))
     assert M.cka_rbf(x, y, threshold=0.7) == pytest.approx(expected, abs=1e-12)
+
+
+def test_large_feature_mean_is_not_mistaken_for_constant_features():
+    # Activations often share a large mean direction; centring must not lose them.
+    x, y = _related()
+    offset = torch.full((x.shape[1],), 1e6, dtype=torch.float64)
+    for name in ("cka_linear", "cka_unbiased", "cca", "procrustes"):
+        base = M.MEASURES[name](x, y)
+        assert M.MEASURES[name](x * 1e-3 + offset, y) == pytest.approx(base, abs=1e-6), name
+
+
+def test_numpy_integer_k_is_accepted():
+    x, y = _related()
+    assert M.mutual_knn(x, y, k=np.int64(5)) == M.mutual_knn(x, y, k=5)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -56,7 +57,7 @@ def _need_n(view: View, min_n: int, what: str) -> None:
 
 def _check_k(k: int, n: int) -> None:
     # Self is excluded from its own neighbours, so at most N-1 neighbours exist.
-    if not isinstance(k, int) or k < 1:
+    if not isinstance(k, numbers.Integral) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if k >= n:
         raise ValueError(f"k={k} neighbours needs k < N, got N={n} (self is excluded)")
@@ -179,11 +180,12 @@ class View:
 
         def make() -> float:
             kc = self.gram_c()
-            value = float(_dot(kc, kc))
-            scale = float(self.row_norms_sq().sum())
-            if math.sqrt(value) <= 1e-10 * scale:
+            # ‖xc‖²_F = tr(Kc) is zero up to rounding (~eps·‖x‖) only when every row is
+            # the same; a relative test on it tolerates any feature mean.
+            spread = float(kc.diagonal().sum())
+            if spread <= (1e-12) ** 2 * float(self.row_norms_sq().sum()) or spread <= 0:
                 raise ValueError(f"{self.name} has constant features (all rows equal)")
-            return value
+            return float(_dot(kc, kc))
 
         return self._cached("gram_c_dot", make)
 
