@@ -119,7 +119,12 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """Read a CSV or Parquet alignment table and validate it."""
     path = Path(path)
     if path.suffix == ".csv":
-        frame = pd.read_csv(path, dtype={c: "string" for c in _TEXT}, keep_default_na=True)
+        # Text columns keep "" as "" (the default run/dataset name); only the numeric
+        # columns read empty cells as missing.
+        missing = {c: ["", "NaN", "nan", "<NA>"] for c in (*_FLOAT, "seed", "epoch")}
+        frame = pd.read_csv(
+            path, dtype={c: "string" for c in _TEXT}, keep_default_na=False, na_values=missing
+        )
     elif path.suffix == ".parquet":
         frame = pd.read_parquet(path)
     else:
