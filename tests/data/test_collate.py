@@ -52,3 +52,29 @@ def test_rows_of_one_batch_tensor_are_not_copied(tokenizer):
     out = Collator(tokenizer)([Sample(image=img, text="x", label=None, id="s") for img in shuffled])
     assert out.pixel_values.data_ptr() != images.data_ptr()
     assert torch.equal(out.pixel_values, torch.stack(shuffled))
+
+
+@pytest.mark.parametrize("padding", ["longest", "max_length"])
+def test_text_cache_gives_the_tokenizer_output(tokenizer, padding):
+    texts = [
+        "what color is the shape?",
+        "Is there a RED circle?",
+        "",
+        "a b " * 20,
+        "what color is the shape?",
+        "naïve café déjà vu",
+    ]
+    collator = Collator(tokenizer, max_length=12, padding=padding, text_cache_size=3)
+    for _ in range(2):  # cold, then (partly) cached
+        got = collator.tokenize(texts)
+        want = tokenizer(
+            texts,
+            padding=padding,
+            truncation=True,
+            max_length=12,
+            return_token_type_ids=True,
+            return_tensors="pt",
+        )
+        for key, value in got.items():
+            assert value.dtype == torch.long and torch.equal(value, want[key]), key
+    assert len(collator._cache) == 3  # bounded

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from vilalign.data import Collator, DataConfig, build_dataset, build_image_transform
-from vilalign.data.easyvqa import answers, caption_for, image_facts
+from vilalign.data.easyvqa import answers, caption_for, caption_key, image_facts
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,10 @@ def test_captions_from_question_answer_pairs(cached, data_config):
     facts = image_facts(pairs)
     assert caps[0].text == caption_for(facts, 0) and caps[0].id == "test-img0-0"
     assert facts["shape"] in caps[0].text and facts["color"] in caps[0].text
+    # two phrasings of the same content share a key, so neither is the other's negative
+    key = " ".join(sorted([facts["color"], facts["shape"]]))
+    assert caption_key(caps[0]) == caption_key(caps[1]) == key
+    assert caps[0].text != caps[1].text
 
 
 def test_image_facts_reads_negations():

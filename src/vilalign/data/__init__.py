@@ -25,7 +25,7 @@ from vilalign.data.captions import (
 )
 from vilalign.data.collate import Collator, stack_images
 from vilalign.data.config import AugmentConfig, CacheConfig, DataConfig
-from vilalign.data.easyvqa import EasyVQA, EasyVQACaptions
+from vilalign.data.easyvqa import EasyVQA, EasyVQACaptions, caption_key
 from vilalign.data.food101 import Food101
 from vilalign.data.hateful_memes import HatefulMemes
 from vilalign.data.images import (
@@ -80,6 +80,7 @@ __all__ = [
     "build_dataset",
     "build_image_transform",
     "build_transform",
+    "caption_key",
     "decode_image",
     "default_cache_dir",
     "download_conceptual_captions",

@@ -15,6 +15,7 @@ from vilalign.data.base import ImageTextDataset, Record
 from vilalign.data.config import CacheConfig
 from vilalign.data.images import OnBadImage
 from vilalign.data.transforms import ImageTransform
+from vilalign.data.types import Sample
 
 SPLITS = ("train", "test")
 SHAPES = ("circle", "rectangle", "triangle")
@@ -159,8 +160,22 @@ def caption_records(split: str, captions_per_image: int = 1) -> list[Record]:
     return records
 
 
+def caption_key(sample: Sample) -> str:
+    """What a caption says (its shape and colour words), for alignment-prediction negatives.
+
+    Only 24 colour × shape pairs exist, so a caption taken from another image is often
+    true of this one too; ``PretrainingCollator(image_key=caption_key)`` never draws a
+    negative from a sample whose caption says the same thing.
+    """
+    words = re.findall(r"[a-z]+", sample.text.lower())
+    return " ".join(sorted(w for w in words if w in SHAPES or w in COLORS))
+
+
 class EasyVQACaptions(ImageTextDataset):
-    """easy-VQA images with captions built from their Q/A pairs (pretraining data)."""
+    """easy-VQA images with captions built from their Q/A pairs (pretraining data).
+
+    For alignment prediction use :func:`caption_key` as the negatives' image key.
+    """
 
     def __init__(
         self,
