@@ -32,6 +32,7 @@ from vilalign.train import checkpoint as ckpt
 from vilalign.train.config import FinetuneConfig, PretrainConfig, RunConfig
 from vilalign.train.loop import EpochCallback, FitResult, Trainer, seed_everything
 from vilalign.train.tasks import FinetuneTask, PretrainingTask, Task, task_spec
+from vilalign.train.tracker import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def run_finetuning(
     init_from: str | Path | None = None,
     resume: bool = False,
     callbacks: Sequence[EpochCallback] = (),
+    tracker: Tracker | None = None,
 ) -> RunResult:
     """Fine-tune ``cfg.task_name`` on ``cfg.data``; ``init_from`` overrides ``cfg.init_from``."""
     run_dir = _prepare_run_dir(cfg, run_dir, resume)
@@ -80,7 +82,7 @@ def run_finetuning(
     task = FinetuneTask(model, cfg.task_name)
     tokenizer = load_tokenizer(cfg.model.text)
     collate = Collator(tokenizer, max_length=cfg.model.text.max_length)
-    return _fit_and_test(cfg, run_dir, task, splits, collate, tokenizer, resume, callbacks)
+    return _fit_and_test(cfg, run_dir, task, splits, collate, tokenizer, resume, callbacks, tracker)
 
 
 def run_pretraining(
@@ -88,6 +90,7 @@ def run_pretraining(
     run_dir: str | Path,
     resume: bool = False,
     callbacks: Sequence[EpochCallback] = (),
+    tracker: Tracker | None = None,
 ) -> RunResult:
     """Pretrain on ``cfg.data`` (image-caption pairs) with the configured objectives."""
     run_dir = _prepare_run_dir(cfg, run_dir, resume)
@@ -97,7 +100,7 @@ def run_pretraining(
     task = PretrainingTask(model, cfg.objectives)
     tokenizer = load_tokenizer(cfg.model.text)
     collate = pretraining_collator(cfg, model, tokenizer)
-    return _fit_and_test(cfg, run_dir, task, splits, collate, tokenizer, resume, callbacks)
+    return _fit_and_test(cfg, run_dir, task, splits, collate, tokenizer, resume, callbacks, tracker)
 
 
 def _fit_and_test(
@@ -109,7 +112,9 @@ def _fit_and_test(
     tokenizer: PreTrainedTokenizerBase,
     resume: bool,
     callbacks: Sequence[EpochCallback],
+    tracker: Tracker | None = None,
 ) -> RunResult:
+    # tracker: None writes the run folder's metric files only (FileTracker).
     trainer = Trainer(
         task,
         cfg.train,
@@ -118,6 +123,7 @@ def _fit_and_test(
         splits.train,
         splits.val,
         collate,
+        tracker=tracker,
         callbacks=callbacks,
     )
     fit = trainer.fit(resume=resume)
