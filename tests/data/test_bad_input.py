@@ -141,3 +141,16 @@ def test_broken_split_json_named(tmp_path):
                 {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3}, cfg, "train"
             ),
         )
+
+
+def test_decode_errors_are_bad_image_errors(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from vilalign.data import load_image
+
+    from .helpers import write_image
+
+    path = write_image(tmp_path / "big.png", "big", size=(64, 64))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 64*64 > 2*100: a "bomb"
+    with pytest.raises(BadImageError, match=r"big\.png: image too large"):
+        load_image(path)

@@ -49,6 +49,8 @@ def decode_image(data: bytes, name: str | Path) -> Image.Image:
         head = data[:64].lstrip().lower()
         hint = " (looks like HTML)" if head.startswith((b"<!doctype", b"<html")) else ""
         raise BadImageError(name, f"not an image{hint}") from None
+    except Image.DecompressionBombError as err:  # absurd pixel counts: refuse, like PIL
+        raise BadImageError(name, f"image too large: {err}") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise BadImageError(name, f"cannot decode image: {err}") from None
 
