@@ -88,3 +88,15 @@ def test_caption_folder(tmp_path, data_config):
     for s in ds:
         assert s.text == f"a caption for {s.id}"
         assert_matches(s.image, f"folder{s.id}", data_config)  # (random crops keep the colour)
+
+
+def test_rank_and_world_default_to_torch_distributed(tmp_path, eval_transform, monkeypatch):
+    import torch.distributed as dist
+
+    pattern = write_shards(tmp_path / "s", shards=4, per_shard=2)
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    ds = CaptionShards(pattern, eval_transform, shuffle_buffer=0)
+    got = {s.id[:5] for s in ds}  # shard number prefixes the key
+    assert got == {p.rsplit("/", 1)[1][:5] for p in ds.shards_for(1, 2, 0, 1)} and len(got) == 2

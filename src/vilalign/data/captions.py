@@ -220,6 +220,9 @@ def _dist_rank_world() -> tuple[int, int]:
 
 def _buffer_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iterator[Any]:
     """Approximate shuffle with a buffer of ``size`` items (streams never fit in memory)."""
+    if size <= 1:  # no buffer: the stream order (shards are still shuffled per epoch)
+        yield from items
+        return
     buf: list[Any] = []
     for item in items:
         if len(buf) < size:
