@@ -295,6 +295,16 @@ class CaptionShards(IterableDataset):
     def __iter__(self) -> Iterator[Sample]:
         rank, world, worker, workers = self._where()
         shards = self.shards_for(rank, world, worker, workers)
+        if not shards:
+            logger.warning(
+                "caption shards: rank %d worker %d gets none of the %d shards (%d ranks x %d "
+                "workers); use more shards or fewer workers",
+                rank,
+                worker,
+                len(self.shards),
+                world,
+                workers,
+            )
         rng = random.Random(hash((self.seed, self.epoch, rank, worker)))
         if self.epoch_length is None:
             stream = self._samples(shards)
