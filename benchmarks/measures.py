@@ -26,6 +26,7 @@ import contextlib
 import importlib.util
 import json
 import logging
+import math
 import sys
 import time
 import types
@@ -75,6 +76,15 @@ def best_time(fn: Callable[[], object], repeats: int) -> float:
     return min(times)
 
 
+def interleaved(fns: list[Callable[[], object]], repeats: int) -> list[float]:
+    """Best time of each function, running them in turn ``repeats`` times."""
+    best = [math.inf] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], best_time(fn, 1))
+    return best
+
+
 def floor(data) -> None:
     for x, y in data:
         xd, yd = x.double(), y.double()
@@ -100,7 +110,7 @@ def load_module(path: Path, name: str) -> types.ModuleType:
         exec(compile(code, str(path), "exec"), module.__dict__)
         return module
     # platonic-rep imports torchaudio only for its edit-distance metric: stub it if absent.
-    if importlib.util.find_spec("torchaudio") is None:
+    if "torchaudio" not in sys.modules and importlib.util.find_spec("torchaudio") is None:
         stub = types.ModuleType("torchaudio")
         stub.functional = types.ModuleType("torchaudio.functional")
         sys.modules.setdefault("torchaudio", stub)
@@ -116,22 +126,22 @@ def compare_platonic(data, directory: Path, repeats: int) -> list[tuple[str, flo
     normed = [(F.normalize(x, dim=-1), F.normalize(y, dim=-1)) for x, y in data]
     rows = []
     for ours, (theirs, kw) in PLATONIC.items():
-        t_ref = best_time(
-            lambda t=theirs, k=kw: [getattr(ref, t)(x, y, **k) for x, y in normed], repeats
+        t_ours, t_ref = interleaved(
+            [
+                lambda o=ours: suite(normed, [o]),
+                lambda t=theirs, k=kw: [getattr(ref, t)(x, y, **k) for x, y in normed],
+            ],
+            repeats,
         )
-        t_ours = best_time(lambda o=ours: suite(normed, [o]), repeats)
         rows.append((f"platonic-rep {theirs}", t_ours, t_ref))
-    t_ref = best_time(
-        lambda: [getattr(ref, t)(x, y, **k) for x, y in normed for t, k in PLATONIC.values()],
+    t_ours, t_ref = interleaved(
+        [
+            lambda: suite(normed, list(PLATONIC)),
+            lambda: [getattr(ref, t)(x, y, **k) for x, y in normed for t, k in PLATONIC.values()],
+        ],
         repeats,
     )
-    rows.append(
-        (
-            "platonic-rep all 5 together",
-            best_time(lambda: suite(normed, list(PLATONIC)), repeats),
-            t_ref,
-        )
-    )
+    rows.append(("platonic-rep all 5 together", t_ours, t_ref))
     return rows
 
 
@@ -146,8 +156,10 @@ def compare_kornblith(data, path: Path, repeats: int) -> list[tuple[str, float, 
     }
     rows = []
     for ours, fn in cases.items():
-        t_ref = best_time(lambda f=fn: [f(x, y) for x, y in arrays], repeats)
-        t_ours = best_time(lambda o=ours: suite(data, [o]), repeats)
+        t_ours, t_ref = interleaved(
+            [lambda o=ours: suite(data, [o]), lambda f=fn: [f(x, y) for x, y in arrays]],
+            repeats,
+        )
         rows.append((f"Kornblith notebook {ours}", t_ours, t_ref))
     return rows
 
@@ -195,10 +207,13 @@ def run(args: argparse.Namespace) -> None:
         f"{args.layers} layers × N={args.n} × D={args.dim}, CPU, "
         f"{torch.get_num_threads()} torch threads, best of {args.repeats}"
     )
-    t_floor = best_time(lambda: floor(data), args.repeats)
-    t_core = best_time(lambda: suite(data, core), args.repeats)
-    t_gram = best_time(lambda: suite(data, gram_only), args.repeats)
-    t_full = best_time(lambda: suite(data, list(M.MEASURES)), max(1, args.repeats - 2))
+    # Interleaved, best of `repeats`: on a shared machine the load drifts, and timing the
+    # floor and the suite minutes apart would compare different machines.
+    t_floor, t_core, t_gram = interleaved(
+        [lambda: floor(data), lambda: suite(data, core), lambda: suite(data, gram_only)],
+        args.repeats,
+    )
+    t_full = best_time(lambda: suite(data, list(M.MEASURES)), 1)
     line = "{:52s}{:9.3f}{:9.2f}{}"
     print(f"\n{'':52s}{'seconds':>9s}{'× floor':>9s}")
     print(line.format("floor: 2 float64 Gram matrices per layer", t_floor, 1.0, ""))
