@@ -192,9 +192,7 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, optim)
         fp16 = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
-        split = "val" if val_data is not None else "train"
-        self.monitor = cfg.monitor or f"{split}/{task.monitor}"
-        self.monitor_mode = cfg.monitor_mode or (task.monitor_mode if not cfg.monitor else "min")
+        self.monitor, self.monitor_mode = _monitor(cfg, task, val_data is not None)
         self.progress = Progress()
         self.epoch_meter, self.log_meter = Meter(), Meter()
         self.history: list[dict[str, float]] = []
@@ -221,7 +219,7 @@ class Trainer:
         if resume:
             self.resume()
         while not self._finished():
-            self._train_epoch()
+            self.train_epoch()
             self._end_epoch()
         self.tracker.close()
         best = ckpt.resolve(self.ckpt_dir, ckpt.BEST) if self.cfg.checkpoint.keep_best else None
@@ -263,7 +261,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ training
 
-    def _train_epoch(self) -> None:
+    def train_epoch(self) -> dict[str, float]:
+        """Train until the epoch's data (or max_steps) runs out; returns its timing.
+
+        ``samples_per_s`` and ``data_wait_share`` (time blocked on the loader / wall time)
+        count this call only, so a resumed epoch reports its own pace.
+        """
         p, accum = self.progress, self.cfg.accumulation_steps
         loader = self.loader(self.train_data, True, p.epoch, p.batch_in_epoch * self.cfg.batch_size)
         batches = iter(loader)
@@ -286,10 +289,18 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(
                 loss=f"{self.log_meter.means().get('loss', float('nan')):.4f}",
-                samples_s=f"{self._throughput():.1f}",
+                samples_s=f"{self._timing()['samples_per_s']:.1f}",
             )
             self._after_step()
         bar.close()
+        return self._timing()
+
+    def _timing(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self._clock["start"]
+        return {
+            "samples_per_s": self._clock["samples"] / elapsed if elapsed > 0 else 0.0,
+            "data_wait_share": self._clock["wait"] / elapsed if elapsed > 0 else 0.0,
+        }
 
     def _optimizer_step(self, group: list[Batch]) -> None:
         """Accumulate gradients over ``group`` (weighted by size: = one big batch), then step."""
@@ -332,10 +343,6 @@ class Trainer:
             "with a lower learning rate or check those inputs."
         )
 
-    def _throughput(self) -> float:
-        elapsed = time.perf_counter() - self._clock["start"]
-        return self._clock["samples"] / elapsed if elapsed > 0 else 0.0
-
     def _after_step(self) -> None:
         p = self.progress
         if p.step % self.cfg.log_every_n_steps == 0:
@@ -355,9 +362,7 @@ class Trainer:
         """Evaluate, update best / early stopping, checkpoint, log, run the callbacks."""
         p = self.progress
         summary = {f"train/{k}": v for k, v in self.epoch_meter.means().items()}
-        summary["train/samples_per_s"] = self._throughput()
-        elapsed = time.perf_counter() - self._clock["start"]
-        summary["train/data_wait_share"] = self._clock["wait"] / elapsed if elapsed else 0.0
+        summary.update({f"train/{k}": v for k, v in self._timing().items()})
         if self.val_data is not None:
             summary.update(self.evaluate(self.val_data, "val"))
         improved = self._update_best(summary)
@@ -473,6 +478,15 @@ class Trainer:
             "resumed from %s (epoch %d, step %d)", path, self.progress.epoch + 1, self.progress.step
         )
         return True
+
+
+def _monitor(cfg: TrainConfig, task: Task, has_val: bool) -> tuple[str, str]:
+    """The metric to watch: as configured, else the task's on val, else the training loss."""
+    if cfg.monitor:
+        return cfg.monitor, cfg.monitor_mode or "min"
+    if has_val:
+        return f"val/{task.monitor}", cfg.monitor_mode or task.monitor_mode
+    return "train/loss", cfg.monitor_mode or "min"
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:
