@@ -1,0 +1,112 @@
+"""Pictures of attributions: heat maps over the image (PNG) and coloured tokens (HTML).
+
+Figures are drawn on matplotlib's Agg canvas directly (``Figure`` + ``FigureCanvasAgg``),
+so nothing here touches pyplot's global state or needs a display.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from vilalign.analysis.attribution import Explanation
+
+
+def safe_name(text: str) -> str:
+    """A file-name-safe form of a sample id."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "sample"
+
+
+def denormalise(
+    pixel_values: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
+    """(B, C, H, W) normalised images → (B, H, W, 3) floats in [0, 1] for display."""
+    x = pixel_values.detach().float().cpu()
+    m = torch.tensor(mean, dtype=x.dtype)[None, :, None, None]
+    s = torch.tensor(std, dtype=x.dtype)[None, :, None, None]
+    x = (x * s + m).clamp(0, 1).permute(0, 2, 3, 1)  # (B, H, W, C)
+    if x.shape[-1] == 1:
+        x = x.expand(*x.shape[:-1], 3)
+    return x.numpy()
+
+
+def save_heatmap_overlay(
+    image: np.ndarray,
+    heat: np.ndarray,
+    path: str | Path,
+    title: str | None = None,
+    alpha: float = 0.5,
+) -> Path:
+    """Draw ``heat`` (rows, cols; one value per patch) over ``image`` (H, W, 3) as a PNG.
+
+    The heat map is stretched over the whole image (patch cells, no interpolation, so a
+    cell is exactly one patch) and scaled to its own maximum of the positive part.
+    """
+    heat = np.clip(np.asarray(heat, float), 0, None)
+    top = heat.max()
+    heat = heat / top if top > 0 else heat
+    H, W = image.shape[:2]
+    fig = Figure(figsize=(4, 4.4 if title else 4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 0.9 if title else 1))
+    ax.imshow(image, extent=(0, W, H, 0))
+    ax.imshow(
+        heat, cmap="jet", alpha=alpha, vmin=0, vmax=1, extent=(0, W, H, 0), interpolation="nearest"
+    )
+    ax.set_axis_off()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def tokens_html(
+    tokens: Sequence[str], scores: np.ndarray, special: np.ndarray | None = None
+) -> str:
+    """An HTML snippet: each token on a red background as strong as its positive score.
+
+    Scores are scaled by the largest positive score among non-special tokens; special
+    tokens ([CLS], [SEP]) are shown grey, since their self-relevance would swamp the rest.
+    The exact score is in each token's tooltip.
+    """
+    scores = np.asarray(scores, float)
+    special = np.zeros(len(tokens), bool) if special is None else np.asarray(special, bool)
+    words = np.clip(scores[~special], 0, None)
+    top = words.max() if words.size and words.max() > 0 else 1.0
+    spans = []
+    for token, score, is_special in zip(tokens, scores, special, strict=True):
+        if is_special:
+            style = "color:#888"
+        else:
+            style = f"background:rgba(220,30,30,{max(score, 0) / top:.3f})"
+        spans.append(
+            f'<span style="{style};padding:1px 3px;margin:1px;border-radius:3px" '
+            f'title="{score:.4g}">{html.escape(token)}</span>'
+        )
+    return '<div class="tokens" style="font-family:monospace">' + " ".join(spans) + "</div>"
+
+
+def explanation_html(explanation: Explanation, image_file: str | None = None) -> str:
+    """One explanation as an HTML snippet: heading, the overlay image, the coloured tokens."""
+    e = explanation
+    parts = [
+        f'<div class="explanation"><h3>{html.escape(e.id)} — {html.escape(e.method)}, '
+        f"class {e.target} (predicted {e.predicted})</h3>"
+    ]
+    if image_file is not None:
+        parts.append(f'<img src="{html.escape(image_file)}" alt="heat map" width="320">')
+    if e.token_scores.any():
+        parts.append(tokens_html(e.tokens, e.token_scores, e.special))
+    parts.append("</div>")
+    return "\n".join(parts)
