@@ -173,6 +173,21 @@ def test_integrated_gradients_are_complete(tiny, batch):
     for e in exps:
         total = e.token_scores.sum() + e.patch_scores.sum()
         assert abs(e.maps["convergence_delta"]) < 0.05 * max(1.0, abs(total))
+    # Steps split into chunks of 5 rows (not a multiple of the batch): the same answer.
+    whole, chunked = (
+        explain(
+            model,
+            batch,
+            method="integrated_gradients",
+            tokenizer=tok,
+            n_steps=8,
+            internal_batch_size=size,
+        )
+        for size in (None, 5)
+    )
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_allclose(a.token_scores, b.token_scores, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a.patch_scores, b.patch_scores, rtol=1e-4, atol=1e-6)
 
 
 def test_unknown_method_is_an_error(tiny, batch):

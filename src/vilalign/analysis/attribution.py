@@ -303,17 +303,23 @@ def _capture_image(store: dict[str, Tensor]) -> Any:
 
 
 def _integrated_gradients(
-    model: nn.Module, prep: _Prepared, target: Any, tokenizer: Any, n_steps: int
+    model: nn.Module,
+    prep: _Prepared,
+    target: Any,
+    tokenizer: Any,
+    n_steps: int,
+    internal_batch_size: int | None,
 ) -> list[dict[str, Any]]:
     from captum.attr import LayerIntegratedGradients
 
     inputs = prep.inputs
-    mask, type_ids = inputs["attention_mask"], inputs.get("token_type_ids")
+    mask = inputs["attention_mask"]
+    # BERT's default token types are zeros; passing them explicitly lets captum tile them
+    # with the other per-sample arguments, also when it splits the steps into chunks.
+    type_ids = inputs.get("token_type_ids", torch.zeros_like(inputs["input_ids"]))
 
-    def forward(input_ids: Tensor, pixel_values: Tensor, attention_mask: Tensor) -> Tensor:
-        n = input_ids.shape[0] // attention_mask.shape[0]  # captum repeats inputs per step
-        tt = type_ids.repeat(n, 1) if type_ids is not None else None
-        return model(input_ids, attention_mask, pixel_values, token_type_ids=tt).logits
+    def forward(ids: Tensor, pixels: Tensor, attention_mask: Tensor, types: Tensor) -> Tensor:
+        return model(ids, attention_mask, pixels, token_type_ids=types).logits
 
     with torch.no_grad():
         logits = model(**inputs).logits
@@ -334,8 +340,9 @@ def _integrated_gradients(
         (inputs["input_ids"], inputs["pixel_values"]),
         baselines=(base_ids, torch.zeros_like(inputs["pixel_values"])),
         target=targets,
-        additional_forward_args=(mask,),
+        additional_forward_args=(mask, type_ids),
         n_steps=n_steps,
+        internal_batch_size=internal_batch_size,
         return_convergence_delta=True,
     )
     results = []
@@ -365,6 +372,7 @@ def explain(
     tokenizer: Any = None,
     gradcam_layer: int = -1,
     n_steps: int = 32,
+    internal_batch_size: int | None = None,
 ) -> list[Explanation]:
     """Attribute each sample's output ``target`` (default: its predicted class).
 
@@ -373,7 +381,8 @@ def explain(
     *input* patch states Grad-CAM reads; the default, the last layer's input, is the last
     place patch states still reach the prediction (the pooler reads only the image CLS of
     the last layer's output, so its patch outputs have zero gradient). ``n_steps``:
-    integration steps for integrated gradients. Runs in eval mode.
+    integration steps for integrated gradients, run ``internal_batch_size`` rows at a time
+    (None: all B·n_steps at once). Runs in eval mode and clears parameter gradients.
     """
     if method not in METHODS:
         raise ValueError(f"method: unknown method {method!r} (allowed: {', '.join(METHODS)})")
@@ -384,7 +393,9 @@ def explain(
         elif method == "gradcam":
             results = _gradcam(model, prep, target, gradcam_layer)
         else:
-            results = _integrated_gradients(model, prep, target, tokenizer, n_steps)
+            results = _integrated_gradients(
+                model, prep, target, tokenizer, n_steps, internal_batch_size
+            )
     model.zero_grad(set_to_none=True)
     return [_explanation(model, prep, b, method, r) for b, r in enumerate(results)]
 
