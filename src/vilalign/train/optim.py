@@ -73,12 +73,16 @@ def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
 
 
 def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; fused on CUDA where available."""
-    fused = torch.cuda.is_available() and all(
-        p.is_cuda for g in param_groups(module, cfg) for p in g["params"]
-    )
+    """AdamW over :func:`param_groups`: fused kernel on CUDA, multi-tensor (foreach) on CPU."""
+    groups = param_groups(module, cfg)
+    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.AdamW(
-        param_groups(module, cfg), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None
+        groups,
+        lr=cfg.lr,
+        betas=cfg.betas,
+        eps=cfg.eps,
+        fused=True if on_cuda else None,
+        foreach=None if on_cuda else True,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -139,10 +139,6 @@ class FinetuneTask(Task):
 # ---------------------------------------------------------------------------- pretraining
 
 
-def _halves(x: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return x[:n], x[n:]
-
-
 class PretrainingTask(Task):
     """MLM, contrastive MIM, AP and image-text contrastive, any subset, weighted.
 
@@ -183,28 +179,41 @@ class PretrainingTask(Task):
         return StepResult(loss, logs)
 
     def _terms(self, batch: Batch) -> dict[str, ObjectiveOutput]:
-        n = len(batch)
-        with_mim = hasattr(self, "mim") and batch.mim_mask is not None
-        out = self._run(_doubled(batch), image_mask=_mim_image_mask(batch)) if with_mim else None
-        if out is None:
-            out = self._run(batch)
-            text, fused = out.text_sequence, out.fused
-            pooled_text, pooled_image = out.pooled_text, out.pooled_image
-        else:
-            text, fused = out.text_sequence[n:], out.fused[n:]
-            pooled_text, pooled_image = out.pooled_text[n:], out.pooled_image[n:]
+        clean, masked_image = self._views(batch)
         terms: dict[str, ObjectiveOutput] = {}
         if hasattr(self, "mlm") and batch.mlm_labels is not None:
-            terms["mlm"] = self.mlm(text, batch.mlm_labels)
-        if with_mim:
-            masked, target = _halves(out.image_sequence, n)
+            terms["mlm"] = self.mlm(clean.text_sequence, batch.mlm_labels)
+        if masked_image is not None:
             prefix = self.model.num_prefix_tokens
-            terms["mim"] = self.mim(masked, target, batch.mim_mask, prefix)
+            terms["mim"] = self.mim(masked_image, clean.image_sequence, batch.mim_mask, prefix)
         if hasattr(self, "ap") and batch.ap_labels is not None:
-            terms["ap"] = self.ap(fused, batch.ap_labels)
+            terms["ap"] = self.ap(clean.fused, batch.ap_labels)
         if hasattr(self, "itc"):
-            terms["itc"] = self.itc(pooled_text, pooled_image, batch.ap_labels)
+            terms["itc"] = self.itc(clean.pooled_text, clean.pooled_image, batch.ap_labels)
         return terms
+
+    def _views(self, batch: Batch) -> tuple[_View, torch.Tensor | None]:
+        """The unmasked view's outputs and, with MIM, the masked view's image states."""
+        if not hasattr(self, "mim") or batch.mim_mask is None:
+            return _View.of(self._run(batch), slice(None)), None
+        n = len(batch)
+        out = self._run(_doubled(batch), image_mask=_mim_image_mask(batch))
+        return _View.of(out, slice(n, None)), out.image_sequence[:n]
+
+
+@dataclass
+class _View:
+    """The rows of one view in a (possibly doubled) forward's output."""
+
+    text_sequence: torch.Tensor
+    image_sequence: torch.Tensor
+    fused: torch.Tensor
+    pooled_text: torch.Tensor
+    pooled_image: torch.Tensor
+
+    @classmethod
+    def of(cls, out: Any, rows: slice) -> _View:
+        return cls(**{f.name: getattr(out, f.name)[rows] for f in fields(cls)})
 
 
 def _doubled(batch: Batch) -> Batch:
