@@ -190,6 +190,23 @@ def test_integrated_gradients_are_complete(tiny, batch):
         np.testing.assert_allclose(a.patch_scores, b.patch_scores, rtol=1e-4, atol=1e-6)
 
 
+def test_a_batch_dataclass_works_like_a_mapping(tiny, batch):
+    from vilalign.data.types import Batch
+
+    model, tok = tiny
+    typed = Batch(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        token_type_ids=torch.zeros_like(batch["input_ids"]),
+        pixel_values=batch["pixel_values"],
+        ids=batch["ids"],
+    )
+    a = explain(model, typed, method="relevancy", tokenizer=tok)
+    b = explain(model, batch, method="relevancy", tokenizer=tok)
+    assert [e.id for e in a] == ["s/0", "s 1"]
+    np.testing.assert_allclose(a[1].patch_scores, b[1].patch_scores, rtol=1e-5)
+
+
 def test_unknown_method_is_an_error(tiny, batch):
     with pytest.raises(ValueError, match="unknown method 'lime'"):
         explain(tiny[0], batch, method="lime")

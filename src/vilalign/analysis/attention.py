@@ -139,7 +139,7 @@ def _direction_frame(
     )
 
 
-def _batch_fields(batch: Any) -> tuple[dict[str, Tensor], list[str]]:
+def model_inputs(batch: Any) -> tuple[dict[str, Tensor], list[str]]:
     """Model inputs and sample ids from a :class:`~vilalign.data.types.Batch` or a mapping."""
     get = batch.get if isinstance(batch, Mapping) else lambda k, d=None: getattr(batch, k, d)
     inputs = {
@@ -172,7 +172,7 @@ def attention_entropy(
             for i, batch in enumerate(loader):
                 if max_batches is not None and i >= max_batches:
                     break
-                inputs, ids = _batch_fields(batch)
+                inputs, ids = model_inputs(batch)
                 inputs = {k: v.to(device) if v is not None else v for k, v in inputs.items()}
                 out = model(**inputs, output_attentions=True)
                 B = inputs["input_ids"].shape[0]
@@ -541,7 +541,7 @@ def export_bertviz(
         inline_js = local_js_assets()
         if inline_js is None:
             log.warning("d3/jQuery not found locally; the bertviz file loads them from a CDN")
-    inputs, _ = _batch_fields(batch)
+    inputs, _ = model_inputs(batch)
     device = next(model.parameters()).device
     inputs = {k: v[index : index + 1].to(device) for k, v in inputs.items() if v is not None}
     was_training = model.training

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vilalign.analysis.attention import DIRECTIONS, _batch_fields, image_grid
+from vilalign.analysis.attention import DIRECTIONS, image_grid, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +168,7 @@ class _Prepared:
 
 
 def _prepare(model: nn.Module, batch: Any, tokenizer: Any) -> _Prepared:
-    inputs, ids = _batch_fields(batch)
+    inputs, ids = model_inputs(batch)
     device = next(model.parameters()).device
     inputs = {k: v.to(device) for k, v in inputs.items() if v is not None}
     B = inputs["input_ids"].shape[0]
@@ -429,13 +429,15 @@ def save_explanations(
     out_dir: str | Path,
     mean: Sequence[float] = (0.5, 0.5, 0.5),
     std: Sequence[float] = (0.5, 0.5, 0.5),
+    index: str | None = "index.html",
 ) -> list[Path]:
     """Write a PNG heat-map overlay and an HTML token snippet per explanation.
 
     ``pixel_values`` (B, C, H, W) are the normalised images the explanations came from
     (row b ↔ explanation b); ``mean``/``std`` undo the normalisation (the model's
     ``image_data_config``). Files: ``<id>_<method>.png`` and ``<id>_<method>.html``, plus
-    ``index.html`` linking them. Returns every path written.
+    an ``index`` page showing them all (None: none; name it per method when several methods
+    share a folder). Returns every path written.
     """
     from vilalign.analysis.visualize import (
         denormalise,
@@ -456,10 +458,11 @@ def save_explanations(
         (out_dir / f"{stem}.html").write_text(snippet, encoding="utf-8")
         paths += [png, out_dir / f"{stem}.html"]
         snippets.append(snippet)
-    index = out_dir / "index.html"
-    index.write_text(_page("\n<hr>\n".join(snippets)), encoding="utf-8")
+    if index is not None:
+        paths.append(out_dir / index)
+        paths[-1].write_text(_page("\n<hr>\n".join(snippets)), encoding="utf-8")
     log.info("wrote %d explanations to %s", len(explanations), out_dir)
-    return [*paths, index]
+    return paths
 
 
 def _page(body: str) -> str:

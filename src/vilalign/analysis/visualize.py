@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -44,25 +45,30 @@ def save_heatmap_overlay(
     heat: np.ndarray,
     path: str | Path,
     title: str | None = None,
-    alpha: float = 0.5,
+    cmap: str = "viridis",
+    max_alpha: float = 0.8,
 ) -> Path:
-    """Draw ``heat`` (rows, cols; one value per patch) over ``image`` (H, W, 3) as a PNG.
+    """Save the image beside the image overlaid with ``heat`` (rows, cols; one value a patch).
 
-    The heat map is stretched over the whole image (patch cells, no interpolation, so a
-    cell is exactly one patch) and scaled to its own maximum of the positive part.
+    Each patch cell is coloured by its positive score scaled to the map's maximum, with
+    opacity growing with the score, so irrelevant patches leave the image visible. No
+    interpolation: one cell is exactly one patch.
     """
     heat = np.clip(np.asarray(heat, float), 0, None)
     top = heat.max()
     heat = heat / top if top > 0 else heat
+    rgba = colormaps[cmap](heat)  # (rows, cols, 4)
+    rgba[..., 3] = max_alpha * heat
     H, W = image.shape[:2]
-    fig = Figure(figsize=(4, 4.4 if title else 4), dpi=100)
+    fig = Figure(figsize=(6, 3.3 if title else 3), dpi=100)
     FigureCanvasAgg(fig)
-    ax = fig.add_axes((0, 0, 1, 0.9 if title else 1))
-    ax.imshow(image, extent=(0, W, H, 0))
-    ax.imshow(
-        heat, cmap="jet", alpha=alpha, vmin=0, vmax=1, extent=(0, W, H, 0), interpolation="nearest"
-    )
-    ax.set_axis_off()
+    top_edge = 0.88 if title else 1.0
+    for i, overlay in enumerate((False, True)):
+        ax = fig.add_axes((i * 0.5 + 0.01, 0.01, 0.48, top_edge - 0.02))
+        ax.imshow(image, extent=(0, W, H, 0))
+        if overlay:
+            ax.imshow(rgba, extent=(0, W, H, 0), interpolation="nearest")
+        ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=9)
     path = Path(path)
@@ -105,7 +111,7 @@ def explanation_html(explanation: Explanation, image_file: str | None = None) ->
         f"class {e.target} (predicted {e.predicted})</h3>"
     ]
     if image_file is not None:
-        parts.append(f'<img src="{html.escape(image_file)}" alt="heat map" width="320">')
+        parts.append(f'<img src="{html.escape(image_file)}" alt="heat map" width="480">')
     if e.token_scores.any():
         parts.append(tokens_html(e.tokens, e.token_scores, e.special))
     parts.append("</div>")
