@@ -81,3 +81,13 @@ def make_config():
 @pytest.fixture(scope="session")
 def toy_dataset():
     return ToyDataset
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the slow end-to-end runs (tens of minutes) unless asked for with ``-m slow``."""
+    if "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow end-to-end run: select with -m slow")
+    for item in items:
+        if "slow" in item.keywords and "tests/train" in str(item.fspath):
+            item.add_marker(skip)
