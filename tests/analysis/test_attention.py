@@ -325,6 +325,8 @@ def test_bertviz_export_subset_of_layers_and_model_view(tiny, tmp_path):
         model, batch, tmp_path / "m.html", tok, view="model", layers=[1, 3], inline_js=None
     )
     assert _params(path.read_text())["include_layers"] == [1, 3]
+    head = export_bertviz(model, batch, tmp_path / "h.html", tok, layer=3, inline_js=None)
+    assert _params(head.read_text())["layer"] == 3  # opens on a co-attention layer
     with pytest.raises(ValueError, match="unknown bertviz view"):
         export_bertviz(model, batch, tmp_path / "x.html", tok, view="neuron", inline_js=None)
 

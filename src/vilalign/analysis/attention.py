@@ -458,10 +458,12 @@ def bertviz_html(
     view: str = "head",
     layers: Sequence[int] | None = None,
     inline_js: Mapping[str, Path] | None = None,
+    layer: int | None = None,
 ) -> str:
     """bertviz HTML of one sample's fusion-layer attention (text tokens then image tokens).
 
-    ``text_tokens`` are the sample's real tokens (padding cut). ``view``: 'head' or 'model'.
+    ``text_tokens`` are the sample's real tokens (padding cut). ``view``: 'head' or 'model';
+    ``layers`` narrows the fusion layers shown; ``layer``: the one the head view opens on.
     ``inline_js`` ({'d3': path, 'jquery': path}) embeds the libraries so the file opens
     offline; without it the file loads them from a CDN, as bertviz does.
     """
@@ -479,7 +481,12 @@ def bertviz_html(
     include = list(layers) if layers is not None else None
     if view == "head":
         out = head_view(
-            joint, tokens, sentence_b_start=n_text, include_layers=include, html_action="return"
+            joint,
+            tokens,
+            sentence_b_start=n_text,
+            include_layers=include,
+            layer=layer,
+            html_action="return",
         )
     elif view == "model":
         out = model_view(
@@ -528,6 +535,7 @@ def export_bertviz(
     view: str = "head",
     layers: Sequence[int] | None = None,
     inline_js: Mapping[str, Path] | str | None = "auto",
+    layer: int | None = None,
 ) -> Path:
     """Write a bertviz view of sample ``index`` of ``batch`` to ``path`` (HTML) and return it.
 
@@ -565,6 +573,7 @@ def export_bertviz(
         view,
         layers,
         inline_js,
+        layer,
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
