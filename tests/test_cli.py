@@ -116,3 +116,48 @@ def test_finetune_bad_field_in_run_file(tmp_path, capsys):
     config.write_text("preset: tiny\ntrain: {epoks: 1}\n")
     assert main(["finetune", str(config)]) == 2
     assert "train.epoks: unknown field" in capsys.readouterr().err
+
+
+def test_attention_command_writes_entropies_and_bertviz(tmp_path, capsys):
+    import pandas as pd
+
+    code = main(
+        [
+            "attention",
+            "--preset",
+            "tiny",
+            "--n-samples",
+            "8",
+            "--batch-size",
+            "8",
+            "--run-dir",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    frame = pd.read_csv(tmp_path / "attention_entropy.csv")
+    assert set(frame.direction) == {"text_self", "image_self", "text_to_image", "image_to_text"}
+    assert frame.normalized_entropy.between(0, 1 + 1e-9).all()
+    assert "<html" in (tmp_path / "attention.html").read_text().lower()
+    assert "self-attention heads" in capsys.readouterr().out
+
+
+def test_explain_command_writes_overlays_and_names_unknown_ids(tmp_path, capsys):
+    code = main(
+        [
+            "explain",
+            "--preset",
+            "tiny",
+            "--ids",
+            "test-3",
+            "--method",
+            "relevancy",
+            "--run-dir",
+            str(tmp_path),
+        ]
+    )
+    assert code == 0
+    assert (tmp_path / "test-3_relevancy.png").is_file()
+    assert (tmp_path / "relevancy.html").is_file()
+    assert main(["explain", "--preset", "tiny", "--ids", "nope", "--run-dir", str(tmp_path)]) == 2
+    assert "not in the dataset: ['nope']" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 # Order = order in `vilalign --help`.
-COMMANDS = ("training", "analyse", "info")
+COMMANDS = ("training", "analyse", "attention", "explain", "info")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,3 +24,49 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
         default="vilbert",
         help="vilbert, no_coattention, concat_features or random_text (default: vilbert)",
     )
+
+
+def add_source_args(p: argparse.ArgumentParser) -> None:
+    """--checkpoint or --preset, and the dataset to read: shared by the analysis commands."""
+    from pathlib import Path
+
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="a model folder written by save_pretrained")
+    src.add_argument("--preset", help="use a freshly built (untrained) model of this preset")
+    p.add_argument("--dataset", default="easyvqa", help="dataset name (default: easyvqa)")
+    p.add_argument("--root", help="dataset folder (not needed for easyvqa)")
+    p.add_argument("--split", default="test", help="split to read (default: test)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def load_source(args: argparse.Namespace, num_labels: int = 0):
+    """(model, tokenizer, run name) from --checkpoint (with its saved tokenizer) or --preset.
+
+    A --preset model gets a fresh task head with ``num_labels`` outputs (0: none).
+    """
+    import torch
+
+    from vilalign.config import model_config
+    from vilalign.model import build_model, load_pretrained, load_tokenizer
+    from vilalign.model.checkpoint import TOKENIZER_DIR
+
+    torch.manual_seed(args.seed)
+    if args.checkpoint is None:
+        model = build_model(model_config(args.preset, num_labels=num_labels))
+        return model, load_tokenizer(model.config.text), f"{args.preset}-untrained"
+    model = load_pretrained(args.checkpoint)
+    tok_dir = args.checkpoint / TOKENIZER_DIR
+    if tok_dir.is_dir():
+        from transformers import AutoTokenizer
+
+        return model, AutoTokenizer.from_pretrained(tok_dir), args.checkpoint.name
+    return model, load_tokenizer(model.config.text), args.checkpoint.name
+
+
+def evaluation_dataset(args: argparse.Namespace, model):
+    """The dataset named by --dataset/--root/--split with the evaluation transform."""
+    from vilalign.data import DataConfig, build_dataset, build_transform
+
+    cfg = DataConfig(name=args.dataset, root=args.root)
+    return build_dataset(cfg, args.split, build_transform(model.image_data_config, train=False))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vilalign.commands import add_source_args, load_source
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from vilalign.analysis.align import DEFAULT_MEASURES
@@ -19,12 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "--run-dir and prints a compact table."
         ),
     )
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="a folder written by save_pretrained")
-    src.add_argument("--preset", help="analyse a freshly built model of this preset instead")
-    p.add_argument("--dataset", default="easyvqa", help="dataset name (default: easyvqa)")
-    p.add_argument("--root", help="dataset folder (not needed for easyvqa)")
-    p.add_argument("--split", default="test", help="split to analyse (default: test)")
+    add_source_args(p)
     p.add_argument("--n-samples", type=int, default=500, help="samples to collect (default 500)")
     p.add_argument("--views", default="cls,mean", help="comma list of cls, mean, tokens")
     p.add_argument(
@@ -34,8 +31,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--permutations", type=int, default=0, help="permutation-null size (p-values)")
     p.add_argument("--resamples", type=int, default=0, help="bootstrap resamples (intervals)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", type=Path, default=Path("runs/analyse"), help="output folder")
     p.set_defaults(handler=run)
 
@@ -45,31 +40,11 @@ def _split(value: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from vilalign.analysis.align import RunInfo, StatsOptions
     from vilalign.analysis.pipeline import AlignmentSpec, run_alignment
-    from vilalign.config import model_config
     from vilalign.data import DataConfig
-    from vilalign.model import build_model, load_pretrained, load_tokenizer
-    from vilalign.model.checkpoint import TOKENIZER_DIR
 
-    torch.manual_seed(args.seed)
-    if args.checkpoint is not None:
-        model = load_pretrained(args.checkpoint)
-        tok_dir = args.checkpoint / TOKENIZER_DIR
-        from transformers import AutoTokenizer
-
-        tokenizer = (
-            AutoTokenizer.from_pretrained(tok_dir)
-            if tok_dir.is_dir()
-            else load_tokenizer(model.config.text)
-        )
-        run_name = args.checkpoint.name
-    else:
-        model = build_model(model_config(args.preset))
-        tokenizer = load_tokenizer(model.config.text)
-        run_name = f"{args.preset}-untrained"
+    model, tokenizer, run_name = load_source(args)
     spec = AlignmentSpec(
         data=DataConfig(name=args.dataset, root=args.root),
         split=args.split,

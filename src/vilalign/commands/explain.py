@@ -1,0 +1,82 @@
+"""``vilalign explain``: which words and image regions drove a prediction."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from vilalign.commands import add_source_args, evaluation_dataset, load_source
+
+METHODS = ("relevancy", "gradcam", "integrated_gradients")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain",
+        help="attribute predictions to words and image patches",
+        description=(
+            "For the samples named by --ids, attribute the predicted (or --target) class to "
+            "the text tokens and image patches: bi-modal relevancy (Chefer et al. 2021), "
+            "Grad-CAM on patch states, integrated gradients (captum). Writes a heat-map PNG "
+            "over each image and an HTML page of coloured tokens into --run-dir."
+        ),
+    )
+    add_source_args(p)
+    p.add_argument("--ids", required=True, help="comma list of sample ids to explain")
+    p.add_argument("--method", default="relevancy", help=f"comma list of {', '.join(METHODS)}")
+    p.add_argument("--target", type=int, help="class to explain (default: the predicted one)")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/explain"), help="output folder")
+    p.set_defaults(handler=run)
+
+
+def find_samples(dataset, ids: list[str]) -> list[int]:
+    """Indices of ``ids`` in ``dataset``; an unknown id is an error naming it."""
+    records = getattr(dataset, "records", None)
+    known = (
+        {r.id: i for i, r in enumerate(records)}
+        if records is not None
+        else {dataset[i].id: i for i in range(len(dataset))}
+    )
+    missing = [i for i in ids if i not in known]
+    if missing:
+        example = ", ".join(list(known)[:3])
+        raise ValueError(f"--ids: not in the dataset: {missing} (ids look like: {example})")
+    return [known[i] for i in ids]
+
+
+def run(args: argparse.Namespace) -> int:
+    from vilalign.analysis.attribution import explain, save_explanations
+    from vilalign.data import Collator
+
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"--method: unknown {unknown} (allowed: {', '.join(METHODS)})")
+    if args.checkpoint is None:
+        # An untrained model with a fresh head: the model-randomisation reference.
+        probe, _, _ = load_source(args)
+        labels = getattr(evaluation_dataset(args, probe), "num_labels", 2)
+        model, tokenizer, _ = load_source(args, num_labels=labels)
+    else:
+        model, tokenizer, _ = load_source(args)
+    if model.head is None:
+        raise ValueError("the model has no task head (num_labels=0): explain a fine-tuned model")
+    dataset = evaluation_dataset(args, model)
+    ids = [i.strip() for i in args.ids.split(",") if i.strip()]
+    collate = Collator(tokenizer, max_length=model.config.text.max_length)
+    batch = collate([dataset[i] for i in find_samples(dataset, ids)])
+    config = model.image_data_config
+    for method in methods:
+        explanations = explain(model, batch, args.target, method, tokenizer)
+        paths = save_explanations(
+            explanations,
+            batch.pixel_values,
+            args.run_dir,
+            config["mean"],
+            config["std"],
+            index=f"{method}.html",
+        )
+        for e in explanations:
+            print(f"{method}: {e.id} target {e.target} (predicted {e.predicted})")
+        print(f"wrote {len(paths)} files, index {args.run_dir / f'{method}.html'}")
+    return 0
