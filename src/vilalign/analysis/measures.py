@@ -69,7 +69,9 @@ def _check_k(k: int, n: int) -> None:
 # are taken) and entries that do not depend on the order of rows (kept under a
 # permutation). The centred Gram is re-indexed, and re-centred for a subset.
 _PAIRWISE_KEYS = frozenset({"cos_gram", "sqdist"})
-_ORDER_FREE_KEYS = frozenset({"gram_c_dot", "hsic_u_self", "cov", "cov_raw", "pca", "whitener"})
+_ORDER_FREE_KEYS = frozenset(
+    {"spread", "gram_c_dot", "hsic_u_self", "cov", "cov_raw", "pca", "whitener"}
+)
 
 
 def _self_product(a: Tensor, outer: bool) -> Tensor:
@@ -188,16 +190,28 @@ class View:
 
         return self._cached("offsets", make)
 
+    def spread(self) -> float:
+        """‖xc‖²_F = tr(Kc); raises when every row is the same (constant features).
+
+        It is zero up to rounding (~eps·‖x‖) only then; a test relative to ‖x‖ tolerates
+        any feature mean, and costs one pass over x (no Gram matrix needed).
+        """
+
+        def make() -> float:
+            xc = self.centred()
+            value = float(_dot(xc, xc))
+            if value <= 0 or value <= (1e-12) ** 2 * float(self.row_norms_sq().sum()):
+                raise ValueError(f"{self.name} has constant features (all rows equal)")
+            return value
+
+        return self._cached("spread", make)
+
     def gram_c_dot(self) -> float:
         """‖Kc‖²_F; raises when every row is the same (constant features)."""
 
         def make() -> float:
+            self.spread()
             kc = self.gram_c()
-            # ‖xc‖²_F = tr(Kc) is zero up to rounding (~eps·‖x‖) only when every row is
-            # the same; a relative test on it tolerates any feature mean.
-            spread = float(kc.diagonal().sum())
-            if spread <= (1e-12) ** 2 * float(self.row_norms_sq().sum()) or spread <= 0:
-                raise ValueError(f"{self.name} has constant features (all rows equal)")
             return float(_dot(kc, kc))
 
         return self._cached("gram_c_dot", make)
@@ -273,7 +287,7 @@ class View:
         _check_k(k, self.n)
 
         def make() -> Tensor:
-            self.gram_c_norm()  # all rows equal: every neighbour ties
+            self.spread()  # all rows equal: every neighbour ties
             cos = self.cos_gram()
             # Every row has the direction of row 0 iff row 0's cosines (bar its own −2)
             # are all 1: one row decides, no N×N pass.
@@ -298,7 +312,7 @@ class View:
         """Eigenvalues (descending, = squared singular values of xc) and eigenvectors of cov."""
 
         def make() -> tuple[Tensor, Tensor]:
-            self.gram_c_norm()
+            self.spread()
             evals, evecs = torch.linalg.eigh(self.cov())
             return evals.flip(0).clamp_min(0.0), evecs.flip(1)
 
@@ -314,7 +328,7 @@ class View:
         """
 
         def make() -> _Whitener:
-            self.gram_c_norm()
+            self.spread()
             cov = self.cov(center)
             chol, info = torch.linalg.cholesky_ex(cov)
             diag = chol.diagonal()
@@ -374,7 +388,7 @@ class Pair:
 
     def gram_c_dot(self) -> float:
         """⟨Kc, Lc⟩_F, shared by the linear CKA variants."""
-        self.x.gram_c_norm(), self.y.gram_c_norm()  # raise on constant features first
+        self.x.spread(), self.y.spread()  # raise on constant features first
         return self._cached("gram_c_dot", lambda: float(_dot(self.x.gram_c(), self.y.gram_c())))
 
     def cross_cov(self, center: bool = True) -> Tensor:
@@ -827,9 +841,7 @@ def _procrustes(p: Pair) -> float:
     R equals 2 − 2·this (Schönemann 1966; Ding et al. 2021); widths may differ (the
     narrower view is implicitly zero-padded).
     """
-    p.x.gram_c_norm(), p.y.gram_c_norm()  # raise on constant features
-    fx = float(p.x.gram_c().diagonal().sum().sqrt())  # ‖xc‖_F² = tr(xc xcᵀ)
-    fy = float(p.y.gram_c().diagonal().sum().sqrt())
+    fx, fy = math.sqrt(p.x.spread()), math.sqrt(p.y.spread())  # ‖xc‖_F, ‖yc‖_F
     nuclear = float(torch.linalg.svdvals(p.cross_cov()).sum())
     return nuclear / (fx * fy)
 
