@@ -1,0 +1,482 @@
+"""One self-contained HTML page for an experiment folder (or a single run folder).
+
+Pictures first — downstream metrics across cells, training curves, alignment by layer
+per measure (co-attention shaded, permutation-null band grey), alignment over epochs,
+the layer × layer matrix, attention entropy, attribution examples — then the tables
+(metrics mean ± std over seeds, alignment at the last epoch, the attention test, the
+configuration). Images are embedded as base64 PNG: the page is one file that opens
+anywhere, offline, without scripts.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+
+from vilalign.analysis import report as R
+from vilalign.experiments.runner import (
+    DONE_FILE,
+    EXPERIMENT_FILE,
+    alignment_tables,
+    cell_metrics,
+    group_metrics,
+    read_done,
+)
+
+log = logging.getLogger(__name__)
+
+REPORT_FILE = "report.html"
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px;
+color:#222;max-width:1400px}
+h1{margin-bottom:4px} h2{border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:32px}
+.meta{color:#666;font-size:14px}
+.figs{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+figure{margin:0;border:1px solid #eee;padding:6px;background:#fff}
+figure img{max-width:100%;height:auto;display:block}
+figcaption{font-size:12px;color:#555;margin-top:4px;max-width:640px}
+table{border-collapse:collapse;font-size:13px;margin:8px 0}
+th,td{border:1px solid #ddd;padding:3px 8px;text-align:right}
+th{background:#f5f5f5} td:first-child,th:first-child{text-align:left}
+pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}
+.explanation{display:inline-block;vertical-align:top;margin:6px;max-width:340px}
+.explanation h3{font-size:13px;margin:4px 0}
+.note{font-size:14px;background:#f4f8ff;border-left:3px solid #69c;padding:6px 10px}
+"""
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def png_data_uri(source: Figure | Path) -> str:
+    """A ``data:image/png;base64,...`` URI of a Figure or a PNG file."""
+    if isinstance(source, Figure):
+        buf = io.BytesIO()
+        source.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+        data = buf.getvalue()
+    else:
+        data = Path(source).read_bytes()
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def figure_html(source: Figure | Path, caption: str, width: int | None = None) -> str:
+    style = f' style="max-width:{width}px"' if width else ""
+    return (
+        f'<figure{style}><img src="{png_data_uri(source)}" alt="{html.escape(caption)}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
+
+
+def table_html(frame: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
+    if frame is None or frame.empty:
+        return "<p><em>nothing yet</em></p>"
+    return frame.to_html(
+        index=False, border=0, na_rep="–", float_format=lambda v: floatfmt.format(v)
+    )
+
+
+def _section(title: str, body: Iterable[str]) -> str:
+    parts = [p for p in body if p]
+    if not parts:
+        return ""
+    return f"<h2>{html.escape(title)}</h2>\n" + "\n".join(parts)
+
+
+def _figs(items: Iterable[str]) -> str:
+    items = [i for i in items if i]
+    return f'<div class="figs">{"".join(items)}</div>' if items else ""
+
+
+def _safe(fn, *args, **kwargs):
+    """A picture that cannot be drawn (missing data) is left out, with a log line."""
+    try:
+        return fn(*args, **kwargs)
+    except (ValueError, KeyError, FileNotFoundError, IndexError) as err:
+        log.info("report: left out %s: %s", getattr(fn, "__name__", fn), err)
+        return ""
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def metrics_figure(groups: pd.DataFrame, metric: str) -> Figure:
+    """Bar per group: mean over seeds with ±1 std whiskers and the seeds' count."""
+    if metric not in groups.columns:
+        raise ValueError(f"no metric {metric!r}")
+    fig = Figure(figsize=(max(4.5, 1.1 * len(groups) + 2), 3.6))
+    ax = fig.add_subplot()
+    means = groups[metric].to_numpy(float)
+    stds = np.nan_to_num(groups[f"{metric}_std"].to_numpy(float))
+    xs = np.arange(len(groups))
+    ax.bar(xs, means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+    for x, m, n in zip(xs, means, groups[f"{metric}_n"], strict=True):
+        ax.text(x, m, f"{m:.3f}\n(n={n})", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(xs, groups["group"], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(metric)
+    ax.set_ylim(0, max(1.0, float(np.nanmax(means + stds)) * 1.15))
+    ax.set_title(f"{metric} per cell (mean ± std over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def history(run_dir: Path) -> pd.DataFrame:
+    """Epoch-end records of a run (the rows of metrics.jsonl that carry val/ or epoch means)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return pd.DataFrame()
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    ends = [r for r in records if "train/samples_per_s" in r]
+    return pd.DataFrame(ends)
+
+
+def curves_figure(histories: dict[str, list[pd.DataFrame]]) -> Figure:
+    """Train loss and every val metric against epoch; one line per group (mean of seeds)."""
+    frames = [h for hs in histories.values() for h in hs if not h.empty]
+    if not frames:
+        raise ValueError("no epoch records")
+    val = sorted({c for h in frames for c in h.columns if c.startswith("val/")})
+    metrics = ["train/loss", *val][:4]
+    fig = Figure(figsize=(4.2 * len(metrics), 3.4))
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        for group, hs in histories.items():
+            parts = [h[["epoch", metric]] for h in hs if metric in h]
+            if not parts:
+                continue
+            mean = pd.concat(parts).groupby("epoch")[metric].mean()
+            ax.plot(mean.index, mean.values, marker="o", ms=3, label=group)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric, fontsize=10)
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def entropy_figure(frames: dict[str, pd.DataFrame]) -> Figure:
+    """Mean normalised entropy per fusion layer and direction, one panel per group;
+    co-attention layers shaded (lower = more focused attention)."""
+    frames = {k: v for k, v in frames.items() if not v.empty}
+    if not frames:
+        raise ValueError("no attention entropy")
+    fig = Figure(figsize=(4.4 * len(frames), 3.4))
+    directions = sorted({d for f in frames.values() for d in f["direction"]})
+    width = 0.8 / max(1, len(directions))
+    for i, (group, frame) in enumerate(frames.items()):
+        ax = fig.add_subplot(1, len(frames), i + 1, sharey=fig.axes[0] if i else None)
+        layers = sorted(frame["layer"].unique())
+        for layer in frame.loc[frame["layer_kind"] == "coattention", "layer"].unique():
+            ax.axvspan(layer - 0.45, layer + 0.45, color="tab:orange", alpha=0.12, lw=0)
+        for j, direction in enumerate(directions):
+            part = frame[frame["direction"] == direction].groupby("layer")
+            means = part["normalized_entropy"].mean()
+            xs = means.index.to_numpy() - 0.4 + width * (j + 0.5)
+            ax.bar(xs, means.values, width, label=direction.replace("_", " "))
+        ax.set_xticks(layers, [f"fusion.{x}" for x in layers], fontsize=8)
+        ax.set_title(group, fontsize=9)
+        ax.set_ylabel("normalised entropy" if i == 0 else "")
+        if i == 0:
+            ax.legend(fontsize=7)
+    fig.suptitle("attention entropy per head, mean over heads (orange: co-attention)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _null_for(out_dir: Path, cells: Sequence[str], measure: str, epoch: int) -> pd.DataFrame:
+    frames = [
+        pd.read_csv(p)
+        for c in cells
+        if (p := out_dir / "cells" / c / "alignment" / f"nulls_epoch{epoch}.csv").is_file()
+    ]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame()
+    nulls = pd.concat(frames)
+    nulls = nulls[(nulls["measure"] == measure) & (nulls["view"] == nulls["view"].iloc[0])]
+    return nulls.groupby("layer", as_index=False)[["low", "high"]].mean()
+
+
+# ---------------------------------------------------------------------------- sections
+
+
+class ExperimentReport:
+    """Reads an experiment folder and renders its page."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out = out_dir
+        self.done = read_done(out_dir)
+        self.cells = cell_metrics(self.done)
+        self.groups = group_metrics(self.cells)
+        self.align = alignment_tables(out_dir)
+        path = out_dir / EXPERIMENT_FILE
+        self.experiment = json.loads(path.read_text()) if path.is_file() else {}
+        self.by_group: dict[str, list[str]] = {}
+        for d in self.done:
+            self.by_group.setdefault(d["group"], []).append(d["key"])
+
+    def cell_dir(self, key: str) -> Path:
+        return self.out / "cells" / key
+
+    # -- pictures
+
+    def metrics_figures(self) -> str:
+        if self.groups.empty:
+            return ""
+        metrics = [c for c in self.groups.columns if c.startswith("test/") and c.count("_") == 0]
+        metrics = [m for m in metrics if not m.endswith("loss")] or metrics
+        return _figs(
+            _safe(figure_html, metrics_figure(self.groups, m), f"{m}: mean ± std over seeds")
+            for m in metrics[:3]
+        )
+
+    def curve_figures(self) -> str:
+        hist = {
+            g: [history(self.cell_dir(k) / "finetune") for k in keys]
+            for g, keys in self.by_group.items()
+        }
+        items = [_safe(lambda: figure_html(curves_figure(hist), "fine-tuning, per epoch"))]
+        for pt in sorted((self.out / "pretrain").glob("*/metrics.png")):
+            items.append(figure_html(pt, f"pretraining {pt.parent.name}: losses and metrics", 700))
+        return _figs(items)
+
+    def alignment_figures(self) -> str:
+        if self.align.empty:
+            return ""
+        last = int(self.align["epoch"].max())
+        rows = []
+        for measure in dict.fromkeys(self.align["measure"]):
+            items = []
+            for group, keys in self.by_group.items():
+                table = self.align[self.align["run"] == group]
+                null = _null_for(self.out, keys, measure, last)
+                items.append(
+                    _safe(
+                        lambda t=table, n=null, g=group, m=measure: figure_html(
+                            R.figure_across_layers(
+                                t, m, null=n if not n.empty else None, title=f"{m}: {g}"
+                            ),
+                            f"{m} across layers, {g}, epoch {last} (mean and range over "
+                            "seeds; orange: co-attention; grey: permutation null 5–95 %)",
+                            520,
+                        )
+                    )
+                )
+            rows.append(_figs(items))
+        return "\n".join(rows)
+
+    def epoch_figures(self) -> str:
+        if self.align.empty or self.align["epoch"].nunique() < 2:
+            return ""
+        measure = str(self.align["measure"].iloc[0])
+        return _figs(
+            _safe(
+                lambda g=group: figure_html(
+                    R.figure_over_epochs(
+                        self.align[self.align["run"] == g], measure, title=f"{measure}: {g}"
+                    ),
+                    f"{measure} over epochs, {g} (solid: co-attention layers)",
+                    520,
+                )
+            )
+            for group in self.by_group
+        )
+
+    def heatmap_figures(self) -> str:
+        items = []
+        for group, keys in self.by_group.items():
+            files = sorted(
+                self.cell_dir(keys[0]).glob("alignment/alignment_epoch*_layer_matrix.csv"),
+                key=lambda p: int(re.findall(r"epoch(\d+)", p.name)[0]),
+            )
+            if not files:
+                continue
+            matrix = pd.read_csv(files[-1], index_col=0)
+            kinds = self.align[(self.align["run"] == group)]
+            co = set(kinds.loc[kinds["layer_kind"] == "coattention", "layer"].astype(str))
+            fig = R.figure_layer_heatmap(matrix, coattention=co, title=f"{group}")
+            items.append(figure_html(fig, f"text layer × image layer, {files[-1].stem}", 520))
+        return _figs(items)
+
+    def attention_figures(self) -> str:
+        frames = {}
+        for group, keys in self.by_group.items():
+            path = self.cell_dir(keys[0]) / "attention" / "entropy_heads.csv"
+            if path.is_file():
+                frames[group] = pd.read_csv(path)
+        if not frames:
+            return ""
+        return _figs([_safe(lambda: figure_html(entropy_figure(frames), "attention entropy"))])
+
+    def attribution_examples(self, per_group: int = 3) -> str:
+        parts = []
+        for group, keys in self.by_group.items():
+            folder = self.cell_dir(keys[0]) / "attribution"
+            snippets = sorted(p for p in folder.glob("*.html") if p.name != "index.html")
+            for snippet in snippets[:per_group]:
+                parts.append(_inline_images(snippet.read_text(), folder, group))
+        return "".join(parts)
+
+    # -- tables
+
+    def metrics_table(self) -> str:
+        if self.groups.empty:
+            return ""
+        frame = self.groups.copy()
+        for m in [c for c in frame.columns if c.startswith("test/") and "_" not in c]:
+            frame[m] = [
+                f"{a:.4f} ± {s:.4f}" if np.isfinite(s) else f"{a:.4f}"
+                for a, s in zip(frame[m], frame[f"{m}_std"], strict=True)
+            ]
+        keep = [c for c in frame.columns if not re.search(r"_(std|n|ci_low|ci_high)$", c)]
+        n = [c for c in frame.columns if c.endswith("_n")][:1]
+        return table_html(frame[keep + n])
+
+    def alignment_table(self) -> str:
+        if self.align.empty:
+            return ""
+        last = self.align[self.align["epoch"] == self.align["epoch"].max()]
+        wide = last.pivot_table(
+            index=["run", "layer", "layer_kind"],
+            columns=["view", "measure"],
+            values="value",
+            aggfunc="mean",
+            sort=False,
+        )
+        wide.columns = [f"{v}/{m}" for v, m in wide.columns]
+        return table_html(wide.reset_index(), "{:.3f}")
+
+    def focus_notes(self) -> str:
+        notes = [
+            f'<p class="note"><b>{html.escape(d["group"])}</b> (seed {d["seed"]}): '
+            f"{html.escape(d['focus'])}</p>"
+            for d in self.done
+            if d.get("focus")
+        ]
+        return "".join(notes)
+
+    def config_block(self) -> str:
+        if not self.experiment:
+            return ""
+        text = yaml.safe_dump(self.experiment, sort_keys=False)
+        return f"<pre>{html.escape(text)}</pre>"
+
+    # -- page
+
+    def render(self) -> str:
+        name = self.experiment.get("name", self.out.name)
+        desc = self.experiment.get("description", "")
+        n_groups = len(self.by_group)
+        head = (
+            f"<h1>{html.escape(name)}</h1><p class='meta'>{html.escape(desc)}<br>"
+            f"{len(self.done)} finished cells in {n_groups} groups · folder "
+            f"{html.escape(str(self.out))} · written {_now()}</p>"
+        )
+        body = [
+            head,
+            _section("Downstream metrics", [self.metrics_figures()]),
+            _section("Training curves", [self.curve_figures()]),
+            _section("Alignment by layer", [self.alignment_figures()]),
+            _section("Alignment over epochs", [self.epoch_figures()]),
+            _section("Text layer × image layer", [self.heatmap_figures()]),
+            _section("Attention entropy", [self.attention_figures(), self.focus_notes()]),
+            _section("Attribution examples (relevancy)", [self.attribution_examples()]),
+            _section("Tables: downstream metrics (mean ± std over seeds)", [self.metrics_table()]),
+            _section("Tables: every cell", [table_html(self.cells)]),
+            _section("Tables: alignment at the last epoch", [self.alignment_table()]),
+            _section("Configuration", [self.config_block()]),
+        ]
+        return _page(name, "\n".join(b for b in body if b))
+
+
+def _inline_images(snippet: str, folder: Path, group: str) -> str:
+    """Replace ``src="x.png"`` by the file's data URI; tag the snippet with its group."""
+
+    def repl(match: re.Match) -> str:
+        path = folder / html.unescape(match.group(1))
+        return f'src="{png_data_uri(path)}"' if path.is_file() else match.group(0)
+
+    snippet = re.sub(r'src="([^"]+\.png)"', repl, snippet)
+    return snippet.replace("<h3>", f"<h3>{html.escape(group)}: ", 1)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)} — vilalign report</title><style>{CSS}</style></head>"
+        f"<body>\n{body}\n</body></html>\n"
+    )
+
+
+# ---------------------------------------------------------------------------- single run
+
+
+def run_report(run_dir: Path) -> str:
+    """A page for one pretraining or fine-tuning run folder."""
+    items = []
+    if (run_dir / "metrics.png").is_file():
+        items.append(figure_html(run_dir / "metrics.png", "losses and metrics per step"))
+    hist = history(run_dir)
+    if not hist.empty:
+        items.append(_safe(lambda: figure_html(curves_figure({run_dir.name: [hist]}), "per epoch")))
+    align_files = sorted((run_dir.parent / "alignment").glob("alignment_epoch*.csv"))
+    align_files += sorted(run_dir.glob("alignment*.csv"))
+    tables = [pd.read_csv(f) for f in align_files if "layer_matrix" not in f.name]
+    align = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    for measure in dict.fromkeys(align.get("measure", [])):
+        items.append(_safe(lambda m=measure: figure_html(R.figure_across_layers(align, m), m, 520)))
+    config = run_dir / "config.json"
+    results = run_dir / "results.json"
+    body = [
+        f"<h1>{html.escape(run_dir.name)}</h1><p class='meta'>written {_now()}</p>",
+        _section("Pictures", [_figs(items)]),
+        _section("Results", [f"<pre>{html.escape(results.read_text())}</pre>"])
+        if results.is_file()
+        else "",
+        _section("Configuration", [f"<pre>{html.escape(config.read_text())}</pre>"])
+        if config.is_file()
+        else "",
+    ]
+    return _page(run_dir.name, "\n".join(b for b in body if b))
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def write_report(directory: str | Path, out_file: str | Path | None = None) -> Path:
+    """Write ``report.html`` for an experiment folder or a run folder; returns its path."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"report: no such folder {directory}")
+    is_experiment = (directory / EXPERIMENT_FILE).is_file() or any(
+        directory.glob(f"cells/*/{DONE_FILE}")
+    )
+    if is_experiment:
+        page = ExperimentReport(directory).render()
+    elif (directory / "config.json").is_file():
+        page = run_report(directory)
+    else:
+        raise FileNotFoundError(
+            f"report: {directory} is neither an experiment folder ({EXPERIMENT_FILE}, "
+            "cells/) nor a run folder (config.json)"
+        )
+    out = Path(out_file) if out_file is not None else directory / REPORT_FILE
+    out.write_text(page, encoding="utf-8")
+    log.info("wrote %s (%.1f kB)", out, out.stat().st_size / 1024)
+    return out

@@ -1,0 +1,416 @@
+"""Run an experiment grid: pretrain → fine-tune (alignment after every epoch) → analyse.
+
+Layout of the output folder::
+
+    experiment.json             the validated experiment, as run
+    pretrain/<key>/             one pretraining run, shared by the cells that need it
+    cells/<key>/finetune/       the fine-tuning run (config, metrics, checkpoints, model)
+    cells/<key>/alignment/      alignment_epoch<N>.csv/.parquet, layer matrices, null bands
+    cells/<key>/attention/      entropy per head, co- vs self-attention focus test
+    cells/<key>/attribution/    relevancy overlays of a few samples
+    cells/<key>/done.json       written last: a cell with it is skipped on a re-run
+    summary/                    per-cell and per-group (mean ± std over seeds) tables
+
+A run that was interrupted resumes from its last checkpoint; a run that never wrote one
+starts again from scratch. Re-running the same command finishes only what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.stats
+import torch
+from tqdm.auto import tqdm
+
+from vilalign.analysis.align import RunInfo, StatsOptions
+from vilalign.analysis.collect import Representations
+from vilalign.analysis.pipeline import AlignmentSpec, analysis_loader, run_alignment
+from vilalign.experiments.spec import Cell, ExperimentConfig, expand_grid
+from vilalign.model import load_pretrained, load_tokenizer
+from vilalign.train import checkpoint as ckpt
+from vilalign.train.loop import EpochCallback, EpochContext
+from vilalign.train.run import RESULTS_FILE, run_finetuning, run_pretraining
+
+log = logging.getLogger(__name__)
+
+DONE_FILE = "done.json"
+EXPERIMENT_FILE = "experiment.json"
+ALIGN_PREFIX = "align/"
+
+#: Makes a tracker for one run: (stage, cell, run_dir) -> Tracker or None (files only).
+TrackerFactory = Callable[[str, Cell, Path], Any]
+
+
+@dataclass
+class ExperimentResult:
+    out_dir: Path
+    cells: list[Cell]
+    ran: list[str] = field(default_factory=list)  # cell keys run (not skipped) this time
+    skipped: list[str] = field(default_factory=list)
+    metrics: pd.DataFrame | None = None  # one row per cell
+    groups: pd.DataFrame | None = None  # mean ± std over seeds
+
+
+# ---------------------------------------------------------------------------- stages
+
+
+def stage_done(run_dir: Path) -> bool:
+    return (run_dir / RESULTS_FILE).is_file()
+
+
+def prepare_stage(run_dir: Path) -> bool:
+    """Whether to resume ``run_dir``; a folder without a checkpoint is cleared first.
+
+    A run killed before its first checkpoint left only partial metric files behind;
+    appending to them would duplicate records, so it starts over.
+    """
+    if ckpt.read_pointer(run_dir / "checkpoints") is not None:
+        log.info("resuming the interrupted run in %s", run_dir)
+        return True
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    return False
+
+
+def read_results(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / RESULTS_FILE).read_text())
+
+
+# ---------------------------------------------------------------------------- analyses
+
+
+def alignment_spec(exp: ExperimentConfig, cell: Cell) -> AlignmentSpec:
+    a = exp.analysis
+    return AlignmentSpec(
+        data=cell.finetune.data,
+        split=a.split,
+        n_samples=a.n_samples,
+        views=tuple(a.views),
+        measures=tuple(a.measures),
+        include_encoders=a.include_encoders,
+        stats=StatsOptions(a.permutations, a.resamples, seed=cell.seed),
+        batch_size=a.batch_size,
+        max_length=cell.finetune.model.text.max_length,
+        heatmap_measure=a.measures[0],
+    )
+
+
+def null_bands(
+    reps: Representations, measures: Sequence[str], views: Sequence[str], n: int, seed: int
+) -> pd.DataFrame:
+    """5–95 % quantiles of each measure's permutation null per fusion layer and view.
+
+    What an unrelated pairing of the same text and image states scores: the band a
+    layer's value must leave before "aligned" means anything.
+    """
+    from vilalign.analysis import stats as S
+
+    rows = []
+    for layer in reps.fusion_layers:
+        for view in (v for v in views if v != "tokens"):
+            x, y = reps.get(layer.name, "text", view), reps.get(layer.name, "image", view)
+            for measure in measures:
+                try:
+                    null = S.permutation_test(measure, x, y, n_permutations=n, seed=seed).null
+                except (ValueError, KeyError) as err:  # e.g. a measure needing equal widths
+                    log.debug("no null band for %s on %s: %s", measure, layer.name, err)
+                    continue
+                low, high = np.quantile(null, [0.05, 0.95])
+                rows.append(
+                    {"layer": layer.name, "view": view, "measure": measure, "low": low,
+                     "high": high}
+                )  # fmt: skip
+    return pd.DataFrame(rows, columns=["layer", "view", "measure", "low", "high"])
+
+
+class AlignmentCallback:
+    """Measures alignment per layer after every epoch and returns it as ``align/...`` metrics.
+
+    The loader is built once (same samples every epoch, so epochs compare); the callback
+    runs inside the loop's ``preserved_rng``, so training is unaffected by it.
+    """
+
+    def __init__(self, exp: ExperimentConfig, cell: Cell, out_dir: Path) -> None:
+        self.exp, self.cell, self.out_dir = exp, cell, out_dir
+        self.spec = alignment_spec(exp, cell)
+        self.tokenizer = load_tokenizer(cell.finetune.model.text)
+        self._loader = None
+
+    def __call__(self, ctx: EpochContext) -> Mapping[str, float]:
+        values = self.measure(ctx.task.model, ctx.epoch)
+        ctx.metrics.update(values)  # later callbacks (pruning) may read alignment values
+        return values
+
+    def measure(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
+        if self._loader is None:
+            self._loader = analysis_loader(model, self.tokenizer, self.spec)
+        info = RunInfo(self.cell.group, self.cell.seed, epoch, self.cell.finetune.data.name)
+        result = run_alignment(
+            model, self.tokenizer, self.spec, info, self.out_dir, self._loader, progress=False
+        )
+        if self.exp.analysis.null_band:
+            bands = null_bands(
+                result.representations,
+                self.spec.measures,
+                self.spec.views,
+                self.exp.analysis.null_band,
+                self.cell.seed,
+            )
+            bands.to_csv(self.out_dir / f"nulls_epoch{epoch}.csv", index=False)
+        return {
+            f"{ALIGN_PREFIX}{r.layer}/{r.view}/{r.measure}": float(r.value)
+            for r in result.table.itertuples()
+        }
+
+
+def attention_analysis(
+    model: torch.nn.Module, loader: Any, out_dir: Path, max_batches: int
+) -> dict[str, Any]:
+    """Entropy per head of the final model; co- vs self-attention test when both exist."""
+    from vilalign.analysis.attention import (
+        attention_entropy,
+        compare_coattention_focus,
+        head_means,
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = attention_entropy(model, loader, max_batches=max_batches)
+    means = head_means(frame)
+    means.to_csv(out_dir / "entropy_heads.csv", index=False)
+    summary: dict[str, Any] = {}
+    kinds = set(means["layer_kind"])
+    if {"coattention", "self"} <= kinds:
+        result = compare_coattention_focus(frame, n_resamples=999)
+        summary = result.as_row()
+    (out_dir / "focus.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def attribution_examples(
+    model: torch.nn.Module, tokenizer: Any, spec: AlignmentSpec, n: int, method: str, out: Path
+) -> list[Path]:
+    """Relevancy (or Grad-CAM / IG) overlays of the first ``n`` analysis samples."""
+    try:
+        from vilalign.analysis.attribution import explain, save_explanations
+    except ImportError as err:  # the attribution module is optional for a run
+        log.warning("attribution skipped: %s", err)
+        return []
+    small = AlignmentSpec(**{**spec.__dict__, "batch_size": n})
+    batch = next(iter(analysis_loader(model, tokenizer, small)))
+    batch = batch.to(next(model.parameters()).device)
+    explanations = explain(model, batch, method=method, tokenizer=tokenizer)
+    cfg = model.image_data_config
+    return save_explanations(
+        explanations, batch.pixel_values.cpu(), out, mean=cfg["mean"], std=cfg["std"]
+    )
+
+
+# ---------------------------------------------------------------------------- one cell
+
+
+def run_cell(
+    exp: ExperimentConfig,
+    cell: Cell,
+    out_dir: Path,
+    tracker_factory: TrackerFactory | None = None,
+) -> dict[str, Any]:
+    """Pretrain (if asked and not done), fine-tune (resuming), analyse; write done.json."""
+    start = time.perf_counter()
+    cell_dir = out_dir / "cells" / cell.key
+    pt_dir = _pretrain(cell, out_dir, tracker_factory) if cell.pretrain else None
+    ft_dir = cell_dir / "finetune"
+    align_cb = AlignmentCallback(exp, cell, cell_dir / "alignment")
+    trained = not stage_done(ft_dir)
+    if trained:
+        resume = prepare_stage(ft_dir)
+        callbacks: list[EpochCallback] = [align_cb] if exp.analysis.every_epoch else []
+        tracker = tracker_factory("finetune", cell, ft_dir) if tracker_factory else None
+        run_finetuning(
+            cell.finetune, ft_dir, init_from=pt_dir, resume=resume, callbacks=callbacks,
+            tracker=tracker,
+        )  # fmt: skip
+    results = read_results(ft_dir)
+    model = load_pretrained(ft_dir / "model").to(_device(cell))
+    if not exp.analysis.every_epoch:
+        align_cb.measure(model, int(results["epochs"]))
+    focus = _final_analyses(exp, cell, model, align_cb, cell_dir)
+    if trained:
+        extra = [cell_dir / d for d in ("alignment", "attention", "attribution")]
+        _finish(tracker_factory, ft_dir, extra)
+    done = {
+        "key": cell.key,
+        "group": cell.group,
+        "labels": cell.labels,
+        "seed": cell.seed,
+        "pretrain_dir": str(pt_dir) if pt_dir else None,
+        "test": results.get("test", {}),
+        "best_value": results.get("best_value"),
+        "epochs": results.get("epochs"),
+        "focus": focus.get("summary"),
+        "wall_s": round(time.perf_counter() - start, 1),
+    }
+    ckpt.write_json_atomic(cell_dir / DONE_FILE, done)
+    return done
+
+
+def _device(cell: Cell) -> torch.device:
+    from vilalign.train.loop import resolve_device
+
+    return resolve_device(cell.finetune.train.device)
+
+
+def _pretrain(cell: Cell, out_dir: Path, tracker_factory: TrackerFactory | None) -> Path:
+    pt_dir = out_dir / "pretrain" / str(cell.pretrain_key)
+    if not stage_done(pt_dir):
+        log.info("pretraining %s", pt_dir.name)
+        resume = prepare_stage(pt_dir)
+        tracker = tracker_factory("pretrain", cell, pt_dir) if tracker_factory else None
+        run_pretraining(cell.pretrain, pt_dir, resume=resume, tracker=tracker)
+        _finish(tracker_factory, pt_dir, [])
+    return pt_dir
+
+
+def _finish(factory: TrackerFactory | None, run_dir: Path, extra: list[Path]) -> None:
+    finish = getattr(factory, "finish", None)  # the run store uploads artifacts, closes the run
+    if callable(finish):
+        finish(run_dir, extra)
+
+
+def _final_analyses(
+    exp: ExperimentConfig,
+    cell: Cell,
+    model: torch.nn.Module,
+    align_cb: AlignmentCallback,
+    cell_dir: Path,
+) -> dict[str, Any]:
+    a = exp.analysis
+    focus: dict[str, Any] = {}
+    if a.attention and model.config.layer_kinds:
+        loader = analysis_loader(model, align_cb.tokenizer, align_cb.spec)
+        batches = max(1, a.attention_samples // a.batch_size)
+        focus = attention_analysis(model, loader, cell_dir / "attention", batches)
+    if a.attribution_examples and model.config.layer_kinds:
+        attribution_examples(
+            model, align_cb.tokenizer, align_cb.spec, a.attribution_examples,
+            a.attribution_method, cell_dir / "attribution",
+        )  # fmt: skip
+    return focus
+
+
+# ---------------------------------------------------------------------------- the grid
+
+
+def run_experiment(
+    exp: ExperimentConfig,
+    out_dir: str | Path | None = None,
+    tracker_factory: TrackerFactory | None = None,
+    progress: bool = True,
+) -> ExperimentResult:
+    """Run every cell not yet done, then write the summary tables."""
+    out = Path(out_dir) if out_dir is not None else exp.resolved_output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.write_json_atomic(out / EXPERIMENT_FILE, json.loads(exp.model_dump_json()))
+    cells = expand_grid(exp)
+    result = ExperimentResult(out, cells)
+    for cell in tqdm(cells, desc="cells", unit="cell", disable=not progress):
+        if (out / "cells" / cell.key / DONE_FILE).is_file():
+            log.info("cell %s: done already, skipped", cell.key)
+            result.skipped.append(cell.key)
+            continue
+        log.info("cell %s: running", cell.key)
+        run_cell(exp, cell, out, tracker_factory)
+        result.ran.append(cell.key)
+    result.metrics, result.groups = summarise(out)
+    return result
+
+
+# ---------------------------------------------------------------------------- summary
+
+
+def read_done(out_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(p.read_text()) for p in sorted(out_dir.glob(f"cells/*/{DONE_FILE}"))]
+
+
+def cell_metrics(done: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per finished cell: key, group, axis labels, seed, test metrics, wall time."""
+    rows = []
+    for d in done:
+        row = {"cell": d["key"], "group": d["group"]}
+        row.update({k: v for k, v in d["labels"].items() if k != "seed"})
+        row["seed"] = d["seed"]
+        row.update({k: v for k, v in d["test"].items() if isinstance(v, int | float)})
+        row["best_val"] = d.get("best_value")
+        row["wall_s"] = d.get("wall_s")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def group_metrics(cells: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame:
+    """Mean, std, n and a Student-t interval over seeds of every test metric, per group."""
+    if cells.empty:
+        return cells
+    metrics = [c for c in cells.columns if c.startswith("test/") or c == "best_val"]
+    labels = [c for c in cells.columns if c not in ("cell", "seed", "wall_s", *metrics)]
+    rows = []
+    for keys, part in cells.groupby(labels, sort=False, dropna=False):
+        row = dict(zip(labels, keys if isinstance(keys, tuple) else (keys,), strict=True))
+        for m in metrics:
+            values = part[m].dropna().to_numpy(dtype=float)
+            row.update(mean_interval(values, m, confidence))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def mean_interval(values: np.ndarray, name: str, confidence: float = 0.95) -> dict[str, float]:
+    """``name``, ``name_std``, ``name_n``, ``name_ci_low/high`` (NaN spread for one seed)."""
+    n = len(values)
+    mean = float(values.mean()) if n else float("nan")
+    std = float(values.std(ddof=1)) if n > 1 else float("nan")
+    t = scipy.stats.t.ppf((1 + confidence) / 2, max(n - 1, 1))
+    half = float(t * std / np.sqrt(n)) if n > 1 else float("nan")
+    return {
+        name: mean, f"{name}_std": std, f"{name}_n": n,
+        f"{name}_ci_low": mean - half, f"{name}_ci_high": mean + half,
+    }  # fmt: skip
+
+
+def alignment_tables(out_dir: Path) -> pd.DataFrame:
+    """Every cell's per-epoch alignment table, stacked (``run`` = the cell's group)."""
+    files = [
+        f
+        for f in sorted(out_dir.glob("cells/*/alignment/alignment_epoch*.csv"))
+        if re.fullmatch(r"alignment_epoch\d+\.csv", f.name)  # not the layer matrices
+    ]
+    if not files:
+        return pd.DataFrame()
+    return pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+
+
+def summarise(out_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write summary/cells.csv, groups.csv, alignment.csv and alignment_groups.csv."""
+    from vilalign.analysis.stats import aggregate_over_seeds
+
+    out_dir = Path(out_dir)
+    summary = out_dir / "summary"
+    summary.mkdir(parents=True, exist_ok=True)
+    cells = cell_metrics(read_done(out_dir))
+    groups = group_metrics(cells)
+    cells.to_csv(summary / "cells.csv", index=False)
+    groups.to_csv(summary / "groups.csv", index=False)
+    align = alignment_tables(out_dir)
+    if not align.empty:
+        align.to_csv(summary / "alignment.csv", index=False)
+        by = ["run", "epoch", "dataset", "layer", "layer_kind", "view", "measure"]
+        aggregate_over_seeds(align, by=by).to_csv(summary / "alignment_groups.csv", index=False)
+    return cells, groups

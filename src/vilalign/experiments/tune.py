@@ -1,0 +1,328 @@
+"""Hyper-parameter search with Optuna over an experiment file's ``tune`` section.
+
+A trial takes the base cell of the grid (the first value of every axis, first seed),
+applies the values Optuna suggests for the declared search space (dotted paths into
+``model``, ``pretrain`` and ``finetune``), pretrains if that cell pretrains, fine-tunes on
+each dataset an objective names, and returns the objective values.
+
+- **Single objective**: the per-epoch metric is reported to Optuna and a median or
+  Hyperband pruner stops a trial that falls behind the others.
+- **Multi-objective** (e.g. accuracy on two datasets, or accuracy and an alignment
+  score ``align/<layer>/<view>/<measure>``): the Pareto front is reported; no pruning,
+  which Optuna does not support for several objectives.
+
+Storage is a SQLite file in the output folder by default, so a study survives a crash and
+a second invocation continues it; any RDB URL (PostgreSQL) lets many workers share one.
+The best trial's experiment file is written out ready for ``vilalign run`` (one per
+Pareto-optimal trial for several objectives).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from vilalign.config import deep_merge, validate
+from vilalign.experiments.runner import AlignmentCallback, prepare_stage
+from vilalign.experiments.spec import (
+    Cell,
+    ExperimentConfig,
+    ObjectiveSpec,
+    ParamSpace,
+    TuneConfig,
+    expand_grid,
+)
+from vilalign.train.loop import EpochContext, NonFiniteLossError
+from vilalign.train.run import RunResult, run_finetuning, run_pretraining
+
+log = logging.getLogger(__name__)
+
+BEST_FILE = "best_experiment.yaml"
+BEST_RUN_FILE = "best_finetune.yaml"
+PARETO_FILE = "pareto_front.csv"
+TRIALS_FILE = "trials.csv"
+
+
+@dataclass
+class TuneResult:
+    study: Any  # optuna.Study
+    out_dir: Path
+    n_trials: int
+    best: list[dict[str, Any]]  # number, values, params of the best / Pareto-optimal trials
+    files: list[Path] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- study setup
+
+
+def default_storage(out_dir: str | Path) -> str:
+    return f"sqlite:///{Path(out_dir).resolve() / 'optuna.db'}"
+
+
+def make_sampler(tc: TuneConfig) -> Any:
+    import optuna
+
+    if tc.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=tc.seed)
+    if tc.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=tc.seed)
+    multi = len(tc.objectives) > 1
+    return optuna.samplers.TPESampler(seed=tc.seed, multivariate=True, group=multi)
+
+
+def make_pruner(tc: TuneConfig, max_epochs: int) -> Any:
+    """Median or Hyperband on the per-epoch metric; none for multi-objective studies."""
+    import optuna
+
+    if len(tc.objectives) > 1 or tc.pruner == "none":
+        if len(tc.objectives) > 1 and tc.pruner != "none":
+            log.info("pruning is off: Optuna does not prune multi-objective studies")
+        return optuna.pruners.NopPruner()
+    if tc.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max(max_epochs, 1))
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=tc.startup_trials, n_warmup_steps=tc.warmup_epochs
+    )
+
+
+def load_study(exp: ExperimentConfig, out_dir: Path, storage: str | None = None) -> Any:
+    """Create the study, or load it when it exists in the storage (to continue it)."""
+    import optuna
+
+    tc = _tune(exp)
+    cell = base_cell(exp)
+    return optuna.create_study(
+        study_name=tc.study_name or exp.name,
+        storage=storage or tc.storage or default_storage(out_dir),
+        directions=[o.direction for o in tc.objectives],
+        sampler=make_sampler(tc),
+        pruner=make_pruner(tc, cell.finetune.train.epochs),
+        load_if_exists=True,
+    )
+
+
+def _tune(exp: ExperimentConfig) -> TuneConfig:
+    if exp.tune is None:
+        raise ValueError(f"experiment {exp.name!r}: no 'tune' section (search space, objectives)")
+    if not exp.tune.space:
+        raise ValueError(f"experiment {exp.name!r}: tune.space declares no parameters")
+    return exp.tune
+
+
+# ---------------------------------------------------------------------------- one trial
+
+
+def suggest(trial: Any, path: str, space: ParamSpace) -> Any:
+    if space.type == "categorical":
+        return trial.suggest_categorical(path, space.choices)
+    if space.type == "int":
+        step = int(space.step or 1)
+        return trial.suggest_int(path, int(space.low), int(space.high), step=step, log=space.log)
+    return trial.suggest_float(path, space.low, space.high, step=space.step, log=space.log)
+
+
+def nested(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"finetune.optim.lr": 1e-4}`` → ``{"finetune": {"optim": {"lr": 1e-4}}}``."""
+    out: dict[str, Any] = {}
+    for path, value in values.items():
+        node = out
+        *parents, leaf = path.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return out
+
+
+def with_params(exp: ExperimentConfig, params: Mapping[str, Any]) -> ExperimentConfig:
+    """The experiment with searched values merged into model / pretrain / finetune."""
+    data = deep_merge(json.loads(exp.model_dump_json()), nested(params))
+    return validate(ExperimentConfig, data, source=f"experiment {exp.name!r} with {dict(params)}")
+
+
+def base_cell(exp: ExperimentConfig, dataset: str | None = None) -> Cell:
+    """The first cell of the grid (first value of every axis), or the first on ``dataset``."""
+    cells = expand_grid(exp)
+    if dataset is None:
+        return cells[0]
+    for cell in cells:
+        if cell.finetune.data.name == dataset or cell.labels.get("dataset") == dataset:
+            return cell
+    raise ValueError(f"tune: objective dataset {dataset!r} is not in the grid's datasets")
+
+
+class PruningCallback:
+    """Reports the per-epoch metric to the trial; stops the run when the pruner says so."""
+
+    def __init__(self, trial: Any, metric: str) -> None:
+        self.trial, self.metric = trial, metric
+
+    def __call__(self, ctx: EpochContext) -> None:
+        import optuna
+
+        if self.metric not in ctx.metrics:
+            raise KeyError(
+                f"tune.prune_metric: {self.metric!r} is not reported per epoch; "
+                f"available: {', '.join(sorted(ctx.metrics))}"
+            )
+        self.trial.report(float(ctx.metrics[self.metric]), ctx.epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"epoch {ctx.epoch}: {self.metric}={ctx.metrics[self.metric]}")
+
+
+def objective_value(spec: ObjectiveSpec, result: RunResult) -> float:
+    """``test/...`` from the test evaluation; anything else from the epoch kept as best."""
+    source = result.test_metrics if spec.metric.startswith("test/") else best_epoch(result)
+    if spec.metric not in source:
+        raise KeyError(
+            f"tune.objectives: metric {spec.metric!r} not reported; "
+            f"available: {', '.join(sorted(source))}"
+        )
+    return float(source[spec.metric])
+
+
+def best_epoch(result: RunResult) -> dict[str, float]:
+    """The history row whose weights were kept (the best monitored value), else the last."""
+    history = result.fit.history
+    best = result.fit.best_value
+    for row in history:
+        if best is not None and best in row.values():
+            return row
+    return history[-1] if history else {}
+
+
+class Objective:
+    """Callable for ``study.optimize``: one trial = pretrain (if any) + fine-tune per dataset."""
+
+    def __init__(self, exp: ExperimentConfig, out_dir: Path) -> None:
+        self.exp, self.out_dir, self.tc = exp, out_dir, _tune(exp)
+
+    def __call__(self, trial: Any) -> float | list[float]:
+        params = {p: suggest(trial, p, s) for p, s in self.tc.space.items()}
+        exp = with_params(self.exp, params)
+        trial_dir = self.out_dir / "trials" / f"trial_{trial.number:04d}"
+        results: dict[str | None, RunResult] = {}
+        values = []
+        for i, spec in enumerate(self.tc.objectives):
+            if spec.dataset not in results:
+                prune = len(self.tc.objectives) == 1 and i == 0
+                results[spec.dataset] = self._run(trial, exp, spec, trial_dir, prune)
+            values.append(objective_value(spec, results[spec.dataset]))
+        return values[0] if len(values) == 1 else values
+
+    def _run(
+        self, trial: Any, exp: ExperimentConfig, spec: ObjectiveSpec, trial_dir: Path, prune: bool
+    ) -> RunResult:
+        cell = base_cell(exp, spec.dataset)
+        run_dir = trial_dir / cell.key
+        init_from = None
+        if cell.pretrain is not None:
+            pt_dir = run_dir / "pretrain"
+            run_pretraining(cell.pretrain, pt_dir, resume=prepare_stage(pt_dir))
+            init_from = pt_dir
+        callbacks: list[Any] = []
+        metrics = [o.metric for o in self.tc.objectives] + [self.tc.prune_metric or ""]
+        if any(m.startswith("align/") for m in metrics):
+            callbacks.append(AlignmentCallback(exp, cell, run_dir / "alignment"))
+        if prune:
+            callbacks.append(PruningCallback(trial, self.tc.prune_metric or spec.metric))
+        ft_dir = run_dir / "finetune"
+        return run_finetuning(
+            cell.finetune, ft_dir, init_from=init_from, resume=prepare_stage(ft_dir),
+            callbacks=callbacks,
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- the study
+
+
+def run_study(
+    exp: ExperimentConfig,
+    out_dir: str | Path | None = None,
+    storage: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+) -> TuneResult:
+    """Run (or continue) the study; write trials.csv and the best configuration(s)."""
+    tc = _tune(exp)
+    out = Path(out_dir) if out_dir is not None else exp.resolved_output_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    study = load_study(exp, out, storage)
+    before = len(study.trials)
+    study.optimize(
+        Objective(exp, out),
+        n_trials=n_trials or tc.n_trials,
+        timeout=timeout or tc.timeout,
+        catch=(NonFiniteLossError,),  # a diverged trial fails; the study goes on
+    )
+    log.info(
+        "study %s: %d trials now (%d new)",
+        study.study_name,
+        len(study.trials),
+        len(study.trials) - before,
+    )
+    return TuneResult(
+        study, out, len(study.trials), best_trials(study), write_outputs(exp, study, out)
+    )
+
+
+def best_trials(study: Any) -> list[dict[str, Any]]:
+    """The best trial (single objective) or the Pareto front (several)."""
+    try:
+        trials = study.best_trials if len(study.directions) > 1 else [study.best_trial]
+    except ValueError:  # no completed trial yet
+        return []
+    return [{"number": t.number, "values": list(t.values), "params": t.params} for t in trials]
+
+
+def write_outputs(exp: ExperimentConfig, study: Any, out: Path) -> list[Path]:
+    """trials.csv; best_experiment.yaml + best_finetune.yaml, or pareto_front.csv and one
+    experiment file per Pareto-optimal trial."""
+    files = [out / TRIALS_FILE]
+    study.trials_dataframe().to_csv(files[0], index=False)
+    best = best_trials(study)
+    if not best:
+        return files
+    if len(study.directions) == 1:
+        files += write_best(exp, best[0]["params"], out / BEST_FILE, out / BEST_RUN_FILE)
+        return files
+    front = pd.DataFrame(
+        [{"trial": b["number"], **_values(exp, b["values"]), **b["params"]} for b in best]
+    )
+    front.to_csv(out / PARETO_FILE, index=False)
+    files.append(out / PARETO_FILE)
+    for b in best:
+        files += write_best(exp, b["params"], out / "pareto" / f"trial_{b['number']:04d}.yaml")
+    return files
+
+
+def _values(exp: ExperimentConfig, values: list[float]) -> dict[str, float]:
+    specs = _tune(exp).objectives
+    return {
+        f"{s.metric}" + (f"@{s.dataset}" if s.dataset else ""): v
+        for s, v in zip(specs, values, strict=True)
+    }
+
+
+def write_best(
+    exp: ExperimentConfig, params: Mapping[str, Any], path: Path, run_path: Path | None = None
+) -> list[Path]:
+    """The experiment with ``params`` applied (for ``vilalign run``) and, optionally, the
+    base cell's fine-tuning run file (for ``vilalign finetune``)."""
+    best = with_params(exp, params)
+    data = json.loads(best.model_dump_json())
+    data["description"] = (data.get("description", "") + f" Tuned: {dict(params)}").strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    files = [path]
+    if run_path is not None:
+        run = json.loads(base_cell(best).finetune.model_dump_json())
+        run_path.write_text(yaml.safe_dump(run, sort_keys=False))
+        files.append(run_path)
+    return files
