@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import html
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,8 @@ import pandas as pd
 import torch
 from scipy import stats
 from torch import nn
+
+from vilalign.model.checkpoint import unwrap
 
 log = logging.getLogger(__name__)
 
@@ -517,13 +518,7 @@ def _finish_html(body: str, inline_js: Mapping[str, Path] | None) -> str:
 
 def image_grid(model: nn.Module) -> tuple[int, int]:
     """The (rows, cols) patch grid of the model's ViT."""
-    grid = getattr(model.image_encoder.vit.patch_embed, "grid_size", None)
-    if grid is not None:
-        return int(grid[0]), int(grid[1])
-    side = math.isqrt(model.num_patches)
-    if side * side != model.num_patches:
-        raise ValueError(f"cannot infer a square patch grid from {model.num_patches} patches")
-    return side, side
+    return unwrap(model).patch_grid
 
 
 def export_bertviz(

@@ -146,6 +146,12 @@ class VilbertModel(nn.Module):
         return self.image_encoder.num_patches
 
     @property
+    def patch_grid(self) -> tuple[int, int]:
+        """(rows, cols) of image patches; patch states are in row-major order."""
+        rows, cols = self.image_encoder.vit.patch_embed.grid_size
+        return int(rows), int(cols)
+
+    @property
     def num_prefix_tokens(self) -> int:
         return self.image_encoder.num_prefix_tokens
 
