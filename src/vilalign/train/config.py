@@ -100,12 +100,59 @@ class CheckpointConfig(StrictModel):
     keep_best: bool = True
 
 
+class FastPathConfig(StrictModel):
+    """GPU fast paths, each switchable (for benchmarks and debugging); none changes the maths.
+
+    On by default where safe. On CPU they do nothing (except ``sdpa``, which is the
+    default attention there as well).
+    """
+
+    sdpa: bool = Field(
+        True,
+        description="Fused scaled_dot_product_attention (flash / memory-efficient kernels) in "
+        "every attention; False: the explicit softmax path (slow; analysis asks for it per call).",
+    )
+    compile_fusion: bool = Field(
+        False,
+        description="torch.compile each fusion (co-attention) layer; off by default: compiling "
+        "takes minutes and helps only long runs. (train.compile compiles the whole model.)",
+    )
+    fused_adamw: bool = Field(True, description="AdamW's fused CUDA kernel (one launch per step).")
+    channels_last: bool = Field(
+        True, description="Images and the patch-embedding conv in channels-last layout on CUDA."
+    )
+    pin_memory: bool = Field(True, description="Page-locked loader batches on CUDA.")
+    tf32: bool = Field(
+        True, description="TF32 tensor cores for float32 matmuls/convs on CUDA (Ampere+)."
+    )
+
+
+class DistributedConfig(StrictModel):
+    """DDP under torchrun; ignored in a single process."""
+
+    find_unused_parameters: bool = Field(
+        False,
+        description="Let DDP skip parameters a step does not use (slower); needed only for "
+        "models with branches that some batches skip.",
+    )
+    timeout_s: float = Field(
+        1800.0,
+        gt=0,
+        description="How long a rank waits for the others (rank 0 runs the epoch callbacks alone).",
+    )
+
+
 class TrainConfig(StrictModel):
     """The loop: batches, accumulation, epochs, precision, evaluation, checkpoints."""
 
-    batch_size: int = Field(32, ge=1, description="Micro-batch size (what fits in memory).")
+    batch_size: int = Field(
+        32, ge=1, description="Micro-batch size per process (what fits in one device's memory)."
+    )
     target_batch_size: int | None = Field(
-        None, ge=1, description="Samples per optimiser step; a multiple of batch_size."
+        None,
+        ge=1,
+        description="Samples per optimiser step over all ranks; a multiple of batch_size x "
+        "ranks (the rest is gradient accumulation). Default: batch_size x ranks.",
     )
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimiser steps.")
@@ -127,6 +174,8 @@ class TrainConfig(StrictModel):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     progress: bool = Field(True, description="Show a tqdm bar per epoch.")
+    fast: FastPathConfig = FastPathConfig()
+    distributed: DistributedConfig = DistributedConfig()
     log_every_n_steps: int = Field(10, ge=1)
 
     @model_validator(mode="after")
@@ -140,7 +189,7 @@ class TrainConfig(StrictModel):
 
     @property
     def accumulation_steps(self) -> int:
-        """Micro-batches per optimiser step."""
+        """Micro-batches per optimiser step in a single process (see ``Trainer`` for DDP)."""
         return (self.target_batch_size or self.batch_size) // self.batch_size
 
 

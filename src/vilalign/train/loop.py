@@ -6,6 +6,12 @@ target batch size, gradient clipping, bf16 autocast on CUDA, optional ``torch.co
 evaluation every epoch, early stopping, a checkpoint every epoch (and every N steps), and
 exact resume: weights, optimizer, scheduler, scaler, RNG states and the data position are
 restored, so a resumed CPU run ends bit-identical to an uninterrupted one.
+
+Under ``torchrun`` the same loop runs DDP (see :mod:`vilalign.train.distributed`): each rank
+takes its share of every global batch, gradients are averaged once per optimiser step
+(``no_sync`` on the other micro-batches), metrics are reduced over ranks, and only rank 0
+logs and writes. The data position is counted in samples of the global order, so a run
+resumes with the same or another number of processes.
 """
 
 from __future__ import annotations
@@ -24,15 +30,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from vilalign.data.types import Batch
 from vilalign.train import checkpoint as ckpt
+from vilalign.train import distributed as dist
+from vilalign.train import fastpath
 from vilalign.train.config import OptimConfig, TrainConfig
 from vilalign.train.optim import build_optimizer, build_scheduler
 from vilalign.train.tasks import StepResult, Task
-from vilalign.train.tracker import FileTracker, Tracker
+from vilalign.train.tracker import FileTracker, NullTracker, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +129,8 @@ class Progress:
     """Where the loop is; saved in every checkpoint."""
 
     epoch: int = 0  # the epoch under way (0-based)
-    batch_in_epoch: int = 0  # micro-batches of it already consumed
+    batch_in_epoch: int = 0  # micro-batches of it already consumed (by each rank)
+    samples_in_epoch: int = 0  # samples of the epoch's global order consumed (all ranks)
     step: int = 0  # optimiser steps done
     best_value: float | None = None
     best_step: int | None = None
@@ -180,15 +190,18 @@ class Trainer:
         self.cfg, self.optim_cfg = cfg, optim
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.device = resolve_device(cfg.device)
+        self.device = dist.init_distributed(cfg.device, cfg.distributed.timeout_s)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+        self.is_main = self.rank == 0
+        self._check_world()
         self.task = task.to(self.device)
-        if cfg.compile:
-            self.task.model.compile()  # in place: parameter names stay un-prefixed
+        fastpath.apply_fast_paths(self.task.model, cfg.fast, self.device, cfg.compile)
+        self._ddp = self._wrap_ddp()
         self.train_data, self.val_data, self.collate_fn = train_data, val_data, collate_fn
-        self.tracker = tracker or FileTracker(self.run_dir)
+        self.tracker = (tracker or FileTracker(self.run_dir)) if self.is_main else NullTracker()
         self.callbacks, self.step_callbacks = list(callbacks), list(step_callbacks)
         self.amp_dtype = autocast_dtype(cfg.amp, self.device)
-        self.optimizer = build_optimizer(self.task, optim)
+        self.optimizer = build_optimizer(self.task, optim, fused=cfg.fast.fused_adamw)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, optim)
         fp16 = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -197,15 +210,49 @@ class Trainer:
         self.epoch_meter, self.log_meter = Meter(), Meter()
         self.history: list[dict[str, float]] = []
 
+    def _check_world(self) -> None:
+        per_step = self.cfg.batch_size * self.world_size
+        target = self.cfg.target_batch_size
+        if target is not None and target % per_step:
+            raise ValueError(
+                f"target_batch_size: {target} is not a multiple of batch_size x ranks = "
+                f"{self.cfg.batch_size} x {self.world_size}"
+            )
+        if self.world_size > 1:
+            # Different dropout on every rank (the weights are broadcast from rank 0 anyway).
+            torch.manual_seed(self.cfg.seed * 1_000_003 + self.rank)
+
+    def _wrap_ddp(self) -> DistributedDataParallel | None:
+        """DDP around the task when there are several ranks (it broadcasts rank 0's weights)."""
+        if self.world_size == 1:
+            return None
+        return DistributedDataParallel(
+            self.task,
+            device_ids=[self.device] if self.device.type == "cuda" else None,
+            find_unused_parameters=self.cfg.distributed.find_unused_parameters,
+        )
+
+    @property
+    def step_module(self) -> torch.nn.Module:
+        """What runs a training step: DDP around the task, or the task itself."""
+        return self._ddp if self._ddp is not None else self.task
+
     # ------------------------------------------------------------------ sizes
 
     @property
+    def accumulation_steps(self) -> int:
+        """Micro-batches per optimiser step on each rank: the global target / (batch x ranks)."""
+        per_step = self.cfg.batch_size * self.world_size
+        return (self.cfg.target_batch_size or per_step) // per_step
+
+    @property
     def micro_batches_per_epoch(self) -> int:
-        return math.ceil(len(self.train_data) / self.cfg.batch_size)
+        """Micro-batches each rank takes per epoch (its share is padded to equal length)."""
+        return math.ceil(math.ceil(len(self.train_data) / self.world_size) / self.cfg.batch_size)
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.micro_batches_per_epoch / self.cfg.accumulation_steps)
+        return math.ceil(self.micro_batches_per_epoch / self.accumulation_steps)
 
     @property
     def total_steps(self) -> int:
@@ -244,8 +291,10 @@ class Trainer:
         Its own generator keeps the loader from drawing on the global torch RNG (which
         would shift dropout between an uninterrupted and a resumed run).
         """
-        sampler = EpochSampler(len(dataset), self.cfg.seed, shuffle)
+        sampler: Sampler[int] = EpochSampler(len(dataset), self.cfg.seed, shuffle)
         sampler.set_position(epoch, start)
+        if self.world_size > 1:
+            sampler = dist.RankShard(sampler, self.rank, self.world_size)
         set_epoch = getattr(self.collate_fn, "set_epoch", None)
         if callable(set_epoch):
             set_epoch(epoch)
@@ -255,7 +304,7 @@ class Trainer:
             sampler=sampler,
             collate_fn=self.collate_fn,
             num_workers=self.cfg.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=fastpath.pin_memory(self.cfg.fast, self.device),
             generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch),
         )
 
@@ -267,14 +316,16 @@ class Trainer:
         ``samples_per_s`` and ``data_wait_share`` (time blocked on the loader / wall time)
         count this call only, so a resumed epoch reports its own pace.
         """
-        p, accum = self.progress, self.cfg.accumulation_steps
-        loader = self.loader(self.train_data, True, p.epoch, p.batch_in_epoch * self.cfg.batch_size)
+        p, accum = self.progress, self.accumulation_steps
+        if p.batch_in_epoch and not p.samples_in_epoch:  # a checkpoint from before DDP
+            p.samples_in_epoch = p.batch_in_epoch * self.cfg.batch_size
+        loader = self.loader(self.train_data, True, p.epoch, p.samples_in_epoch)
         batches = iter(loader)
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=p.batch_in_epoch // accum,
             desc=f"epoch {p.epoch + 1}/{self.cfg.epochs}",
-            disable=not self.cfg.progress,
+            disable=not (self.cfg.progress and self.is_main),
             leave=False,
         )
         self.task.train()
@@ -305,12 +356,14 @@ class Trainer:
     def _optimizer_step(self, group: list[Batch]) -> None:
         """Accumulate gradients over ``group`` (weighted by size: = one big batch), then step."""
         total = sum(len(b) for b in group)
-        for batch in group:
-            batch = batch.to(self.device, non_blocking=True)
-            with self._autocast():
-                result = self.task(batch)
-            self._check_finite(result, batch)
-            self.scaler.scale(result.loss * (len(batch) / total)).backward()
+        for i, batch in enumerate(group):
+            batch = fastpath.to_device(batch, self.device, self.cfg.fast)
+            # DDP: average gradients over ranks once, after the last micro-batch.
+            with self._no_sync(last=i == len(group) - 1):
+                with self._autocast():
+                    result = self.step_module(batch)
+                self._check_finite(result, batch)
+                self.scaler.scale(result.loss * (len(batch) / total)).backward()
             for meter in (self.epoch_meter, self.log_meter):
                 meter.update(result.logs, len(batch))
         if self.optim_cfg.grad_clip is not None:
@@ -322,8 +375,14 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.progress.batch_in_epoch += len(group)
+        self.progress.samples_in_epoch += total * self.world_size
         self.progress.step += 1
         self._clock["samples"] += total
+
+    def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        if last or self._ddp is None:
+            return contextlib.nullcontext()
+        return self._ddp.no_sync()
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -331,7 +390,12 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _check_finite(self, result: StepResult, batch: Batch) -> None:
-        if torch.isfinite(result.loss).item():
+        finite = torch.isfinite(result.loss.detach()).float()
+        if self.world_size > 1:
+            # Every rank stops together: one rank raising alone would leave the others
+            # waiting in the next collective until the timeout.
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        if finite.item():
             return
         p = self.progress
         terms = ", ".join(f"{k}={float(v):.4g}" for k, v in result.logs.items())
@@ -347,7 +411,7 @@ class Trainer:
         p = self.progress
         if p.step % self.cfg.log_every_n_steps == 0:
             lr = self.scheduler.get_last_lr()[0]
-            logs = {f"train/{k}": v for k, v in self.log_meter.means().items()}
+            logs = {f"train/{k}": v for k, v in _reduced(self.log_meter).means().items()}
             self.tracker.log_metrics({**logs, "train/lr": lr}, p.step, p.epoch + 1)
             self.log_meter = Meter()
         every = self.cfg.checkpoint.every_n_steps
@@ -361,12 +425,12 @@ class Trainer:
     def _end_epoch(self) -> None:
         """Evaluate, update best / early stopping, checkpoint, log, run the callbacks."""
         p = self.progress
-        summary = {f"train/{k}": v for k, v in self.epoch_meter.means().items()}
+        summary = {f"train/{k}": v for k, v in _reduced(self.epoch_meter).means().items()}
         summary.update({f"train/{k}": v for k, v in self._timing().items()})
         if self.val_data is not None:
             summary.update(self.evaluate(self.val_data, "val"))
         improved = self._update_best(summary)
-        p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+        p.epoch, p.batch_in_epoch, p.samples_in_epoch = p.epoch + 1, 0, 0
         self.epoch_meter = Meter()
         self.history.append({"epoch": p.epoch, "step": p.step, **summary})
         self.save(best=improved)
@@ -404,6 +468,11 @@ class Trainer:
         return False
 
     def _run_callbacks(self, summary: dict[str, float]) -> None:
+        # Rank 0 alone runs them (on the whole data it is given, with the unwrapped model);
+        # the other ranks wait for it, so no rank runs ahead into the next epoch.
+        if not self.is_main:
+            dist.barrier()
+            return
         context = EpochContext(self, self.progress.epoch, self.progress.step, summary)
         for callback in self.callbacks:
             with preserved_rng():
@@ -411,25 +480,35 @@ class Trainer:
             if extra:
                 self.tracker.log_metrics(extra, self.progress.step, self.progress.epoch)
                 self.history[-1].update(extra)
+        dist.barrier()
 
     # ------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
     def evaluate(self, dataset: Dataset, split: str = "val") -> dict[str, float]:
-        """Mean of the task's logged scalars and its split-level metrics, keys ``split/name``."""
+        """Mean of the task's logged scalars and its split-level metrics, keys ``split/name``.
+
+        Under DDP each rank evaluates its share; the per-sample outputs are gathered back
+        into dataset order (padding dropped) and the scalars summed over ranks, so every
+        rank returns the whole split's figures. (A padded sample, at most ranks - 1 of
+        them, counts twice in the logged loss means, never in the metrics.)
+        """
         with preserved_rng():
             was_training = self.task.training
             self.task.eval()
             meter, outputs = Meter(), defaultdict(list)
             for batch in self.loader(dataset, shuffle=False):
-                batch = batch.to(self.device, non_blocking=True)
+                batch = fastpath.to_device(batch, self.device, self.cfg.fast)
                 with self._autocast():
                     result = self.task(batch)
                 meter.update(result.logs, len(batch))
                 for k, v in result.outputs.items():
                     outputs[k].append(v.cpu())
-            metrics = meter.means()
-            metrics.update(self.task.metrics({k: torch.cat(v) for k, v in outputs.items()}))
+            metrics = _reduced(meter).means()
+            gathered = {
+                k: dist.gather_in_order(torch.cat(v), len(dataset)) for k, v in outputs.items()
+            }
+            metrics.update(self.task.metrics(gathered))
             self.task.train(was_training)
         return {f"{split}/{k}": v for k, v in metrics.items()}
 
@@ -437,11 +516,14 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         """Everything but the weights that an exact resume needs."""
+        rng = ckpt.rng_state()
         return {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": ckpt.rng_state(),
+            "rng": rng,
+            # every rank's streams (dropout differs per rank), for a resume on as many ranks
+            "rng_ranks": dist.all_gather_object(rng) if self.world_size > 1 else [],
             "progress": asdict(self.progress),
             "epoch_meter": self.epoch_meter.state(),
             "log_meter": self.log_meter.state(),
@@ -449,12 +531,17 @@ class Trainer:
         }
 
     def save(self, best: bool = False) -> Path:
-        path = ckpt.save_checkpoint(self.ckpt_dir, self.progress.step, self.task, self.state())
-        if best and self.cfg.checkpoint.keep_best:
-            ckpt.mark_best(
-                self.ckpt_dir, self.progress.step, self.monitor, float(self.progress.best_value)
-            )
-        ckpt.prune(self.ckpt_dir)
+        """Rank 0 writes the checkpoint; every rank returns once it is complete."""
+        state = self.state()  # on every rank: it gathers the ranks' RNG states
+        path = self.ckpt_dir / ckpt.checkpoint_name(self.progress.step)
+        if self.is_main:
+            path = ckpt.save_checkpoint(self.ckpt_dir, self.progress.step, self.task, state)
+            if best and self.cfg.checkpoint.keep_best:
+                ckpt.mark_best(
+                    self.ckpt_dir, self.progress.step, self.monitor, float(self.progress.best_value)
+                )
+            ckpt.prune(self.ckpt_dir)
+        dist.barrier()
         return path
 
     def resume(self) -> bool:
@@ -473,11 +560,25 @@ class Trainer:
         self.log_meter = Meter(state["log_meter"])
         self.history = list(state["history"])
         self.tracker.rewind(self.progress.step)
-        ckpt.set_rng_state(state["rng"])  # last: nothing above may draw after it
+        self._restore_rng(state)  # last: nothing above may draw after it
         logger.info(
             "resumed from %s (epoch %d, step %d)", path, self.progress.epoch + 1, self.progress.step
         )
         return True
+
+    def _restore_rng(self, state: dict[str, Any]) -> None:
+        ranks = state.get("rng_ranks") or []
+        if len(ranks) == self.world_size:
+            ckpt.set_rng_state(ranks[self.rank])
+            return
+        ckpt.set_rng_state(state["rng"])
+        if self.world_size > 1:  # another world size: fresh per-rank streams, still seeded
+            torch.manual_seed((self.cfg.seed * 1_000_003 + self.progress.step) * 997 + self.rank)
+
+
+def _reduced(meter: Meter) -> Meter:
+    """The meter summed over ranks (itself in a single process)."""
+    return Meter(dist.all_reduce_sums(meter.state())) if dist.is_distributed() else meter
 
 
 def _monitor(cfg: TrainConfig, task: Task, has_val: bool) -> tuple[str, str]:

@@ -72,17 +72,20 @@ def param_groups(module: nn.Module, cfg: OptimConfig) -> list[dict]:
     return out
 
 
-def build_optimizer(module: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`: fused kernel on CUDA, multi-tensor (foreach) on CPU."""
+def build_optimizer(module: nn.Module, cfg: OptimConfig, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`: fused kernel on CUDA, multi-tensor (foreach) on CPU.
+
+    ``fused=False`` (``train.fast.fused_adamw``) keeps the multi-tensor kernel on CUDA too.
+    """
     groups = param_groups(module, cfg)
-    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
+    use_fused = fused and all(p.is_cuda for g in groups for p in g["params"])
     return torch.optim.AdamW(
         groups,
         lr=cfg.lr,
         betas=cfg.betas,
         eps=cfg.eps,
-        fused=True if on_cuda else None,
-        foreach=None if on_cuda else True,
+        fused=True if use_fused else None,
+        foreach=None if use_fused else True,
     )
 
 

@@ -31,6 +31,22 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
+class NullTracker:
+    """Records nothing: what every rank but rank 0 of a DDP run logs to."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int, epoch: int) -> None:
+        pass
+
+    def rewind(self, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class FileTracker:
     """Append-only metrics files in the run folder, plus a PNG plot on :meth:`plot`."""
 
