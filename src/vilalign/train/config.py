@@ -55,6 +55,12 @@ class MimConfig(StrictModel):
     ratio: float = Field(0.4, gt=0, lt=1, description="Share of image patches masked.")
     pattern: Literal["random", "block"] = "random"
     temperature: float = Field(0.1, gt=0)
+    gather_negatives: bool = Field(
+        False,
+        description="DDP: every rank's masked patches as negatives too. Off by default: each "
+        "rank already has batch x masked patches (thousands) of negatives, and gathering "
+        "multiplies the logits' memory by the number of ranks.",
+    )
 
 
 class ApConfig(StrictModel):
@@ -70,6 +76,9 @@ class ItcConfig(StrictModel):
         "the original work found it swamps the other terms.",
     )
     temperature: float = Field(0.07, gt=0)
+    gather_negatives: bool = Field(
+        True, description="DDP: the pairs of every rank as negatives (CLIP's global batch)."
+    )
 
 
 class ObjectivesConfig(StrictModel):

@@ -16,6 +16,11 @@ from torch import nn
 
 from vilalign.data.masking import IGNORE_INDEX
 from vilalign.model.pretraining_heads import AlignmentHead, MimProjection, MlmHead
+from vilalign.train.distributed import (
+    gathered_info_nce,
+    gathered_symmetric_info_nce,
+    is_distributed,
+)
 
 
 @dataclass
@@ -71,12 +76,14 @@ class ContrastiveMIM(nn.Module):
     Positive: the same patch of the same image in the unmasked view. Negatives: every other
     masked patch in the batch (other positions and other images). The target is detached
     (stop-gradient): it is what the online view should predict, not something to move.
+    Under DDP with ``gather``, the masked patches of every rank are negatives too.
     """
 
-    def __init__(self, dim: int, temperature: float) -> None:
+    def __init__(self, dim: int, temperature: float, gather: bool = False) -> None:
         super().__init__()
         self.projection = MimProjection(dim)
         self.temperature = temperature
+        self.gather = gather
 
     def forward(
         self,
@@ -86,7 +93,8 @@ class ContrastiveMIM(nn.Module):
         num_prefix_tokens: int = 1,
     ) -> ObjectiveOutput:
         """States (B, prefix + P, D) of both views; ``mim_mask`` (B, P) True where masked."""
-        if not mim_mask.any():
+        # A rank with nothing masked still joins the gather (the others wait for it).
+        if not mim_mask.any() and not (self.gather and is_distributed()):
             return ObjectiveOutput(_zero(masked_states))
         online = self.projection(masked_states[:, num_prefix_tokens:][mim_mask])  # (N, D)
         target = target_states[:, num_prefix_tokens:][mim_mask].detach()  # (N, D)
@@ -95,8 +103,10 @@ class ContrastiveMIM(nn.Module):
     def loss(self, online: torch.Tensor, target: torch.Tensor) -> ObjectiveOutput:
         """InfoNCE of already selected (N, D) rows; ``target`` receives no gradient."""
         target = target.detach()
-        loss = info_nce(online, target, self.temperature)
-        with torch.no_grad():
+        loss = gathered_info_nce(online, target, self.temperature, self.gather)
+        if len(online) == 0:  # only under DDP: a rank with nothing masked
+            return ObjectiveOutput(loss)
+        with torch.no_grad():  # accuracy among this rank's own patches
             sims = F.normalize(online.float(), dim=-1) @ F.normalize(target.float(), dim=-1).T
             acc = (sims.argmax(-1) == torch.arange(len(sims), device=sims.device)).float().mean()
         return ObjectiveOutput(loss, {"accuracy": acc})
@@ -117,11 +127,16 @@ class AlignmentPrediction(nn.Module):
 
 
 class ImageTextContrastive(nn.Module):
-    """Symmetric InfoNCE between pooled text and pooled image vectors of matching pairs."""
+    """Symmetric InfoNCE between pooled text and pooled image vectors of matching pairs.
 
-    def __init__(self, temperature: float) -> None:
+    Under DDP with ``gather`` (the default), the pairs of every rank are negatives, as in
+    CLIP: the loss equals the single-process loss on the global batch.
+    """
+
+    def __init__(self, temperature: float, gather: bool = True) -> None:
         super().__init__()
         self.temperature = temperature
+        self.gather = gather
 
     def forward(
         self, pooled_text: torch.Tensor, pooled_image: torch.Tensor, ap_labels: torch.Tensor | None
@@ -129,6 +144,8 @@ class ImageTextContrastive(nn.Module):
         # Mismatched (AP-negative) pairs have no partner in the batch: leave them out.
         keep = ap_labels.bool() if ap_labels is not None else slice(None)
         text, image = pooled_text[keep], pooled_image[keep]
+        if self.gather and is_distributed():
+            return ObjectiveOutput(gathered_symmetric_info_nce(text, image, self.temperature))
         if len(text) < 2:
             return ObjectiveOutput(_zero(pooled_text))
         return ObjectiveOutput(symmetric_info_nce(text, image, self.temperature))

@@ -160,11 +160,13 @@ class PretrainingTask(Task):
         if cfg.mlm.weight > 0:
             self.mlm = MaskedLanguageModelling(model.text_word_embeddings)
         if cfg.mim.weight > 0:
-            self.mim = ContrastiveMIM(model.image_encoder.embed_dim, cfg.mim.temperature)
+            self.mim = ContrastiveMIM(
+                model.image_encoder.embed_dim, cfg.mim.temperature, cfg.mim.gather_negatives
+            )
         if cfg.ap.weight > 0:
             self.ap = AlignmentPrediction(fused_size(mcfg.pooled_size, mcfg.fusion))
         if cfg.itc.weight > 0:
-            self.itc = ImageTextContrastive(cfg.itc.temperature)
+            self.itc = ImageTextContrastive(cfg.itc.temperature, cfg.itc.gather_negatives)
         self.monitor = "ap_accuracy" if cfg.ap.weight > 0 else "loss"
         self.monitor_mode = "max" if cfg.ap.weight > 0 else "min"
 
