@@ -140,9 +140,11 @@ class DistributedConfig(StrictModel):
     """DDP under torchrun; ignored in a single process."""
 
     find_unused_parameters: bool = Field(
-        False,
-        description="Let DDP skip parameters a step does not use (slower); needed only for "
-        "models with branches that some batches skip.",
+        True,
+        description="Let DDP skip parameters a step leaves unused. On by default: fine-tuning "
+        "never uses the MIM mask token, and a batch with nothing to predict skips a head. "
+        "False saves a graph walk per step when every step uses every trainable parameter "
+        "(pretraining with all objectives on).",
     )
     timeout_s: float = Field(
         1800.0,
