@@ -46,7 +46,9 @@ def _check_matrix(x: Tensor, name: str, min_n: int = 2) -> None:
         raise ValueError(f"{name} has N={x.shape[0]} rows; this needs N >= {min_n}")
     if x.shape[1] < 1:
         raise ValueError(f"{name} has no features (shape {tuple(x.shape)})")
-    if not bool(torch.isfinite(x).all()):
+    # One float64 reduction instead of an elementwise mask: a NaN or ±inf anywhere makes
+    # the sum non-finite (finite values cannot overflow a float64 sum).
+    if not math.isfinite(float(x.sum(dtype=torch.float64))):
         raise ValueError(f"{name} contains NaN or inf values")
 
 
@@ -185,7 +187,7 @@ class View:
         """a = xc·m and c = m·m, so that the raw Gram x xᵀ = Kc + a1ᵀ + 1aᵀ + c."""
 
         def make() -> tuple[Tensor, float]:
-            m = self.x.mean(dim=0)
+            m = self.mean()
             return self.centred() @ m, float(m @ m)
 
         return self._cached("offsets", make)
@@ -200,7 +202,9 @@ class View:
         def make() -> float:
             xc = self.centred()
             value = float(_dot(xc, xc))
-            if value <= 0 or value <= (1e-12) ** 2 * float(self.row_norms_sq().sum()):
+            mean = self.mean()
+            total = value + self.n * float(mean @ mean)  # ‖x‖²_F = ‖xc‖²_F + N‖m‖²
+            if value <= 0 or value <= (1e-12) ** 2 * total:
                 raise ValueError(f"{self.name} has constant features (all rows equal)")
             return value
 
@@ -301,7 +305,11 @@ class View:
     def centred(self, center: bool = True) -> Tensor:
         if not center:
             return self.x
-        return self._cached("centred", lambda: self.x - self.x.mean(dim=0, keepdim=True))
+        return self._cached("centred", lambda: self.x - self.mean()[None, :])
+
+    def mean(self) -> Tensor:
+        """Feature means (D,)."""
+        return self._cached("mean", lambda: self.x.mean(dim=0))
 
     def cov(self, center: bool = True) -> Tensor:
         """Unnormalised feature covariance xcᵀ xc (D×D); the raw xᵀx when not ``center``."""
