@@ -5,6 +5,8 @@
   fatal) → WebDataset shards ``<out>/{00000..}.tar`` with ``<key>.jpg``, ``<key>.txt``.
 * :class:`CaptionShards` — streams those shards as :class:`Sample` s: shards shuffled per
   epoch and split across DDP ranks and DataLoader workers, samples shuffled in a buffer.
+  Shards are local paths or any fsspec URL (``s3://``, ``gs://``, ``https://``, ...),
+  read as a stream: one sample at a time, never a whole shard or dataset in memory.
 * :class:`CaptionFolder` — a folder of ``<name>.<jpg|png|...>`` + ``<name>.txt`` pairs (the
   layout img2dataset's ``files`` output also has), as a map-style dataset with the cache.
 """
@@ -200,16 +202,51 @@ def download_conceptual_captions(
 # ---------------------------------------------------------------------- shard reader
 
 
+def _is_remote(url: str) -> bool:
+    """An fsspec URL (``s3://...``), as opposed to a local path or a webdataset ``pipe:``."""
+    return "://" in url and not url.startswith(("file://", "pipe:"))
+
+
+def _glob(url: str) -> list[str]:
+    if not _is_remote(url):
+        return sorted(glob.glob(url.removeprefix("file://")))
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    scheme = url.split("://", 1)[0]
+    # in the form the user wrote (``memory://x``, not ``memory:///x``)
+    marker = fs.root_marker
+    return sorted(f"{scheme}://{p.removeprefix(marker) if marker else p}" for p in fs.glob(path))
+
+
 def expand_shards(urls: str | Sequence[str]) -> list[str]:
-    """Brace patterns (``cc/{00000..00099}.tar``), globs or lists → the shard list."""
+    """Brace patterns (``cc/{00000..00099}.tar``), globs or lists → the shard list.
+
+    Globs work on local paths and on fsspec URLs (``s3://bucket/cc/*.tar``).
+    """
     from webdataset.shardlists import expand_urls
 
     items = [urls] if isinstance(urls, str) else list(urls)
     out: list[str] = []
     for item in items:
         for url in expand_urls(item):
-            out.extend(sorted(glob.glob(url)) if glob.has_magic(url) else [url])
+            out.extend(_glob(url) if glob.has_magic(url) else [url])
     return out
+
+
+def open_shard(url: str) -> Any:
+    """A binary stream of one shard: fsspec for URLs, webdataset's opener for the rest.
+
+    (webdataset's own opener handles local files and ``pipe:`` commands, and remote
+    schemes only through command-line tools; fsspec covers every file system it knows.)
+    """
+    if _is_remote(url):
+        import fsspec
+
+        return fsspec.open(url, "rb").open()
+    from webdataset.gopen import gopen
+
+    return gopen(url.removeprefix("file://"), "rb")
 
 
 def _dist_rank_world() -> tuple[int, int]:
@@ -321,12 +358,15 @@ class CaptionShards(IterableDataset):
             yield from self._samples(shards)
 
     def _samples(self, shards: list[str]) -> Iterator[Sample]:
-        from webdataset.tariterators import tarfile_samples
+        from webdataset.tariterators import group_by_keys, tar_file_expander
 
-        for raw in tarfile_samples({"url": url} for url in shards):
-            sample = self._to_sample(raw)
-            if sample is not None:
-                yield sample
+        for url in shards:
+            # tar in streaming mode: memory holds one member at a time, whatever the shard size
+            with open_shard(url) as stream:
+                for raw in group_by_keys(tar_file_expander([{"url": url, "stream": stream}])):
+                    sample = self._to_sample(raw)
+                    if sample is not None:
+                        yield sample
 
     def _to_sample(self, raw: dict[str, Any]) -> Sample | None:
         where = f"{raw.get('__url__')}:{raw['__key__']}"
