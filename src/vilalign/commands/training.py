@@ -22,7 +22,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description=(
             "Pretrain a two-stream model with the objectives named in the run file "
             "(objectives: mlm/mim/ap/itc with weights). Writes config.json, metrics.jsonl/.csv, "
-            "metrics.png, checkpoints/ and model/ (the weights to fine-tune from) into RUN_DIR."
+            "metrics.png, checkpoints/ and model/ (the weights to fine-tune from) into RUN_DIR. "
+            "On several GPUs: torchrun --nproc_per_node N -m vilalign pretrain RUN_FILE "
+            "(see docs/runbook.md)."
         ),
     )
     _common(p)
@@ -73,6 +75,12 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 def _summary(result: Any) -> None:
+    from vilalign.train.distributed import cleanup, is_main_process
+
+    main = is_main_process()
+    cleanup()  # leave the process group (torchrun) before the process ends
+    if not main:
+        return
     last = result.fit.history[-1] if result.fit.history else {}
     print(f"run directory: {result.run_dir}")
     print(f"model (best weights): {result.model_dir}")

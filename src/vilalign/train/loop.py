@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
 from vilalign.data.types import Batch
@@ -248,6 +248,8 @@ class Trainer:
     @property
     def micro_batches_per_epoch(self) -> int:
         """Micro-batches each rank takes per epoch (its share is padded to equal length)."""
+        if isinstance(self.train_data, IterableDataset):
+            return math.ceil(_stream_length(self.train_data) / self.cfg.batch_size)
         return math.ceil(math.ceil(len(self.train_data) / self.world_size) / self.cfg.batch_size)
 
     @property
@@ -291,13 +293,15 @@ class Trainer:
         Its own generator keeps the loader from drawing on the global torch RNG (which
         would shift dropout between an uninterrupted and a resumed run).
         """
+        set_epoch = getattr(self.collate_fn, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
+        if isinstance(dataset, IterableDataset):
+            return self._stream_loader(dataset, epoch)
         sampler: Sampler[int] = EpochSampler(len(dataset), self.cfg.seed, shuffle)
         sampler.set_position(epoch, start)
         if self.world_size > 1:
             sampler = dist.RankShard(sampler, self.rank, self.world_size)
-        set_epoch = getattr(self.collate_fn, "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(epoch)
         return DataLoader(
             dataset,
             batch_size=self.cfg.batch_size,
@@ -306,6 +310,19 @@ class Trainer:
             num_workers=self.cfg.num_workers,
             pin_memory=fastpath.pin_memory(self.cfg.fast, self.device),
             generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch),
+        )
+
+    def _stream_loader(self, dataset: IterableDataset, epoch: int) -> DataLoader:
+        """A streamed dataset (WebDataset shards) splits itself over ranks and workers."""
+        set_epoch = getattr(dataset, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)  # before the workers start: they copy the dataset
+        return DataLoader(
+            dataset,
+            batch_size=self.cfg.batch_size,
+            collate_fn=self.collate_fn,
+            num_workers=self.cfg.num_workers,
+            pin_memory=fastpath.pin_memory(self.cfg.fast, self.device),
         )
 
     # ------------------------------------------------------------------ training
@@ -321,6 +338,10 @@ class Trainer:
             p.samples_in_epoch = p.batch_in_epoch * self.cfg.batch_size
         loader = self.loader(self.train_data, True, p.epoch, p.samples_in_epoch)
         batches = iter(loader)
+        if isinstance(self.train_data, IterableDataset):
+            # A stream cannot start part-way: re-read the epoch's consumed micro-batches
+            # (the same ones with the same seed, ranks and workers).
+            batches = islice(batches, p.batch_in_epoch, None)
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=p.batch_in_epoch // accum,
@@ -574,6 +595,17 @@ class Trainer:
         ckpt.set_rng_state(state["rng"])
         if self.world_size > 1:  # another world size: fresh per-rank streams, still seeded
             torch.manual_seed((self.cfg.seed * 1_000_003 + self.progress.step) * 997 + self.rank)
+
+
+def _stream_length(dataset: IterableDataset) -> int:
+    """Samples per rank per epoch of a stream: it must say (``epoch_length``)."""
+    length = getattr(dataset, "epoch_length", None)
+    if length is None:
+        raise ValueError(
+            "data.epoch_length: a streamed dataset needs samples per rank per epoch (the "
+            "loop sizes its schedule by it, and DDP ranks must take equal step counts)"
+        )
+    return int(length)
 
 
 def _reduced(meter: Meter) -> Meter:

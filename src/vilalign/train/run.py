@@ -5,6 +5,9 @@ runs the one loop, evaluates the best checkpoint on the test split, and leaves i
 run folder: ``config.json`` (resolved), ``metrics.jsonl``/``.csv``, ``metrics.png``,
 ``checkpoints/``, ``model/`` (``save_pretrained`` of the best weights, the thing to
 fine-tune from) and ``results.json``.
+
+Under ``torchrun`` every rank calls the same function with the same run folder (a shared
+file system across nodes); rank 0 alone writes into it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from vilalign.data.types import Sample
 from vilalign.model import VilbertModel, build_model, load_tokenizer, save_pretrained
 from vilalign.model.encoders import build_vit, image_data_config
 from vilalign.train import checkpoint as ckpt
+from vilalign.train import distributed as dist
 from vilalign.train.config import FinetuneConfig, PretrainConfig, RunConfig
 from vilalign.train.loop import EpochCallback, FitResult, Trainer, seed_everything
 from vilalign.train.tasks import FinetuneTask, PretrainingTask, Task, task_spec
@@ -69,6 +73,7 @@ def run_finetuning(
     tracker: Tracker | None = None,
 ) -> RunResult:
     """Fine-tune ``cfg.task_name`` on ``cfg.data``; ``init_from`` overrides ``cfg.init_from``."""
+    dist.init_distributed(cfg.train.device, cfg.train.distributed.timeout_s)
     run_dir = _prepare_run_dir(cfg, run_dir, resume)
     seed_everything(cfg.train.seed)
     spec = task_spec(cfg.task_name)
@@ -93,6 +98,7 @@ def run_pretraining(
     tracker: Tracker | None = None,
 ) -> RunResult:
     """Pretrain on ``cfg.data`` (image-caption pairs) with the configured objectives."""
+    dist.init_distributed(cfg.train.device, cfg.train.distributed.timeout_s)
     run_dir = _prepare_run_dir(cfg, run_dir, resume)
     seed_everything(cfg.train.seed)
     splits = build_splits(cfg)
@@ -132,8 +138,11 @@ def _fit_and_test(
     test = trainer.evaluate(splits.test, "test") if splits.test is not None else {}
     if test:
         trainer.tracker.log_metrics(test, trainer.progress.step, trainer.progress.epoch)
-    model_dir = save_pretrained(task.model, run_dir / MODEL_DIR, tokenizer)
-    _write_results(run_dir, fit, test, splits)
+    model_dir = run_dir / MODEL_DIR
+    if dist.is_main_process():
+        save_pretrained(task.model, model_dir, tokenizer)
+        _write_results(run_dir, fit, test, splits)
+    dist.barrier()
     return RunResult(fit, test, run_dir, model_dir)
 
 
@@ -141,7 +150,10 @@ def _fit_and_test(
 
 
 def _prepare_run_dir(cfg: RunConfig, run_dir: str | Path, resume: bool) -> Path:
-    """Create the run folder and write the resolved config; refuse to mix two runs."""
+    """Create the run folder and write the resolved config; refuse to mix two runs.
+
+    Every rank checks (so all raise alike); rank 0 writes, the others wait for it.
+    """
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
     resolved = json.loads(cfg.model_dump_json())
@@ -153,8 +165,10 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: str | Path, resume: bool) -> Path:
             )
         if resume and saved != resolved:
             logger.warning("resume: the config differs from the one saved in %s", path)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.write_json_atomic(path, resolved)
+    if dist.is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        ckpt.write_json_atomic(path, resolved)
+    dist.barrier()
     return run_dir
 
 
