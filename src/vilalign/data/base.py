@@ -12,7 +12,8 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -150,3 +151,29 @@ class ImageTextDataset(Dataset[Sample]):
             "skipped": self.skipped,
             "bad_images": [{"path": p, "reason": r} for p, r in self.bad_images.entries],
         }
+
+
+class SplitDataset(ImageTextDataset):
+    """A published dataset under ``root`` with named splits.
+
+    Subclasses name themselves (``prefix``) and say how to read a split's records
+    (``read_records(root, split)``); loading, caching and bad-image handling are shared.
+    """
+
+    prefix: ClassVar[str]
+
+    @staticmethod
+    def read_records(root: str | Path, split: str) -> list[Record]:
+        raise NotImplementedError
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        transform: ImageTransform,
+        on_bad_image: OnBadImage = "error",
+        cache: CacheConfig | None = None,
+        limit: int | None = None,
+    ) -> None:
+        records = self.read_records(root, split)
+        super().__init__(f"{self.prefix}-{split}", records, transform, on_bad_image, cache, limit)

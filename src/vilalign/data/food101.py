@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vilalign.data.base import ImageTextDataset, Record
-from vilalign.data.config import CacheConfig
+from vilalign.data.base import Record, SplitDataset
 from vilalign.data.files import read_csv_rows
-from vilalign.data.images import DataFormatError, OnBadImage
-from vilalign.data.transforms import ImageTransform
+from vilalign.data.images import DataFormatError
 
 SPLITS = ("train", "test")
 CLASSES = (
@@ -58,20 +56,10 @@ def records(root: str | Path, split: str) -> list[Record]:
     return out
 
 
-class Food101(ImageTextDataset):
+class Food101(SplitDataset):
     """UPMC Food-101: food photo + web page title, 101-way label (long scalar)."""
 
     num_labels = len(CLASSES)
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        transform: ImageTransform,
-        on_bad_image: OnBadImage = "error",
-        cache: CacheConfig | None = None,
-        limit: int | None = None,
-    ) -> None:
-        super().__init__(
-            f"food101-{split}", records(root, split), transform, on_bad_image, cache, limit
-        )
+    prefix = "food101"
+    read_records = staticmethod(records)

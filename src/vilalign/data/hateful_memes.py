@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vilalign.data.base import ImageTextDataset, Record
-from vilalign.data.config import CacheConfig
+from vilalign.data.base import Record, SplitDataset
 from vilalign.data.files import read_jsonl, require
-from vilalign.data.images import DataFormatError, OnBadImage
-from vilalign.data.transforms import ImageTransform
+from vilalign.data.images import DataFormatError
 
 SPLITS = ("train", "dev_seen", "dev_unseen", "test_seen", "test_unseen")
 
@@ -42,20 +40,10 @@ def records(root: str | Path, split: str) -> list[Record]:
     return out
 
 
-class HatefulMemes(ImageTextDataset):
+class HatefulMemes(SplitDataset):
     """Hateful Memes: meme image + its overlaid text, binary label (long scalar)."""
 
     num_labels = 2
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        transform: ImageTransform,
-        on_bad_image: OnBadImage = "error",
-        cache: CacheConfig | None = None,
-        limit: int | None = None,
-    ) -> None:
-        super().__init__(
-            f"hateful_memes-{split}", records(root, split), transform, on_bad_image, cache, limit
-        )
+    prefix = "hateful_memes"
+    read_records = staticmethod(records)

@@ -17,11 +17,9 @@ from typing import Any
 
 import torch
 
-from vilalign.data.base import ImageTextDataset, Record
-from vilalign.data.config import CacheConfig
+from vilalign.data.base import Record, SplitDataset
 from vilalign.data.files import read_json, require
-from vilalign.data.images import DataFormatError, OnBadImage
-from vilalign.data.transforms import ImageTransform
+from vilalign.data.images import DataFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -69,23 +67,13 @@ def records(root: str | Path, split: str) -> list[Record]:
     return out
 
 
-class MMIMDb(ImageTextDataset):
+class MMIMDb(SplitDataset):
     """MM-IMDb: poster + longest plot, 23-genre multi-hot label (float)."""
 
     num_labels = len(GENRES)
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str,
-        transform: ImageTransform,
-        on_bad_image: OnBadImage = "error",
-        cache: CacheConfig | None = None,
-        limit: int | None = None,
-    ) -> None:
-        super().__init__(
-            f"mmimdb-{split}", records(root, split), transform, on_bad_image, cache, limit
-        )
+    prefix = "mmimdb"
+    read_records = staticmethod(records)
 
     def label_tensor(self, target: Any) -> torch.Tensor:
         label = torch.zeros(len(GENRES))
