@@ -6,7 +6,7 @@ import argparse
 import importlib
 
 # Order = order in `vilalign --help`.
-COMMANDS = ("training", "analyse", "attention", "explain", "info")
+COMMANDS = ("demo", "training", "run", "tune", "analyse", "attention", "explain", "report", "info")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -317,7 +317,8 @@ def _axes(exp: ExperimentConfig) -> list[tuple[str, list[tuple[str, Any]]]]:
     if g.coattention_layers is not None:
         axes.append(("coattention", [(_layers_label(c), c) for c in g.coattention_layers]))
     if g.datasets is not None:
-        axes.append(("dataset", [_dataset_entry(d) for d in g.datasets]))
+        entries = [_dataset_entry(d) for d in g.datasets]
+        axes.append(("dataset", [(name, (name, data)) for name, data in entries]))
     axes += [(name, list(choices.items())) for name, choices in g.axes.items()]
     axes.append(("seed", [(str(s), s) for s in g.seeds]))
     return axes

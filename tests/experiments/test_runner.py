@@ -1,0 +1,138 @@
+"""The grid runner end to end: a 2×2 grid × 2 seeds, interruption and resume, summaries,
+the HTML report and the commands over the same folder."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import pandas as pd
+import pytest
+
+from tests.experiments.conftest import tiny_experiment
+from vilalign.cli import main
+from vilalign.experiments.report import write_report
+from vilalign.experiments.runner import DONE_FILE, run_experiment
+from vilalign.experiments.spec import expand_grid
+from vilalign.train.tracker import FileTracker
+
+# 2 baselines × 2 fine-tuning learning rates × 2 seeds; pretraining is covered by the
+# tracking test (each pretraining run would double a cell's cost here).
+GRID = {
+    "baselines": ["vilbert", "no_coattention"],
+    "axes": {
+        "lr": {
+            "low": {"finetune": {"optim": {"lr": 3e-4}}},
+            "high": {"finetune": {"optim": {"lr": 1e-3}}},
+        }
+    },
+    "seeds": [0, 1],
+}
+
+
+class Interrupt(FileTracker):
+    """Dies (like Ctrl-C) at the first log call of epoch 2, after epoch 1's checkpoint."""
+
+    def log_metrics(self, metrics, step, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        super().log_metrics(metrics, step, epoch)
+
+
+@pytest.fixture(scope="module")
+def grid_run(tmp_path_factory):
+    """Run the grid, interrupted in its third cell, then the same command again."""
+    out = tmp_path_factory.mktemp("grid")
+    exp = tiny_experiment(
+        out,
+        grid=GRID,
+        finetune={"train": {"log_every_n_steps": 1}},
+        analysis={"attribution_examples": 1},
+    )
+    cells = expand_grid(exp)
+    target = cells[2].key
+
+    def factory(stage, cell, run_dir):
+        return Interrupt(run_dir) if stage == "finetune" and cell.key == target else None
+
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, tracker_factory=factory, progress=False)
+    finished_before = sorted(p.parent.name for p in out.glob(f"cells/*/{DONE_FILE}"))
+    second = run_experiment(exp, progress=False)
+    return exp, cells, target, finished_before, second
+
+
+def test_rerun_finishes_only_the_missing_cells(grid_run):
+    exp, cells, target, finished_before, second = grid_run
+    keys = [c.key for c in cells]
+    assert finished_before == sorted(keys[:2])
+    assert second.skipped == keys[:2]
+    assert second.ran == keys[2:]
+    # The interrupted cell resumed from its epoch-1 checkpoint: no record twice.
+    records = FileTracker(second.out_dir / "cells" / target / "finetune").records()
+    ends = [r["epoch"] for r in records if "val/accuracy" in r]
+    assert ends == [1, 2]
+    steps = [r["step"] for r in records if "train/lr" in r]
+    assert steps == sorted(set(steps))
+    # A third run has nothing left to do.
+    third = run_experiment(exp, progress=False)
+    assert third.ran == [] and third.skipped == keys
+
+
+def test_grid_summaries_aggregate_over_seeds(grid_run):
+    _, cells, _, _, second = grid_run
+    assert len(cells) == 8
+    groups = second.groups
+    assert len(groups) == 4
+    assert (groups["test/accuracy_n"] == 2).all()
+    assert groups["test/accuracy_std"].notna().all()
+    assert ((groups["test/accuracy"] >= 0) & (groups["test/accuracy"] <= 1)).all()
+    align = pd.read_csv(second.out_dir / "summary" / "alignment_groups.csv")
+    assert set(align["epoch"]) == {1, 2}
+    assert (align["n"] == 2).all()
+    vilbert = align[align["run"] == "vilbert_pt-none_lr-low"]
+    assert set(vilbert["layer_kind"]) == {"self_attention", "coattention"}
+    nulls = pd.read_csv(second.out_dir / "cells" / cells[0].key / "alignment" / "nulls_epoch2.csv")
+    assert (nulls["low"] <= nulls["high"]).all()
+    focus = json.loads(
+        (second.out_dir / "cells" / cells[0].key / "attention" / "focus.json").read_text()
+    )
+    assert "co-attention heads" in focus["summary"]
+
+
+def test_report_is_one_self_contained_page(grid_run):
+    *_, second = grid_run
+    path = write_report(second.out_dir)
+    page = path.read_text()
+    images = re.findall(r'<img src="([^"]+)"', page)
+    assert len(images) >= 6
+    assert all(src.startswith("data:image/png;base64,") for src in images)
+    png = base64.b64decode(images[0].split(",", 1)[1])
+    assert png.startswith(b"\x89PNG")
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    for heading in ("Downstream metrics", "Alignment by layer", "Attention entropy",
+                    "Attribution examples", "Configuration"):  # fmt: skip
+        assert heading in page
+    # pictures first, tables after
+    assert page.index("Alignment by layer") < page.index("Tables: downstream metrics")
+
+
+def test_report_of_a_single_run(grid_run):
+    *_, second = grid_run
+    run_dir = next(second.out_dir.glob("cells/*/finetune"))
+    path = write_report(run_dir)
+    assert "data:image/png;base64," in path.read_text()
+
+
+def test_commands_over_a_finished_grid(grid_run, tmp_path, capsys):
+    exp, *_, second = grid_run
+    file = tmp_path / "exp.json"
+    file.write_text(exp.model_dump_json())
+    assert main(["run", str(file), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "0 cell(s) run, 8 already done" in out
+    assert "vilbert_pt-none_lr-high" in out
+    assert main(["report", str(second.out_dir), "--out", str(tmp_path / "r.html")]) == 0
+    assert (tmp_path / "r.html").is_file()
+    assert main(["report", str(tmp_path / "nothing")]) == 2

@@ -1,0 +1,77 @@
+"""Optuna studies on CPU: a few trials, continued from the same SQLite file, a
+multi-objective Pareto front, and a pruned trial."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+
+from tests.experiments.conftest import tiny_experiment
+from vilalign.experiments.spec import load_experiment
+from vilalign.experiments.tune import BEST_FILE, PARETO_FILE, load_study, run_study
+
+FAST = {"finetune": {"train": {"epochs": 1, "max_steps": 2}}}
+SPACE = {
+    "finetune.optim.lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+    "finetune.optim.warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
+    "model.dropout": {"type": "categorical", "choices": [0.0, 0.1]},
+}
+
+
+def test_study_runs_and_continues_from_its_sqlite_file(tmp_path):
+    exp = tiny_experiment(tmp_path, **FAST, tune={"n_trials": 2, "space": SPACE, "pruner": "none"})
+    first = run_study(exp)
+    assert first.n_trials == 2
+    assert (tmp_path / "optuna.db").is_file()
+    best_before = first.study.best_value
+    second = run_study(exp, n_trials=1)  # a new invocation on the same storage
+    assert second.n_trials == 3
+    assert second.study.best_value >= best_before  # the best trial is kept
+    assert second.best[0]["values"] == [second.study.best_value]
+    # The best trial's experiment is ready to run: it validates, with the tuned values.
+    best_file = tmp_path / BEST_FILE
+    best = load_experiment(best_file)
+    params = second.best[0]["params"]
+    assert best.finetune["optim"]["lr"] == pytest.approx(params["finetune.optim.lr"])
+    assert best.model["dropout"] == params["model.dropout"]
+    assert yaml.safe_load((tmp_path / "best_finetune.yaml").read_text())["optim"]["lr"] > 0
+
+
+def test_multi_objective_study_reports_a_pareto_front(tmp_path):
+    tune = {
+        "n_trials": 3,
+        "space": SPACE,
+        "objectives": [
+            {"metric": "val/accuracy", "direction": "maximize"},
+            {"metric": "val/loss", "direction": "minimize"},
+        ],
+    }
+    result = run_study(tiny_experiment(tmp_path, **FAST, tune=tune))
+    assert result.study.directions == [
+        optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE
+    ]  # fmt: skip
+    assert 1 <= len(result.best) <= 3
+    assert all(len(b["values"]) == 2 for b in result.best)
+    front = (tmp_path / PARETO_FILE).read_text().splitlines()
+    assert len(front) == len(result.best) + 1
+    assert isinstance(result.study.pruner, optuna.pruners.NopPruner)
+
+
+def test_a_trial_with_a_poor_metric_is_pruned(tmp_path):
+    tune = {
+        "n_trials": 2,
+        "space": {"finetune.optim.lr": {"type": "float", "low": 1e-9, "high": 3e-3, "log": True}},
+        "objectives": [{"metric": "val/loss", "direction": "minimize"}],
+        "pruner": "median",
+        "startup_trials": 1,
+    }
+    exp = tiny_experiment(tmp_path, finetune={"train": {"epochs": 3, "max_steps": 9}}, tune=tune)
+    study = load_study(exp, tmp_path)
+    study.enqueue_trial({"finetune.optim.lr": 3e-3})  # learns: val loss falls
+    study.enqueue_trial({"finetune.optim.lr": 1e-9})  # does not move: falls behind
+    result = run_study(exp)
+    states = [t.state for t in result.study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
+    pruned = result.study.trials[1]
+    assert max(pruned.intermediate_values) < 3  # stopped before its last epoch
