@@ -323,6 +323,8 @@ class Trainer:
             collate_fn=self.collate_fn,
             num_workers=self.cfg.num_workers,
             pin_memory=fastpath.pin_memory(self.cfg.fast, self.device),
+            # its own generator: starting the iterator must not draw on the global RNG
+            generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch),
         )
 
     # ------------------------------------------------------------------ training
