@@ -77,12 +77,12 @@ def test_init_from_loads_all_but_a_new_head_and_names_mismatched_keys(tmp_path):
         load_encoder_weights(other, tmp_path / "pre" / "model")
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*finetune*.yaml")))
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("finetune_*.yaml")))
 def test_shipped_finetune_configs_validate(path):
     assert isinstance(load_run_config(path, FinetuneConfig), FinetuneConfig)
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*pretrain*.yaml")))
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("pretrain_*.yaml")))
 def test_shipped_pretrain_configs_validate(path):
     assert isinstance(load_run_config(path, PretrainConfig), PretrainConfig)
 
