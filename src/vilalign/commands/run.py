@@ -25,6 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="record every run in MLflow at this URI (default when the file enables "
         "tracking: sqlite:///<output_dir>/mlflow.db)",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch CPU threads (1 is fastest on a CPU shared with other jobs)",
+    )
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(handler=run)
@@ -36,6 +41,10 @@ def run(args: argparse.Namespace) -> int:
     from vilalign.experiments.spec import load_experiment
     from vilalign.experiments.tracking import tracker_factory
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     exp = load_experiment(args.experiment)
     out = args.output_dir or exp.resolved_output_dir()
     factory = tracker_factory(exp, out, args.tracking_uri)

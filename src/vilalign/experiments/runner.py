@@ -152,9 +152,14 @@ class AlignmentCallback:
         ctx.metrics.update(values)  # later callbacks (pruning) may read alignment values
         return values
 
-    def measure(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
+    def loader(self, model: torch.nn.Module) -> Any:
+        """The analysis split's loader, built once (the attention analysis reuses it)."""
         if self._loader is None:
             self._loader = analysis_loader(model, self.tokenizer, self.spec)
+        return self._loader
+
+    def measure(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
+        self.loader(model)
         info = RunInfo(self.cell.group, self.cell.seed, epoch, self.cell.finetune.data.name)
         result = run_alignment(
             model, self.tokenizer, self.spec, info, self.out_dir, self._loader, progress=False
@@ -297,9 +302,8 @@ def _final_analyses(
     a = exp.analysis
     focus: dict[str, Any] = {}
     if a.attention and model.config.layer_kinds:
-        loader = analysis_loader(model, align_cb.tokenizer, align_cb.spec)
         batches = max(1, a.attention_samples // a.batch_size)
-        focus = attention_analysis(model, loader, cell_dir / "attention", batches)
+        focus = attention_analysis(model, align_cb.loader(model), cell_dir / "attention", batches)
     if a.attribution_examples and model.config.layer_kinds:
         attribution_examples(
             model, align_cb.tokenizer, align_cb.spec, a.attribution_examples,
