@@ -174,3 +174,52 @@ def test_rank_shards_cover_the_order_in_contiguous_global_batches(size):
 def test_gather_in_order_single_process_drops_padding():
     assert gather_in_order(torch.arange(5), 3).tolist() == [0, 1, 2]
     assert local_slots_kept(3, 7, rank=1, world_size=3).tolist() == [True, True, False]
+
+
+# ---------------------------------------------------------------------------- end to end
+
+
+RUN_FILE = """
+preset: tiny
+model: {image: {patch_size: 16}}
+data: {name: captions_shards, root: "SHARDS", epoch_length: 16, shuffle_buffer: 8}
+splits: {val_fraction: 0.0}
+objectives:
+  mlm: {weight: 1.0}
+  mim: {weight: 0.5, gather_negatives: true}
+  ap: {weight: 1.0}
+  itc: {weight: 0.5}
+train: {batch_size: 4, target_batch_size: 16, epochs: 2, num_workers: 1, progress: false}
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_pretrains_on_shards_with_two_ranks(tmp_path):
+    """``torchrun --nproc_per_node 2 -m vilalign pretrain``: the command users run."""
+    import io
+
+    import numpy as np
+    import webdataset as wds
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for s in range(4):
+        with wds.TarWriter(str(tmp_path / f"{s:05d}.tar")) as sink:
+            for i in range(16):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+                sink.write({"__key__": f"{s}-{i}", "jpg": buf.getvalue(), "txt": f"picture {i}"})
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(RUN_FILE.replace("SHARDS", str(tmp_path / "{00000..00003}.tar")))
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(_free_port()), "-m", "vilalign", "pretrain", str(run_file)]
+    cmd += ["--run-dir", str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("run directory:") == 1  # rank 0 alone reports
+    run = tmp_path / "run"
+    for name in ("config.json", "results.json", "metrics.jsonl", "model/model.safetensors"):
+        assert (run / name).is_file(), name
+    assert '"step": 4' in (run / "checkpoints" / "latest.json").read_text()

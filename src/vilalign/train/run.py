@@ -234,8 +234,11 @@ def pretraining_collator(
     if side * side != model.num_patches:
         raise ConfigError(f"image: MIM needs a square patch grid, got {model.num_patches} patches")
     obj = cfg.objectives
+    # Streamed captions (CC3M) never repeat within a worker's epoch: remembering their
+    # token ids would only grow every worker's memory (KBs per caption, up to its cap).
+    text_cache = {"text_cache_size": 0} if cfg.data.name == "captions_shards" else {}
     return PretrainingCollator(
-        Collator(tokenizer, max_length=cfg.model.text.max_length),
+        Collator(tokenizer, max_length=cfg.model.text.max_length, **text_cache),
         tokenizer,
         (side, side),
         mlm_probability=obj.mlm.probability if obj.mlm.weight > 0 else None,
