@@ -4,8 +4,9 @@
 
 Runs every scenario in one process start (importing torch dominates the cost) and writes
 what the test compares into OUT_DIR: ``contrastive-<rank>.pt`` from every rank,
-``train.pt`` (and the run folder ``run<rank>``, the checkpoint after step 2 copied to
-``ckpt-step2``) from the Trainer run.
+``align-<rank>.pt`` (and ``align<rank>/``) from the alignment analysis, ``train.pt`` (and
+the run folder ``run<rank>``, the checkpoint after step 2 copied to ``ckpt-step2``) from
+the Trainer run.
 """
 
 from __future__ import annotations
@@ -123,11 +124,35 @@ def train(out: Path) -> None:
         )
 
 
+def alignment(out_dir: Path | None):
+    """The alignment analysis of a fixed model on 9 toy samples (its table)."""
+    from torch.utils.data import DataLoader
+
+    from vilalign.analysis.align import RunInfo
+    from vilalign.analysis.pipeline import AlignmentSpec, run_alignment
+    from vilalign.data import DataConfig
+
+    seed_everything(0)
+    model = build_model(small_config())
+    tokenizer = load_tokenizer(small_config().text)
+    loader = DataLoader(ToyDataset(10), batch_size=3, collate_fn=collate(tokenizer))
+    spec = AlignmentSpec(
+        DataConfig(), "train", n_samples=9, measures=["cka_linear", "cosine"], max_length=12
+    )
+    info = RunInfo(run="ddp", seed=0)
+    return run_alignment(model, tokenizer, spec, info, out_dir, loader, progress=False)
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     D.init_distributed("cpu")
     assert D.get_world_size() == int(os.environ["WORLD_SIZE"])
     contrastive(out)
+    result = alignment(out / f"align{D.get_rank()}")
+    torch.save(
+        {"table": result.table.to_dict("list"), "ids": result.representations.ids},
+        out / f"align-{D.get_rank()}.pt",
+    )
     train(out)
     D.cleanup()
 

@@ -114,6 +114,22 @@ def test_gathered_contrastive_losses_equal_the_single_process_loss_and_gradients
     torch.testing.assert_close(torch.cat(grad_q) / WORLD, gq.grad)
 
 
+# ---------------------------------------------------------------------------- analysis
+
+
+def test_alignment_over_two_ranks_equals_one_process_and_rank_zero_writes(ddp_out, worker):
+    single = worker.alignment(None)
+    for rank in range(WORLD):
+        ddp = torch.load(ddp_out / f"align-{rank}.pt")
+        assert ddp["ids"] == single.representations.ids == [f"toy-{i}" for i in range(9)]
+        table = single.table.to_dict("list")
+        assert ddp["table"]["measure"] == table["measure"]
+        assert ddp["table"]["layer"] == table["layer"]
+        assert ddp["table"]["value"] == pytest.approx(table["value"], rel=1e-4, abs=1e-6)
+    assert (ddp_out / "align0" / "alignment.csv").is_file()
+    assert not (ddp_out / "align1").exists()
+
+
 # ---------------------------------------------------------------------------- training
 
 

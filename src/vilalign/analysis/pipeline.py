@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler
 
 from vilalign.analysis.align import (
     DEFAULT_MEASURES,
@@ -26,6 +26,7 @@ from vilalign.analysis.align import (
 from vilalign.analysis.collect import Representations, collect
 from vilalign.data import Collator, DataConfig, build_dataset, build_transform
 from vilalign.model.checkpoint import unwrap
+from vilalign.train import distributed as dist
 
 log = logging.getLogger(__name__)
 
@@ -73,23 +74,42 @@ def run_alignment(
     loader: DataLoader | None = None,
     progress: bool = True,
 ) -> AlignmentResult:
-    """Collect representations once, measure every fusion layer, optionally write files."""
+    """Collect representations once, measure every fusion layer, optionally write files.
+
+    Under ``torchrun`` each rank collects its share of the samples and the shares are
+    gathered before measuring (every rank then holds the same table); rank 0 writes.
+    """
     loader = loader or analysis_loader(model, tokenizer, spec)
     n = min(spec.n_samples, len(loader.dataset))  # type: ignore[arg-type]
+    # (fewer samples than 2 per rank: every rank collects them all, as one process would)
+    sharded = dist.is_distributed() and n >= 2 * dist.get_world_size()
+    local_n = n
+    if sharded:
+        shard = dist.RankShard(SequentialSampler(range(n)), dist.get_rank(), dist.get_world_size())
+        local_n = len(shard)
+        loader = DataLoader(
+            loader.dataset,
+            batch_size=loader.batch_size,
+            sampler=shard,
+            collate_fn=loader.collate_fn,
+            num_workers=loader.num_workers,
+        )
     reps = collect(
         model,
         loader,
-        n,
+        local_n,
         spec.views,
         spec.include_encoders,
-        progress=progress,
+        progress=progress and dist.is_main_process(),
         device=next(unwrap(model).parameters()).device,
     )
+    if sharded:
+        reps = dist.gather_representations(reps, n)
     table = alignment_table(reps, spec.measures, info, spec.stats, progress=progress)
     pooled = [v for v in spec.views if v != "tokens"]
     matrix = layer_matrix(reps, spec.heatmap_measure, pooled[0]) if pooled else None
     files: list[Path] = []
-    if out_dir is not None:
+    if out_dir is not None and dist.is_main_process():
         files = write_alignment(table, matrix, Path(out_dir), info)
     return AlignmentResult(table, matrix, reps, files)
 

@@ -43,7 +43,11 @@ def run(args: argparse.Namespace) -> int:
     from vilalign.analysis.align import RunInfo, StatsOptions
     from vilalign.analysis.pipeline import AlignmentSpec, run_alignment
     from vilalign.data import DataConfig
+    from vilalign.train import distributed as dist
 
+    # torchrun: each rank collects its share of the samples (on cuda:LOCAL_RANK), rank 0
+    # writes and prints.
+    dist.init_distributed()
     model, tokenizer, run_name = load_source(args)
     spec = AlignmentSpec(
         data=DataConfig(name=args.dataset, root=args.root),
@@ -57,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     )
     info = RunInfo(run=run_name, seed=args.seed, dataset=args.dataset)
     result = run_alignment(model, tokenizer, spec, info, out_dir=args.run_dir)
+    main = dist.is_main_process()
+    dist.cleanup()
+    if not main:
+        return 0
     print(compact_table(result.table))
     for path in result.files:
         print(f"wrote {path}")

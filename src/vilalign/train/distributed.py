@@ -13,12 +13,13 @@ What the training loop and the objectives need from DDP, written once:
   of the epoch consumed", valid for any world size.
 * :func:`all_gather_with_grad` and :func:`gathered_info_nce` — contrastive losses with the
   negatives of every rank, gradients flowing back to the rank that produced each row.
-* :func:`all_reduce_sums`, :func:`gather_in_order` — metrics computed on the whole split,
-  not on rank 0's share.
+* :func:`all_reduce_sums`, :func:`gather_in_order`, :func:`gather_representations` —
+  metrics and alignment measures computed on the whole split, not on rank 0's share.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import logging
@@ -35,6 +36,7 @@ from torch.utils.data import Sampler
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")  # a dataclass of gathered representations
 
 
 # ---------------------------------------------------------------------------- process group
@@ -301,3 +303,23 @@ def gather_in_order(local: torch.Tensor, total: int) -> torch.Tensor:
     dist.all_gather(parts, local.contiguous())
     stacked = torch.stack(parts, dim=1)  # (n, W, ...): position j·W + r is [j, r]
     return stacked.reshape(-1, *local.shape[1:])[:total]
+
+
+def gather_representations(reps: R, total: int) -> R:
+    """Per-rank :class:`~vilalign.analysis.collect.Representations` → the whole set's.
+
+    Each rank collected its :class:`RankShard` positions of the first ``total`` samples;
+    every view (pooled N×D, token N×T×D, the text mask) and the ids come back in sampler
+    order on every rank, so the alignment measures see the same N samples as one process.
+    """
+    if not is_distributed():
+        return reps
+    per_rank = all_gather_object(list(reps.ids))
+    ids = [r[j] for j in range(len(per_rank[0])) for r in per_rank][:total]
+    return dataclasses.replace(
+        reps,
+        ids=ids,
+        pooled={k: gather_in_order(v.contiguous(), total) for k, v in reps.pooled.items()},
+        tokens={k: gather_in_order(v.contiguous(), total) for k, v in reps.tokens.items()},
+        text_mask=None if reps.text_mask is None else gather_in_order(reps.text_mask, total),
+    )
