@@ -95,9 +95,15 @@ class FileTracker:
 def plot_metrics(records: list[dict[str, float]], path: Path) -> Path | None:
     """Losses (left) and other metrics (right) against optimiser step; None if nothing to plot."""
     series: dict[str, tuple[list[int], list[float]]] = {}
+    has_steps = any("train/lr" in r for r in records)
     for r in records:
+        # The loop logs train/* twice: interval means every few steps (with train/lr) and
+        # whole-epoch means at the epoch's end; plotting both on one line makes sawteeth.
+        epoch_summary = "train/lr" not in r
         for k, v in r.items():
             if k in ("step", "epoch") or not math.isfinite(v) or k.endswith(("lr", "/time_s")):
+                continue
+            if epoch_summary and has_steps and k.startswith("train/"):
                 continue
             xs, ys = series.setdefault(k, ([], []))
             xs.append(int(r["step"]))
