@@ -96,6 +96,12 @@ def make_trainer(run_dir: Path, batch_size: int, step_callbacks=()) -> Trainer:
         device="cpu",
     )
     optim = OptimConfig(lr=1e-3, eps=1e-3, schedule="constant", warmup_ratio=0.0)
+
+    def align_callback(ctx) -> dict[str, float]:
+        # rank 0 alone runs it: it must not start collectives (the analysis gathers under DDP)
+        table = alignment(None, ctx.task.model).table
+        return {"align/cka": float(table[table.measure == "cka_linear"].value.mean())}
+
     return Trainer(
         FinetuneTask(model, "easyvqa"),
         cfg,
@@ -104,6 +110,7 @@ def make_trainer(run_dir: Path, batch_size: int, step_callbacks=()) -> Trainer:
         ToyDataset(24),
         ToyDataset(6, seed=1),
         collate(load_tokenizer(small_config().text)),
+        callbacks=[align_callback],
         step_callbacks=step_callbacks,
     )
 
@@ -124,16 +131,17 @@ def train(out: Path) -> None:
         )
 
 
-def alignment(out_dir: Path | None):
-    """The alignment analysis of a fixed model on 9 toy samples (its table)."""
+def alignment(out_dir: Path | None, model: torch.nn.Module | None = None):
+    """The alignment analysis of a model (default: a fixed one) on 9 toy samples."""
     from torch.utils.data import DataLoader
 
     from vilalign.analysis.align import RunInfo
     from vilalign.analysis.pipeline import AlignmentSpec, run_alignment
     from vilalign.data import DataConfig
 
-    seed_everything(0)
-    model = build_model(small_config())
+    if model is None:
+        seed_everything(0)
+        model = build_model(small_config())
     tokenizer = load_tokenizer(small_config().text)
     loader = DataLoader(ToyDataset(10), batch_size=3, collate_fn=collate(tokenizer))
     spec = AlignmentSpec(

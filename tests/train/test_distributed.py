@@ -146,7 +146,7 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(ddp_out, si
     assert len(ddp["history"]) == len(result.history) == 2
     for mine, theirs in zip(result.history, ddp["history"], strict=True):
         assert mine["step"] == theirs["step"]
-        for key in ("train/loss", "val/loss", "val/accuracy"):
+        for key in ("train/loss", "val/loss", "val/accuracy", "align/cka"):
             assert mine[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-5), key
     for name, value in trainer.task.state_dict().items():
         torch.testing.assert_close(ddp["state"][name], value, rtol=1e-4, atol=1e-5, msg=name)

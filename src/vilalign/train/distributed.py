@@ -19,13 +19,14 @@ What the training loop and the objectives need from DDP, written once:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import functools
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, TypeVar
 
 import torch
@@ -52,9 +53,33 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+_local_only = False
+
+
 def is_distributed() -> bool:
-    """Whether this process is one of several in an initialised process group."""
+    """Whether this process is one of several in an initialised process group.
+
+    False inside :func:`local_only`, whatever the process group.
+    """
+    if _local_only:
+        return False
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+@contextlib.contextmanager
+def local_only() -> Generator[None, None, None]:
+    """Code that one rank runs alone (epoch callbacks on rank 0) behaves as one process.
+
+    Inside, every helper here (and so the loaders, evaluation, gathered losses and the
+    alignment analysis) sees a world of one: no collective is started that the other
+    ranks, waiting at a barrier, would never join.
+    """
+    global _local_only
+    previous, _local_only = _local_only, True
+    try:
+        yield
+    finally:
+        _local_only = previous
 
 
 def get_rank() -> int:

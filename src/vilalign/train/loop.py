@@ -300,8 +300,8 @@ class Trainer:
             return self._stream_loader(dataset, epoch)
         sampler: Sampler[int] = EpochSampler(len(dataset), self.cfg.seed, shuffle)
         sampler.set_position(epoch, start)
-        if self.world_size > 1:
-            sampler = dist.RankShard(sampler, self.rank, self.world_size)
+        if dist.is_distributed():  # (not inside an epoch callback: rank 0 runs those alone)
+            sampler = dist.RankShard(sampler, dist.get_rank(), dist.get_world_size())
         return DataLoader(
             dataset,
             batch_size=self.cfg.batch_size,
@@ -498,7 +498,7 @@ class Trainer:
             return
         context = EpochContext(self, self.progress.epoch, self.progress.step, summary)
         for callback in self.callbacks:
-            with preserved_rng():
+            with preserved_rng(), dist.local_only():
                 extra = callback(context)
             if extra:
                 self.tracker.log_metrics(extra, self.progress.step, self.progress.epoch)
