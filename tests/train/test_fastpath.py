@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from vilalign.model import build_model
@@ -53,3 +54,38 @@ def test_on_cpu_the_gpu_switches_change_nothing(make_config, collate, toy_datase
     )
     assert batch.pixel_values.is_contiguous()
     assert TrainConfig().fast.sdpa and TrainConfig().fast.fused_adamw  # on by default
+
+
+def test_a_training_step_never_takes_the_explicit_attention_path(
+    make_config, collate, toy_dataset, tmp_path, monkeypatch
+):
+    """Every attention of a default training step runs SDPA; none computes its weights."""
+    from vilalign.model import attention
+    from vilalign.train.config import OptimConfig
+    from vilalign.train.loop import Trainer
+    from vilalign.train.tasks import FinetuneTask
+
+    calls = {"sdpa": 0}
+    sdpa = attention.F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls["sdpa"] += 1
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention", counting)
+    # the explicit path's softmax (fast.sdpa=False makes this test fail, as it should)
+    monkeypatch.setattr(
+        torch.Tensor, "softmax", lambda *a, **k: pytest.fail("explicit attention in training")
+    )
+    trainer = Trainer(
+        FinetuneTask(build_model(make_config()), "easyvqa"),
+        TrainConfig(batch_size=2, epochs=1, max_steps=1, progress=False, device="cpu"),
+        OptimConfig(),
+        tmp_path,
+        toy_dataset(2),
+        None,
+        collate,
+    )
+    trainer.train_epoch()
+    fusion = sum(isinstance(m, MultiHeadAttention) for m in trainer.task.modules())
+    assert trainer.progress.step == 1 and calls["sdpa"] >= fusion > 0
