@@ -33,6 +33,7 @@ TINY: dict[str, Any] = {
         "splits": {"val_fraction": 0.25},
         "train": {"batch_size": 12, "epochs": 2, "progress": False},
     },
+    "tracking": {"enabled": False},
     "analysis": {
         "n_samples": 24,
         "batch_size": 24,
@@ -51,16 +52,19 @@ def tiny_experiment(out_dir: Path, **overrides: Any) -> ExperimentConfig:
     return validate(ExperimentConfig, data, source="tiny test experiment")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="session", autouse=True)
 def _one_thread():
-    """One torch thread: two spin against the other processes on a shared 2-core CPU."""
+    """One torch thread: two spin against the other processes on a shared 2-core CPU
+    (measured 12x slower). Session-scoped so that it covers the module-scoped grid too."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True)
-def _no_metric_plots(monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def _no_metric_plots():
     """The run folders' metrics.png (redrawn every epoch) costs more than the tiny runs."""
-    monkeypatch.setattr(FileTracker, "plot", lambda self: None)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FileTracker, "plot", lambda self: None)
+        yield

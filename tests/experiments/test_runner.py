@@ -129,7 +129,7 @@ def test_commands_over_a_finished_grid(grid_run, tmp_path, capsys):
     exp, *_, second = grid_run
     file = tmp_path / "exp.json"
     file.write_text(exp.model_dump_json())
-    assert main(["run", str(file), "--no-progress"]) == 0
+    assert main(["run", str(file), "--no-progress", "--no-tracking"]) == 0
     out = capsys.readouterr().out
     assert "0 cell(s) run, 8 already done" in out
     assert "vilbert_pt-none_lr-high" in out

@@ -36,5 +36,7 @@ def run(args: argparse.Namespace) -> int:
     print()
     print("chance on easy-VQA: always 'yes' 0.37, question only about 0.67")
     print(f"report: {result.report}")
+    if result.tracking_uri:
+        print(f"runs recorded in MLflow: mlflow ui --backend-store-uri {result.tracking_uri}")
     print(f"done in {time.perf_counter() - start:.0f} s")
     return 0

@@ -22,9 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output-dir", type=Path, help="override the file's output_dir")
     p.add_argument(
         "--tracking-uri",
-        help="record every run in MLflow at this URI (default when the file enables "
-        "tracking: sqlite:///<output_dir>/mlflow.db)",
+        help="MLflow tracking URI for the run store (default: the file's tracking.uri, "
+        "else sqlite:///<output_dir>/mlflow.db)",
     )
+    p.add_argument("--no-tracking", action="store_true", help="do not record runs in MLflow")
     p.add_argument(
         "--threads",
         type=int,
@@ -47,13 +48,15 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     exp = load_experiment(args.experiment)
     out = args.output_dir or exp.resolved_output_dir()
-    factory = tracker_factory(exp, out, args.tracking_uri)
+    factory = None if args.no_tracking else tracker_factory(exp, out, args.tracking_uri)
     result = run_experiment(exp, out, factory, progress=not args.no_progress)
     print(f"{len(result.ran)} cell(s) run, {len(result.skipped)} already done, in {out}")
     if result.groups is not None and not result.groups.empty:
         print(summary_text(result.groups))
     if not args.no_report:
         print(f"report: {write_report(out)}")
+    if factory is not None:
+        print(f"runs recorded in MLflow: mlflow ui --backend-store-uri {factory.store.uri}")
     return 0
 
 

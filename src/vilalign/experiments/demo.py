@@ -24,6 +24,7 @@ from vilalign.config import validate
 from vilalign.experiments.report import write_report
 from vilalign.experiments.runner import ExperimentResult, run_experiment
 from vilalign.experiments.spec import ExperimentConfig, expand_grid
+from vilalign.experiments.tracking import tracker_factory
 
 DEMO: dict[str, Any] = {
     "name": "demo",
@@ -71,6 +72,7 @@ class DemoResult:
     experiment: ExperimentResult
     report: Path
     table: pd.DataFrame
+    tracking_uri: str | None = None
 
 
 def demo_experiment(output_dir: str | Path | None = None, **overrides: Any) -> ExperimentConfig:
@@ -98,15 +100,17 @@ def run_demo(
     7.5 samples/s with two threads against 88 with one (same run, same load).
     """
     exp = demo_experiment(output_dir, **overrides)
+    factory = tracker_factory(exp, exp.resolved_output_dir())  # None when tracking is off
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
-        result = run_experiment(exp, progress=progress)
+        result = run_experiment(exp, tracker_factory=factory, progress=progress)
     finally:
         torch.set_num_threads(before)
     report = write_report(result.out_dir)
-    return DemoResult(result, report, results_table(result))
+    uri = factory.store.uri if factory is not None else None
+    return DemoResult(result, report, results_table(result), uri)
 
 
 def results_table(result: ExperimentResult) -> pd.DataFrame:

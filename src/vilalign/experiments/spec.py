@@ -127,9 +127,9 @@ class AnalysisConfig(StrictModel):
 
 
 class TrackingConfig(StrictModel):
-    """The MLflow run store."""
+    """The MLflow run store (used by ``vilalign run`` and the demo)."""
 
-    enabled: bool = False
+    enabled: bool = True
     uri: str | None = Field(
         None, description="Tracking URI; default sqlite:///<output_dir>/mlflow.db."
     )

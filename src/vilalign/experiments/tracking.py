@@ -181,7 +181,7 @@ class ExperimentTracking:
 def tracker_factory(
     exp: ExperimentConfig, out_dir: str | Path, uri: str | None = None
 ) -> ExperimentTracking | None:
-    """MLflow tracking for ``exp`` when its file enables it or a URI is given; else None."""
+    """MLflow tracking for ``exp`` unless its file turns it off (a URI turns it on)."""
     if not (exp.tracking.enabled or uri):
         return None
     out_dir = Path(out_dir)
