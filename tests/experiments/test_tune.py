@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from tests.experiments.conftest import tiny_experiment
+from vilalign.cli import main
 from vilalign.experiments.spec import load_experiment
 from vilalign.experiments.tune import BEST_FILE, PARETO_FILE, load_study, run_study
 
@@ -19,20 +20,24 @@ SPACE = {
 }
 
 
-def test_study_runs_and_continues_from_its_sqlite_file(tmp_path):
+def test_study_runs_and_continues_from_its_sqlite_file(tmp_path, capsys):
     exp = tiny_experiment(tmp_path, **FAST, tune={"n_trials": 2, "space": SPACE, "pruner": "none"})
     first = run_study(exp)
     assert first.n_trials == 2
     assert (tmp_path / "optuna.db").is_file()
     best_before = first.study.best_value
-    second = run_study(exp, n_trials=1)  # a new invocation on the same storage
-    assert second.n_trials == 3
-    assert second.study.best_value >= best_before  # the best trial is kept
-    assert second.best[0]["values"] == [second.study.best_value]
+    # A second invocation, from the command line, on the same SQLite file continues it.
+    file = tmp_path / "exp.json"
+    file.write_text(exp.model_dump_json())
+    assert main(["tune", str(file), "--n-trials", "1", "--output-dir", str(tmp_path)]) == 0
+    assert "3 trials" in capsys.readouterr().out
+    study = load_study(exp, tmp_path)
+    assert len(study.trials) == 3
+    assert study.best_value >= best_before  # the best trial is kept
     # The best trial's experiment is ready to run: it validates, with the tuned values.
     best_file = tmp_path / BEST_FILE
     best = load_experiment(best_file)
-    params = second.best[0]["params"]
+    params = study.best_trial.params
     assert best.finetune["optim"]["lr"] == pytest.approx(params["finetune.optim.lr"])
     assert best.model["dropout"] == params["model.dropout"]
     assert yaml.safe_load((tmp_path / "best_finetune.yaml").read_text())["optim"]["lr"] > 0
