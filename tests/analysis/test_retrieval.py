@@ -77,8 +77,10 @@ def brute_force(sim: torch.Tensor, target: torch.Tensor, k: int) -> float:
     n = sim.shape[1]
     rates = []
     for row, tgt in zip(sim.tolist(), target.tolist(), strict=True):
-        hits = [any(tgt[c] for c in sorted(range(n), key=lambda c: (-row[c], perm[c]))[:k])
-                for perm in itertools.permutations(range(n))]
+        hits = [
+            any(tgt[c] for c in sorted(range(n), key=lambda c: (-row[c], perm[c]))[:k])
+            for perm in itertools.permutations(range(n))
+        ]
         rates.append(sum(hits) / len(hits))
     return sum(rates) / len(rates)
 
@@ -138,11 +140,16 @@ def reps_for(ids: list[str]) -> Representations:
     groups = caption_groups(ids)
     image = torch.randn(len(groups.images), 8, generator=g)[groups.caption_image]
     text = image + 0.01 * torch.randn(len(ids), 8, generator=g)  # own image still nearest
-    layers = [LayerInfo("fusion.0", 0, "coattention", ("text", "image")),
-              LayerInfo("fusion.1", 1, "self_attention", ("text", "image"))]
-    pooled = {("fusion.0", "text", "cls"): text, ("fusion.0", "image", "cls"): image,
-              ("fusion.1", "text", "cls"): torch.randn(len(ids), 8, generator=g),
-              ("fusion.1", "image", "cls"): torch.randn(len(ids), 6, generator=g)}
+    layers = [
+        LayerInfo("fusion.0", 0, "coattention", ("text", "image")),
+        LayerInfo("fusion.1", 1, "self_attention", ("text", "image")),
+    ]
+    pooled = {
+        ("fusion.0", "text", "cls"): text,
+        ("fusion.0", "image", "cls"): image,
+        ("fusion.1", "text", "cls"): torch.randn(len(ids), 8, generator=g),
+        ("fusion.1", "image", "cls"): torch.randn(len(ids), 6, generator=g),
+    }
     return Representations(ids=ids, layers=layers, views=("cls",), pooled=pooled)
 
 
@@ -151,11 +158,13 @@ def test_retrieval_rows_join_the_alignment_table():
     reps = reps_for(ids)
     info = RunInfo(run="r", seed=3, epoch=1, dataset="coco_karpathy")
     table = retrieval_table(reps, info, ks=(1, 5))
-    assert list(table.columns) == list(alignment_table(reps, ("cka_linear",), info,
-                                                       progress=False).columns)
+    assert list(table.columns) == list(
+        alignment_table(reps, ("cka_linear",), info, progress=False).columns
+    )
     assert set(table["layer"]) == {"fusion.0"}  # fusion.1: stream widths differ
-    assert sorted(table["measure"]) == sorted(f"recall@{k}_{d}" for k in (1, 5)
-                                              for d in ("t2i", "i2t"))
+    assert sorted(table["measure"]) == sorted(
+        f"recall@{k}_{d}" for k in (1, 5) for d in ("t2i", "i2t")
+    )
     assert (table["value"] == 1.0).all() and table["ci_low"].isna().all()
     assert set(table["layer_kind"]) == {"coattention"} and set(table["seed"]) == {3}
     avg = retrieval_table(reps, info, ks=(1,), average_captions=True)

@@ -30,11 +30,22 @@ def caption(imgid: int, j: int) -> str:
 
 
 def _entry(dataset: str, imgid: int, split: str, filename: str, n: int = 5) -> dict:
-    sents = [{"raw": caption(imgid, j) + (" \n" if j == 0 else ""),
-              "tokens": caption(imgid, j).split(), "imgid": imgid, "sentid": 100 * imgid + j}
-             for j in range(n)]
-    return {"filename": filename, "imgid": imgid, "split": split,
-            "sentids": [s["sentid"] for s in sents], "sentences": sents}
+    sents = [
+        {
+            "raw": caption(imgid, j) + (" \n" if j == 0 else ""),
+            "tokens": caption(imgid, j).split(),
+            "imgid": imgid,
+            "sentid": 100 * imgid + j,
+        }
+        for j in range(n)
+    ]
+    return {
+        "filename": filename,
+        "imgid": imgid,
+        "split": split,
+        "sentids": [s["sentid"] for s in sents],
+        "sentences": sents,
+    }
 
 
 def write_coco(root: Path) -> Path:
@@ -58,13 +69,18 @@ def write_flickr(root: Path, folder: str = "flickr30k-images") -> Path:
         write_image(root / folder / name, f"flickr{imgid}")
         images.append(_entry("flickr30k", imgid, split, name))
     (root / "dataset_flickr30k.json").write_text(
-        json.dumps({"images": images, "dataset": "flickr30k"}))
+        json.dumps({"images": images, "dataset": "flickr30k"})
+    )
     return root
 
 
 def load(name, root, split, data_config, tmp_path, cache=True, **kw):
-    cfg = DataConfig(name=name, root=str(root), cache={"enabled": cache, "progress": False,
-                                                       "dir": str(tmp_path / "cache")}, **kw)
+    cfg = DataConfig(
+        name=name,
+        root=str(root),
+        cache={"enabled": cache, "progress": False, "dir": str(tmp_path / "cache")},
+        **kw,
+    )
     return build_dataset(cfg, split, build_image_transform(data_config, cfg, split))
 
 
@@ -161,8 +177,10 @@ def _break(root: Path, edit) -> None:
         (lambda d: d["images"][6].pop("filename"), r"images\[6\]: missing field 'filename'"),
         (lambda d: d["images"][5].pop("imgid"), r"images\[5\]: missing field 'imgid'"),
         (lambda d: d["images"][0].pop("split"), r"images\[0\]: missing field 'split'"),
-        (lambda d: d["images"][6]["sentences"][3].pop("raw"),
-         r"images\[6\]\.sentences\[3\]: missing field 'raw'"),
+        (
+            lambda d: d["images"][6]["sentences"][3].pop("raw"),
+            r"images\[6\]\.sentences\[3\]: missing field 'raw'",
+        ),
         (lambda d: d["images"][6].update(sentences=[]), r"images\[6\]: field 'sentences' must"),
         (lambda d: d["images"][2].update(split="dev"), r"images\[2\]: field 'split' is 'dev'"),
         (lambda d: d["images"][6].update(imgid=5), r"field 'imgid' repeats \(5\)"),

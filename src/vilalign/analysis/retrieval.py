@@ -79,8 +79,9 @@ def caption_groups(ids: Sequence[str]) -> CaptionGroups:
 def average_over_images(x: torch.Tensor, groups: CaptionGroups) -> torch.Tensor:
     """(N, D) rows → (I, D): the mean of each image's rows (float64 sum, then back)."""
     if x.shape[0] != groups.caption_image.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} rows but there are "
-                         f"{groups.caption_image.shape[0]} ids")
+        raise ValueError(
+            f"x has {x.shape[0]} rows but there are {groups.caption_image.shape[0]} ids"
+        )
     sums = torch.zeros(len(groups.images), x.shape[1], dtype=torch.float64)
     sums.index_add_(0, groups.caption_image, x.double())
     return (sums / groups.counts[:, None]).to(x.dtype)
@@ -103,8 +104,10 @@ def averaged_captions(
 def cosine_similarity(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     """(N_t, D) × (N_i, D) → (N_t, N_i) cosine similarities, in float64."""
     if text.ndim != 2 or image.ndim != 2 or text.shape[1] != image.shape[1]:
-        raise ValueError(f"need N×D text and image with equal D, got {tuple(text.shape)} "
-                         f"and {tuple(image.shape)}")
+        raise ValueError(
+            f"need N×D text and image with equal D, got {tuple(text.shape)} "
+            f"and {tuple(image.shape)}"
+        )
     t = torch.nn.functional.normalize(text.double(), dim=1)
     i = torch.nn.functional.normalize(image.double(), dim=1)
     return t @ i.T
@@ -112,27 +115,30 @@ def cosine_similarity(text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
 
 def _check(similarity: torch.Tensor, caption_image: torch.Tensor, ks: Sequence[int]) -> None:
     if similarity.ndim != 2 or min(similarity.shape) < 2:
-        raise ValueError(f"similarity: need at least 2 captions × 2 images, got "
-                         f"{tuple(similarity.shape)}")
+        raise ValueError(
+            f"similarity: need at least 2 captions × 2 images, got {tuple(similarity.shape)}"
+        )
     if not torch.isfinite(similarity).all():
         raise ValueError("similarity: contains NaN or infinite values")
     if caption_image.shape != (similarity.shape[0],):
-        raise ValueError(f"caption_image: need one image index per row ({similarity.shape[0]}),"
-                         f" got shape {tuple(caption_image.shape)}")
+        raise ValueError(
+            f"caption_image: need one image index per row ({similarity.shape[0]}),"
+            f" got shape {tuple(caption_image.shape)}"
+        )
     n_images = similarity.shape[1]
     if caption_image.min() < 0 or caption_image.max() >= n_images:
         raise ValueError(f"caption_image: indices must lie in [0, {n_images})")
     captionless = int((torch.bincount(caption_image, minlength=n_images) == 0).sum())
     if captionless:
-        raise ValueError(f"caption_image: {captionless} image(s) have no caption, so "
-                         "image→text recall is undefined for them")
+        raise ValueError(
+            f"caption_image: {captionless} image(s) have no caption, so "
+            "image→text recall is undefined for them"
+        )
     if not ks or min(ks) < 1:
         raise ValueError(f"ks: need positive cut-offs, got {tuple(ks)}")
 
 
-def _hit_rate(
-    similarity: torch.Tensor, target: torch.Tensor, k: int, ties: Ties
-) -> torch.Tensor:
+def _hit_rate(similarity: torch.Tensor, target: torch.Tensor, k: int, ties: Ties) -> torch.Tensor:
     """Per query row: the probability that a target is among the top ``k`` columns.
 
     ``target`` is a bool mask of the same shape (at least one True per row). With ``g``
@@ -176,18 +182,25 @@ def recall_at_k(
     similarity = torch.as_tensor(similarity).double()
     if caption_image is None:
         if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1]:
-            raise ValueError(f"caption_image: needed for a non-square similarity "
-                             f"{tuple(similarity.shape)}")
+            raise ValueError(
+                f"caption_image: needed for a non-square similarity {tuple(similarity.shape)}"
+            )
         caption_image = torch.arange(similarity.shape[0])
     caption_image = torch.as_tensor(caption_image, dtype=torch.long)
     _check(similarity, caption_image, ks)
     t2i = torch.nn.functional.one_hot(caption_image, similarity.shape[1]).bool()  # (N, I)
     queries = {"t2i": (similarity, t2i), "i2t": (similarity.T, t2i.T)}
     if max(ks) >= similarity.shape[1]:
-        log.info("recall@%d: K reaches the %d candidate images, text→image recall is 1",
-                 max(ks), similarity.shape[1])
-    return {f"recall@{k}_{d}": float(_hit_rate(s, t, k, ties).mean())
-            for k in ks for d, (s, t) in queries.items()}
+        log.info(
+            "recall@%d: K reaches the %d candidate images, text→image recall is 1",
+            max(ks),
+            similarity.shape[1],
+        )
+    return {
+        f"recall@{k}_{d}": float(_hit_rate(s, t, k, ties).mean())
+        for k in ks
+        for d, (s, t) in queries.items()
+    }
 
 
 # ---------------------------------------------------------------------- tidy rows
@@ -211,8 +224,9 @@ def retrieval_recall(
     groups = caption_groups(ids)
     images = average_over_images(image, groups)
     if average_captions:
-        return recall_at_k(cosine_similarity(average_over_images(text, groups), images),
-                           None, ks, ties)
+        return recall_at_k(
+            cosine_similarity(average_over_images(text, groups), images), None, ks, ties
+        )
     return recall_at_k(cosine_similarity(text, images), groups.caption_image, ks, ties)
 
 
@@ -238,10 +252,16 @@ def retrieval_table(
         for view in (v for v in reps.views if v != "tokens"):
             text, image = reps.get(layer.name, "text", view), reps.get(layer.name, "image", view)
             if text.shape[1] != image.shape[1]:
-                log.info("retrieval: skipping %s (stream widths %d, %d)", layer.name,
-                         text.shape[1], image.shape[1])
+                log.info(
+                    "retrieval: skipping %s (stream widths %d, %d)",
+                    layer.name,
+                    text.shape[1],
+                    image.shape[1],
+                )
                 continue
             values = retrieval_recall(text, image, reps.ids, ks, average_captions, ties)
-            rows += [_row(info, layer.name, layer.kind, view, name + suffix, value)
-                     for name, value in values.items()]
+            rows += [
+                _row(info, layer.name, layer.kind, view, name + suffix, value)
+                for name, value in values.items()
+            ]
     return pd.DataFrame(rows, columns=list(_row(info, "", "", "", "", 0.0)))

@@ -228,9 +228,17 @@ def karpathy_dataset(
 ) -> KarpathyCaptions:
     """``<cfg.root>/dataset_<dataset>.json`` with images under ``cfg.root``; every caption."""
     root = Path(cfg.root or ".")
-    return KarpathyCaptions(root / FILES[dataset], root, split, transform, dataset=dataset,
-                            on_bad_image=cfg.on_bad_image, cache=cfg.cache, limit=cfg.limit,
-                            **options)
+    return KarpathyCaptions(
+        root / FILES[dataset],
+        root,
+        split,
+        transform,
+        dataset=dataset,
+        on_bad_image=cfg.on_bad_image,
+        cache=cfg.cache,
+        limit=cfg.limit,
+        **options,
+    )
 
 
 # DataConfig has no Karpathy fields yet, so the registry gives every caption of every
