@@ -179,20 +179,31 @@ def entropy_figure(frames: dict[str, pd.DataFrame]) -> Figure:
         ax = fig.add_subplot(1, len(frames), i + 1, sharey=fig.axes[0] if i else None)
         layers = sorted(frame["layer"].unique())
         for layer in frame.loc[frame["layer_kind"] == "coattention", "layer"].unique():
-            ax.axvspan(layer - 0.45, layer + 0.45, color="tab:orange", alpha=0.12, lw=0)
+            ax.axvspan(layer - 0.45, layer + 0.45, color="0.85", alpha=0.6, lw=0)
         for j, direction in enumerate(directions):
             part = frame[frame["direction"] == direction].groupby("layer")
             means = part["normalized_entropy"].mean()
+            if means.empty:
+                continue
             xs = means.index.to_numpy() - 0.4 + width * (j + 0.5)
-            ax.bar(xs, means.values, width, label=direction.replace("_", " "))
+            colour = DIRECTION_COLOURS.get(direction)
+            ax.bar(xs, means.values, width, label=direction.replace("_", " "), color=colour)
         ax.set_xticks(layers, [f"fusion.{x}" for x in layers], fontsize=8)
         ax.set_title(group, fontsize=9)
         ax.set_ylabel("normalised entropy" if i == 0 else "")
-        if i == 0:
-            ax.legend(fontsize=7)
-    fig.suptitle("attention entropy per head, mean over heads (orange: co-attention)", fontsize=10)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle("attention entropy, mean over heads (shaded: co-attention layers)", fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# One colour per attention direction in every panel (self: blue/green, cross: orange/red).
+DIRECTION_COLOURS = {
+    "image_self": "tab:blue",
+    "text_self": "tab:green",
+    "image_to_text": "tab:orange",
+    "text_to_image": "tab:red",
+}
 
 
 def _null_for(out_dir: Path, cells: Sequence[str], measure: str, epoch: int) -> pd.DataFrame:
@@ -342,7 +353,7 @@ class ExperimentReport:
             ]
         keep = [c for c in frame.columns if not re.search(r"_(std|n|ci_low|ci_high)$", c)]
         n = [c for c in frame.columns if c.endswith("_n")][:1]
-        return table_html(frame[keep + n])
+        return table_html(frame[keep + n].rename(columns={n[0]: "seeds"} if n else {}))
 
     def alignment_table(self) -> str:
         if self.align.empty:
