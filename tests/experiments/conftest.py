@@ -52,17 +52,18 @@ def tiny_experiment(out_dir: Path, **overrides: Any) -> ExperimentConfig:
     return validate(ExperimentConfig, data, source="tiny test experiment")
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """One torch thread: two spin against the other processes on a shared 2-core CPU
-    (measured 12x slower). Session-scoped so that it covers the module-scoped grid too."""
+    (measured 12x slower). Module-scoped autouse: set up before the module-scoped grid, and
+    undone before other folders' tests run (a session fixture here would leak into them)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _no_metric_plots():
     """The run folders' metrics.png (redrawn every epoch) costs more than the tiny runs."""
     with pytest.MonkeyPatch.context() as mp:
