@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from vilalign.analysis import measures as M
 from vilalign.analysis.collect import Representations
+from vilalign.analysis.report import COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def alignment_table(
             for name, value in values.items():
                 ci, p = _with_stats(x, y, name, value, stats, options.get(name, {}))
                 rows.append(_row(info, layer.name, layer.kind, view, name, value, ci, p))
-    return pd.DataFrame(rows, columns=list(_row(info, "", "", "", "", 0.0)))
+    return pd.DataFrame(rows, columns=list(COLUMNS))
 
 
 def _token_rows(

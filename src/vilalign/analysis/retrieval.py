@@ -39,6 +39,7 @@ import torch
 
 from vilalign.analysis.align import RunInfo, _row
 from vilalign.analysis.collect import Representations
+from vilalign.analysis.report import COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -264,4 +265,4 @@ def retrieval_table(
                 _row(info, layer.name, layer.kind, view, name + suffix, value)
                 for name, value in values.items()
             ]
-    return pd.DataFrame(rows, columns=list(_row(info, "", "", "", "", 0.0)))
+    return pd.DataFrame(rows, columns=list(COLUMNS))
