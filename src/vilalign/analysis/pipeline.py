@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 from torch import nn
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from vilalign.analysis.align import (
     DEFAULT_MEASURES,
@@ -55,11 +55,16 @@ class AlignmentResult:
     files: list[Path]
 
 
+def evaluation_dataset(model: nn.Module, data: DataConfig, split: str) -> Dataset:
+    """``split`` of ``data`` with the model's evaluation transform (never augmented,
+    also on a training split: analysis looks at the images as they are)."""
+    transform = build_transform(unwrap(model).image_data_config, train=False)
+    return build_dataset(data, split, transform)
+
+
 def analysis_loader(model: nn.Module, tokenizer: Any, spec: AlignmentSpec) -> DataLoader:
     """An evaluation loader (no augmentation, fixed order) over the analysis split."""
-    # Analysis always sees unaugmented images, also on a training split.
-    transform = build_transform(unwrap(model).image_data_config, train=False)
-    dataset = build_dataset(spec.data, spec.split, transform)
+    dataset = evaluation_dataset(model, spec.data, spec.split)
     padding = "max_length" if "tokens" in spec.views else "longest"
     collator = Collator(tokenizer, max_length=spec.max_length, padding=padding)
     return DataLoader(dataset, batch_size=spec.batch_size, shuffle=False, collate_fn=collator)

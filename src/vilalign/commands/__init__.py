@@ -66,7 +66,7 @@ def load_source(args: argparse.Namespace, num_labels: int = 0):
 
 def evaluation_dataset(args: argparse.Namespace, model):
     """The dataset named by --dataset/--root/--split with the evaluation transform."""
-    from vilalign.data import DataConfig, build_dataset, build_transform
+    from vilalign.analysis.pipeline import evaluation_dataset as build
+    from vilalign.data import DataConfig
 
-    cfg = DataConfig(name=args.dataset, root=args.root)
-    return build_dataset(cfg, args.split, build_transform(model.image_data_config, train=False))
+    return build(model, DataConfig(name=args.dataset, root=args.root), args.split)
