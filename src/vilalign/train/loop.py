@@ -287,15 +287,22 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
 
-    def loader(self, dataset: Dataset, shuffle: bool, epoch: int = 0, start: int = 0) -> DataLoader:
+    def loader(
+        self,
+        dataset: Dataset,
+        shuffle: bool,
+        epoch: int = 0,
+        start: int = 0,
+        batch_size: int | None = None,
+        collate_fn: Callable[[list], Batch] | None = None,
+    ) -> DataLoader:
         """A loader whose order and worker seeds depend only on (seed, epoch, start).
 
         Its own generator keeps the loader from drawing on the global torch RNG (which
-        would shift dropout between an uninterrupted and a resumed run).
+        would shift dropout between an uninterrupted and a resumed run). ``batch_size``
+        and ``collate_fn`` default to the trainer's.
         """
-        set_epoch = getattr(self.collate_fn, "set_epoch", None)
-        if callable(set_epoch):
-            set_epoch(epoch)
+        self.set_collate_epoch(epoch)
         if isinstance(dataset, IterableDataset):
             return self._stream_loader(dataset, epoch)
         sampler: Sampler[int] = EpochSampler(len(dataset), self.cfg.seed, shuffle)
@@ -304,13 +311,19 @@ class Trainer:
             sampler = dist.RankShard(sampler, dist.get_rank(), dist.get_world_size())
         return DataLoader(
             dataset,
-            batch_size=self.cfg.batch_size,
+            batch_size=batch_size or self.cfg.batch_size,
             sampler=sampler,
-            collate_fn=self.collate_fn,
+            collate_fn=collate_fn or self.collate_fn,
             num_workers=self.cfg.num_workers,
             pin_memory=fastpath.pin_memory(self.cfg.fast, self.device),
             generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch),
         )
+
+    def set_collate_epoch(self, epoch: int) -> None:
+        """Tell a collator that draws (masking, negatives) which epoch it serves."""
+        set_epoch = getattr(self.collate_fn, "set_epoch", None)
+        if callable(set_epoch):
+            set_epoch(epoch)
 
     def _stream_loader(self, dataset: IterableDataset, epoch: int) -> DataLoader:
         """A streamed dataset (WebDataset shards) splits itself over ranks and workers."""
@@ -336,14 +349,7 @@ class Trainer:
         count this call only, so a resumed epoch reports its own pace.
         """
         p, accum = self.progress, self.accumulation_steps
-        if p.batch_in_epoch and not p.samples_in_epoch:  # a checkpoint from before DDP
-            p.samples_in_epoch = p.batch_in_epoch * self.cfg.batch_size
-        loader = self.loader(self.train_data, True, p.epoch, p.samples_in_epoch)
-        batches = iter(loader)
-        if isinstance(self.train_data, IterableDataset):
-            # A stream cannot start part-way: re-read the epoch's consumed micro-batches
-            # (the same ones with the same seed, ranks and workers).
-            batches = islice(batches, p.batch_in_epoch, None)
+        batches = self.train_batches()
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=p.batch_in_epoch // accum,
@@ -368,6 +374,18 @@ class Trainer:
             self._after_step()
         bar.close()
         return self._timing()
+
+    def train_batches(self) -> Iterator[Batch]:
+        """This rank's micro-batches for the rest of the epoch, from the saved position."""
+        p = self.progress
+        if p.batch_in_epoch and not p.samples_in_epoch:  # a checkpoint from before DDP
+            p.samples_in_epoch = p.batch_in_epoch * self.cfg.batch_size
+        batches = iter(self.loader(self.train_data, True, p.epoch, p.samples_in_epoch))
+        if isinstance(self.train_data, IterableDataset):
+            # A stream cannot start part-way: re-read the epoch's consumed micro-batches
+            # (the same ones with the same seed, ranks and workers).
+            batches = islice(batches, p.batch_in_epoch, None)
+        return batches
 
     def _timing(self) -> dict[str, float]:
         elapsed = time.perf_counter() - self._clock["start"]
@@ -517,23 +535,38 @@ class Trainer:
         them, counts twice in the logged loss means, never in the metrics.)
         """
         with preserved_rng():
-            was_training = self.task.training
-            self.task.eval()
-            meter, outputs = Meter(), defaultdict(list)
-            for batch in self.loader(dataset, shuffle=False):
-                batch = fastpath.to_device(batch, self.device, self.cfg.fast)
-                with self._autocast():
-                    result = self.task(batch)
-                meter.update(result.logs, len(batch))
-                for k, v in result.outputs.items():
-                    outputs[k].append(v.cpu())
-            metrics = _reduced(meter).means()
-            gathered = {
-                k: dist.gather_in_order(torch.cat(v), len(dataset)) for k, v in outputs.items()
-            }
-            metrics.update(self.task.metrics(gathered))
-            self.task.train(was_training)
+            metrics = self.evaluate_loader(
+                self.loader(dataset, shuffle=False), len(dataset), self.task.metrics
+            )
         return {f"{split}/{k}": v for k, v in metrics.items()}
+
+    @torch.no_grad()
+    def evaluate_loader(
+        self,
+        loader: DataLoader,
+        size: int,
+        metrics_fn: Callable[[dict[str, torch.Tensor]], dict[str, float]],
+        task: Task | None = None,
+    ) -> dict[str, float]:
+        """One pass of ``task`` (default: the trainer's) in eval mode over ``loader`` (``size``
+        samples in all ranks' order): logged means and ``metrics_fn`` of the gathered
+        outputs, keys unprefixed."""
+        task = task or self.task
+        was_training = self.task.training  # (a sub-task's own flag may be stale)
+        task.eval()
+        meter, outputs = Meter(), defaultdict(list)
+        for batch in loader:
+            batch = fastpath.to_device(batch, self.device, self.cfg.fast)
+            with self._autocast():
+                result = task(batch)
+            meter.update(result.logs, len(batch))
+            for k, v in result.outputs.items():
+                outputs[k].append(v.cpu())
+        metrics = _reduced(meter).means()
+        gathered = {k: dist.gather_in_order(torch.cat(v), size) for k, v in outputs.items()}
+        metrics.update(metrics_fn(gathered))
+        task.train(was_training)
+        return metrics
 
     # ------------------------------------------------------------------ checkpoints
 

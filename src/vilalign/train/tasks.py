@@ -113,19 +113,25 @@ def task_spec(name: str) -> TaskSpec:
 
 
 class FinetuneTask(Task):
-    """The model's own classification head on the fused vector, with the spec's loss/metrics."""
+    """A classification head on the fused vector, with the spec's loss/metrics.
 
-    def __init__(self, model: nn.Module, name: str) -> None:
+    The head is the model's own, unless ``head`` is given (a multi-dataset run gives each
+    dataset its head on one shared model, see :mod:`vilalign.train.multitask`).
+    """
+
+    def __init__(self, model: nn.Module, name: str, head: nn.Module | None = None) -> None:
         super().__init__(model)
         self.name = name
         self.spec = task_spec(name)
         self.monitor = self.spec.monitor
         self.monitor_mode = self.spec.monitor_mode
+        self.head = head
 
     def forward(self, batch: Batch) -> StepResult:
         if batch.labels is None:
             raise ValueError(f"task {self.name!r}: batch has no labels")
-        logits = self._run(batch).logits
+        out = self._run(batch)
+        logits = out.logits if self.head is None else self.head(out.fused)
         if logits is None:
             raise ValueError(f"task {self.name!r}: the model has no task head (num_labels=0)")
         loss = task_loss(self.spec.loss, logits, batch.labels)
