@@ -6,6 +6,7 @@ eps 1e-8, weight decay 0.01, 10 % warm-up, pretrained encoders at 0.1x the learn
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -220,8 +221,8 @@ class SplitsConfig(StrictModel):
     )
 
 
-class RunConfig(StrictModel):
-    """What every run needs: the model (a preset plus overrides), data, loop and optimiser.
+class PresetModelConfig(StrictModel):
+    """A model as a preset plus overrides: the part every run file shares.
 
     ``model`` is merged onto the preset's model section, so a file only names what differs:
     ``{"preset": "tiny", "model": {"depth": 2}}``.
@@ -229,10 +230,6 @@ class RunConfig(StrictModel):
 
     preset: str = Field("tiny", description=f"Model preset: one of {', '.join(PRESETS)}.")
     model: ModelConfig
-    data: DataConfig = DataConfig()
-    splits: SplitsConfig = SplitsConfig()
-    train: TrainConfig = TrainConfig()
-    optim: OptimConfig = OptimConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -244,6 +241,15 @@ class RunConfig(StrictModel):
         if isinstance(model, dict):
             data = {**data, "model": deep_merge(preset_mapping(preset)["model"], model)}
         return data
+
+
+class RunConfig(PresetModelConfig):
+    """What every single-dataset run needs: the model, data, loop and optimiser."""
+
+    data: DataConfig = DataConfig()
+    splits: SplitsConfig = SplitsConfig()
+    train: TrainConfig = TrainConfig()
+    optim: OptimConfig = OptimConfig()
 
 
 class FinetuneConfig(RunConfig):
@@ -270,7 +276,112 @@ class PretrainConfig(RunConfig):
     objectives: ObjectivesConfig = ObjectivesConfig()
 
 
-def load_run_config(path: str | Path, kind: type[RunConfig], **overrides: Any) -> RunConfig:
+class TaskDataConfig(StrictModel):
+    """One dataset of a multi-dataset run: its task head, files, splits and batches."""
+
+    task: str | None = Field(
+        None,
+        description="Task name (hateful_memes, mmimdb, food101, vqa, easyvqa): the head's "
+        "loss and metrics; default: the dataset's name.",
+    )
+    data: DataConfig
+    splits: SplitsConfig = SplitsConfig()
+    batch_size: int = Field(32, ge=1, description="Micro-batch size of this dataset's batches.")
+    loss_weight: float = Field(1.0, gt=0, description="Factor on this dataset's loss.")
+
+    @property
+    def task_name(self) -> str:
+        return self.task or self.data.name
+
+    @model_validator(mode="after")
+    def _check_task(self) -> TaskDataConfig:
+        from vilalign.train.tasks import TASKS  # (tasks imports this module)
+
+        if self.task_name not in TASKS:
+            raise ValueError(f"task: unknown task {self.task_name!r} (allowed: {', '.join(TASKS)})")
+        return self
+
+
+class SamplingConfig(StrictModel):
+    """Which dataset each training batch comes from."""
+
+    mode: Literal["round_robin", "proportional"] = Field(
+        "round_robin",
+        description="'round_robin': the datasets in turn, in file order; 'proportional': each "
+        "batch's dataset drawn with probability proportional to its training-set size "
+        "(seeded by train.seed and the epoch).",
+    )
+    steps_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="Batches (= optimiser steps) per epoch; default: round_robin, one pass "
+        "over the dataset with the most batches for each dataset; proportional, the sum "
+        "of the datasets' batches.",
+    )
+
+
+class EpochAlignmentConfig(StrictModel):
+    """Alignment per fusion layer after every epoch, measured on each dataset separately."""
+
+    split: Literal["val", "test"] = Field(
+        "val", description="Which of each dataset's splits to measure on."
+    )
+    n_samples: int = Field(200, ge=2)
+    views: list[Literal["cls", "mean"]] = Field(["cls", "mean"], min_length=1)
+    measures: list[str] = Field(["cka_linear"], min_length=1)
+    batch_size: int = Field(64, ge=1)
+
+
+class MultiTaskConfig(PresetModelConfig):
+    """``vilalign finetune`` on several datasets at once: one model, one head per dataset.
+
+    As in vilbert-multi-task: the backbone is shared, each dataset keeps its task's head,
+    loss and metrics, and every optimiser step takes one batch of one dataset.
+    """
+
+    datasets: dict[str, TaskDataConfig] = Field(
+        ..., min_length=1, description="Dataset name (used in metric keys) -> its settings."
+    )
+    sampling: SamplingConfig = SamplingConfig()
+    train: TrainConfig = TrainConfig()
+    optim: OptimConfig = OptimConfig()
+    alignment: EpochAlignmentConfig | None = Field(
+        None, description="Measure alignment on every dataset after every epoch; null: off."
+    )
+    init_from: str | None = Field(
+        None, description="A pretrained model folder (save_pretrained) or a pretraining run."
+    )
+
+    @model_validator(mode="after")
+    def _check_multitask(self) -> MultiTaskConfig:
+        for name in self.datasets:
+            if not re.fullmatch(r"[A-Za-z0-9_\-]+", name) or name == "mean":
+                raise ValueError(
+                    f"datasets.{name}: a dataset name is a metric-key part: letters, digits, "
+                    "'_' or '-', and not 'mean'"
+                )
+        if self.train.target_batch_size is not None:
+            raise ValueError(
+                "train.target_batch_size: not supported in a multi-dataset run (every "
+                "optimiser step takes one batch of one dataset)"
+            )
+        # (compared with the default, not "was it set": a saved config.json sets every field)
+        if self.train.batch_size != TrainConfig.model_fields["batch_size"].default:
+            raise ValueError(
+                "train.batch_size: a multi-dataset run sizes batches per dataset; "
+                "set datasets.<name>.batch_size instead"
+            )
+        return self
+
+
+def is_multitask_mapping(data: dict[str, Any]) -> bool:
+    """Whether a run file's mapping is the multi-dataset form (it has ``datasets:``)."""
+    return "datasets" in data
+
+
+def load_run_config(
+    path: str | Path, kind: type[PresetModelConfig], **overrides: Any
+) -> PresetModelConfig:
     """Read a YAML/JSON run file, apply (nested) overrides, validate; errors name the field."""
     data = deep_merge(read_mapping(path), overrides)
     if "preset" in data and data["preset"] not in PRESETS:
