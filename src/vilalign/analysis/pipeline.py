@@ -7,7 +7,7 @@ numbers after training and during training come from the same code.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from vilalign.model.checkpoint import unwrap
 from vilalign.train import distributed as dist
 
 log = logging.getLogger(__name__)
+
+ALIGNMENT_DIR = "alignment"
 
 
 @dataclass
@@ -133,3 +135,46 @@ def write_alignment(
         matrix.to_csv(path)
         files.append(path)
     return files
+
+
+class EpochAlignment:
+    """A training epoch callback: alignment of the model on each of several datasets.
+
+    Each dataset gets its own table per epoch (``<out_dir>/<dataset>/alignment_epoch<N>.csv``),
+    its rows tagged with the dataset's name; the values come back as
+    ``align/<dataset>/<layer>/<view>/<measure>`` metrics. The loaders are fixed, so the same
+    samples are measured every epoch. The loop runs callbacks with its RNG state preserved.
+    """
+
+    def __init__(
+        self,
+        specs: Mapping[str, AlignmentSpec],
+        loaders: Mapping[str, DataLoader],
+        out_dir: str | Path,
+        run: str = "",
+        seed: int = 0,
+    ) -> None:
+        self.specs, self.loaders = dict(specs), dict(loaders)
+        self.out_dir, self.run, self.seed = Path(out_dir), run, seed
+
+    def __call__(self, ctx: Any) -> dict[str, float]:
+        """``ctx``: the loop's ``EpochContext`` (its ``task.model`` and ``epoch``)."""
+        values: dict[str, float] = {}
+        for name, spec in self.specs.items():
+            info = RunInfo(self.run, self.seed, ctx.epoch, name)
+            result = run_alignment(
+                ctx.task.model,
+                None,
+                spec,
+                info,
+                self.out_dir / name,
+                self.loaders[name],
+                progress=False,
+            )
+            values.update(
+                {
+                    f"align/{name}/{r.layer}/{r.view}/{r.measure}": float(r.value)
+                    for r in result.table.itertuples()
+                }
+            )
+        return values

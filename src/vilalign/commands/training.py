@@ -35,7 +35,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="fine-tune on a downstream task",
         description=(
             "Fine-tune on a downstream dataset (hateful_memes, mmimdb, food101, vqa, easyvqa) "
-            "with the task's loss and metrics; evaluates the best checkpoint on the test split."
+            "with the task's loss and metrics; evaluates the best checkpoint on the test split. "
+            "A run file with a 'datasets:' mapping (name -> task, data, splits, batch_size, "
+            "loss_weight) fine-tunes one model on all of them at once, a head each, as in "
+            "vilbert-multi-task: every step takes one dataset's batch, chosen by "
+            "'sampling: {mode: round_robin | proportional, steps_per_epoch: N}'; metrics are "
+            "reported per dataset (val/<name>/accuracy, ...) plus val/mean, the mean of each "
+            "dataset's own metric. See configs/multitask_hm_food101.yaml."
         ),
     )
     _common(p)
@@ -100,10 +106,19 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
-    from vilalign.train.config import FinetuneConfig, load_run_config
-    from vilalign.train.run import run_finetuning
+    from vilalign.config import deep_merge, read_mapping
+    from vilalign.train.config import (
+        FinetuneConfig,
+        MultiTaskConfig,
+        is_multitask_mapping,
+        load_run_config,
+    )
+    from vilalign.train.run import run_finetuning, run_multitask
 
-    cfg = load_run_config(args.config, FinetuneConfig, **parse_overrides(args.overrides))
-    result = run_finetuning(cfg, _run_dir(args), init_from=args.init_from, resume=args.resume)
+    overrides = parse_overrides(args.overrides)
+    multi = is_multitask_mapping(deep_merge(read_mapping(args.config), overrides))
+    kind, run = (MultiTaskConfig, run_multitask) if multi else (FinetuneConfig, run_finetuning)
+    cfg = load_run_config(args.config, kind, **overrides)
+    result = run(cfg, _run_dir(args), init_from=args.init_from, resume=args.resume)
     _summary(result)
     return 0

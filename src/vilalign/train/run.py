@@ -4,7 +4,8 @@ Each function builds the datasets, the model and the task from a validated run c
 runs the one loop, evaluates the best checkpoint on the test split, and leaves in the
 run folder: ``config.json`` (resolved), ``metrics.jsonl``/``.csv``, ``metrics.png``,
 ``checkpoints/``, ``model/`` (``save_pretrained`` of the best weights, the thing to
-fine-tune from) and ``results.json``.
+fine-tune from) and ``results.json``. ``run_multitask`` does the same for several
+downstream datasets at once (:mod:`vilalign.train.multitask`).
 
 Under ``torchrun`` every rank calls the same function with the same run folder (a shared
 file system across nodes); rank 0 alone writes into it.
@@ -22,19 +23,28 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 from transformers import PreTrainedTokenizerBase
 
 from vilalign.config import ConfigError
-from vilalign.data import SPLITS, Collator, build_dataset, build_transform
+from vilalign.data import SPLITS, Collator, DataConfig, build_dataset, build_transform
 from vilalign.data.masking import PretrainingCollator
 from vilalign.data.types import Sample
 from vilalign.model import VilbertModel, build_model, load_tokenizer, save_pretrained
 from vilalign.model.encoders import build_vit, image_data_config
 from vilalign.train import checkpoint as ckpt
 from vilalign.train import distributed as dist
-from vilalign.train.config import FinetuneConfig, PretrainConfig, RunConfig
+from vilalign.train import fastpath
+from vilalign.train.config import (
+    FinetuneConfig,
+    MultiTaskConfig,
+    PresetModelConfig,
+    PretrainConfig,
+    RunConfig,
+    SplitsConfig,
+)
 from vilalign.train.loop import EpochCallback, FitResult, Trainer, seed_everything
+from vilalign.train.multitask import MultiTaskBatches, MultiTaskModule, MultiTaskTrainer, TaskData
 from vilalign.train.tasks import FinetuneTask, PretrainingTask, Task, task_spec
 from vilalign.train.tracker import Tracker
 
@@ -76,10 +86,8 @@ def run_finetuning(
     dist.init_distributed(cfg.train.device, cfg.train.distributed.timeout_s)
     run_dir = _prepare_run_dir(cfg, run_dir, resume)
     seed_everything(cfg.train.seed)
-    spec = task_spec(cfg.task_name)
     splits = build_splits(cfg)
-    num_labels = 1 if spec.loss == "binary" else getattr(splits.train, "num_labels", None)
-    model_cfg = cfg.model.model_copy(update={"num_labels": num_labels or spec.num_labels})
+    model_cfg = cfg.model.model_copy(update={"num_labels": head_size(cfg.task_name, splits.train)})
     model = build_model(model_cfg)
     source = init_from or cfg.init_from
     if source is not None:
@@ -88,6 +96,103 @@ def run_finetuning(
     tokenizer = load_tokenizer(cfg.model.text)
     collate = Collator(tokenizer, max_length=cfg.model.text.max_length)
     return _fit_and_test(cfg, run_dir, task, splits, collate, tokenizer, resume, callbacks, tracker)
+
+
+def run_multitask(
+    cfg: MultiTaskConfig,
+    run_dir: str | Path,
+    init_from: str | Path | None = None,
+    resume: bool = False,
+    callbacks: Sequence[EpochCallback] = (),
+    tracker: Tracker | None = None,
+) -> RunResult:
+    """Fine-tune one model on every dataset of ``cfg.datasets``, a head each (see
+    :mod:`vilalign.train.multitask`); metrics are ``<split>/<dataset>/<name>``.
+
+    ``model/`` holds the shared model without heads (to analyse or fine-tune further);
+    the heads are in the checkpoints. With ``cfg.alignment`` the alignment is measured
+    on every dataset after every epoch, into ``alignment/<dataset>/``.
+    """
+    device = dist.init_distributed(cfg.train.device, cfg.train.distributed.timeout_s)
+    run_dir = _prepare_run_dir(cfg, run_dir, resume)
+    seed_everything(cfg.train.seed)
+    data_config = image_data_config(
+        build_vit(cfg.model.image, load_weights=False), cfg.model.image.img_size
+    )
+    splits = {
+        name: dataset_splits(entry.data, entry.splits, data_config, cfg.train.seed)
+        for name, entry in cfg.datasets.items()
+    }
+    model = build_model(cfg.model.model_copy(update={"num_labels": 0}))
+    source = init_from or cfg.init_from
+    if source is not None:
+        load_encoder_weights(model, source)
+    task = MultiTaskModule(
+        model,
+        {name: entry.task_name for name, entry in cfg.datasets.items()},
+        {name: head_size(e.task_name, splits[name].train) for name, e in cfg.datasets.items()},
+        {name: entry.loss_weight for name, entry in cfg.datasets.items()},
+    )
+    tokenizer = load_tokenizer(cfg.model.text)
+    collate = Collator(tokenizer, max_length=cfg.model.text.max_length)
+    batches = MultiTaskBatches(
+        [TaskData(n, splits[n].train, e.batch_size, collate) for n, e in cfg.datasets.items()],
+        cfg.sampling.mode,
+        cfg.sampling.steps_per_epoch,
+        cfg.train.seed,
+        cfg.train.num_workers,
+        fastpath.pin_memory(cfg.train.fast, device),
+    )
+    if cfg.alignment is not None:
+        callbacks = [*callbacks, _alignment_callback(cfg, splits, tokenizer, run_dir)]
+    trainer = MultiTaskTrainer(
+        task,
+        cfg.train,
+        cfg.optim,
+        run_dir,
+        batches,
+        {n: s.val for n, s in splits.items() if s.val is not None},
+        tracker=tracker,
+        callbacks=callbacks,
+    )
+    fit = trainer.fit(resume=resume)
+    tests = {n: s.test for n, s in splits.items() if s.test is not None}
+    names = {n: s.names for n, s in splits.items()}
+    return _test_and_save(trainer, fit, tests or None, tokenizer, run_dir, names)
+
+
+def _alignment_callback(
+    cfg: MultiTaskConfig, splits: dict[str, Splits], tokenizer: Any, run_dir: Path
+) -> EpochCallback:
+    """Alignment on each dataset's val (or test) split after every epoch."""
+    # (imported here: the analysis stack, pandas and scipy, only when a run asks for it)
+    from vilalign.analysis.align import StatsOptions
+    from vilalign.analysis.measures import get_measure
+    from vilalign.analysis.pipeline import ALIGNMENT_DIR, AlignmentSpec, EpochAlignment
+
+    a = cfg.alignment
+    assert a is not None
+    for measure in a.measures:  # a misspelt measure fails now, not after the first epoch
+        get_measure(measure)
+    specs, loaders = {}, {}
+    for name, entry in cfg.datasets.items():
+        dataset = getattr(splits[name], a.split)
+        if dataset is None:
+            raise ConfigError(f"alignment.split: dataset {name!r} has no {a.split} split")
+        specs[name] = AlignmentSpec(
+            data=entry.data,
+            split=splits[name].names[a.split],
+            n_samples=a.n_samples,
+            views=tuple(a.views),
+            measures=tuple(a.measures),
+            batch_size=a.batch_size,
+            max_length=cfg.model.text.max_length,
+            heatmap_measure=a.measures[0],
+            stats=StatsOptions(seed=cfg.train.seed),
+        )
+        collate = Collator(tokenizer, max_length=cfg.model.text.max_length)
+        loaders[name] = DataLoader(dataset, batch_size=a.batch_size, collate_fn=collate)
+    return EpochAlignment(specs, loaders, run_dir / ALIGNMENT_DIR, seed=cfg.train.seed)
 
 
 def run_pretraining(
@@ -133,15 +238,29 @@ def _fit_and_test(
         callbacks=callbacks,
     )
     fit = trainer.fit(resume=resume)
+    return _test_and_save(trainer, fit, splits.test, tokenizer, run_dir, splits.names)
+
+
+def _test_and_save(
+    trainer: Trainer,
+    fit: FitResult,
+    test_data: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    run_dir: Path,
+    split_names: dict[str, Any],
+) -> RunResult:
+    """Test the best weights (``test_data``: what ``trainer.evaluate`` takes, or None),
+    export the model, write results.json."""
+    task = trainer.task
     if fit.best_checkpoint is not None:
         ckpt.load_weights(fit.best_checkpoint, task)  # test and export the best, not the last
-    test = trainer.evaluate(splits.test, "test") if splits.test is not None else {}
+    test = trainer.evaluate(test_data, "test") if test_data is not None else {}
     if test:
         trainer.tracker.log_metrics(test, trainer.progress.step, trainer.progress.epoch)
     model_dir = run_dir / MODEL_DIR
     if dist.is_main_process():
         save_pretrained(task.model, model_dir, tokenizer)
-        _write_results(run_dir, fit, test, splits)
+        _write_results(run_dir, fit, test, split_names)
     dist.barrier()
     return RunResult(fit, test, run_dir, model_dir)
 
@@ -149,7 +268,7 @@ def _fit_and_test(
 # ---------------------------------------------------------------------------- setup
 
 
-def _prepare_run_dir(cfg: RunConfig, run_dir: str | Path, resume: bool) -> Path:
+def _prepare_run_dir(cfg: PresetModelConfig, run_dir: str | Path, resume: bool) -> Path:
     """Create the run folder and write the resolved config; refuse to mix two runs.
 
     Every rank checks (so all raise alike); rank 0 writes, the others wait for it.
@@ -174,33 +293,46 @@ def _prepare_run_dir(cfg: RunConfig, run_dir: str | Path, resume: bool) -> Path:
 
 def build_splits(cfg: RunConfig) -> Splits:
     """Train / val / test datasets with the right transform each (augmentation on train only)."""
-    name = cfg.data.name
-    known = SPLITS.get(name, ())
-    train_split = cfg.splits.train or known[0]
-    test_split = cfg.splits.test or ("test" if "test" in known else None)
     data_config = image_data_config(
         build_vit(cfg.model.image, load_weights=False), cfg.model.image.img_size
     )
+    return dataset_splits(cfg.data, cfg.splits, data_config, cfg.train.seed)
+
+
+def dataset_splits(
+    data: DataConfig, splits: SplitsConfig, data_config: dict[str, Any], seed: int
+) -> Splits:
+    """:func:`build_splits` for one dataset, given the image encoder's data config."""
+    known = SPLITS.get(data.name, ())
+    train_split = splits.train or known[0]
+    test_split = splits.test or ("test" if "test" in known else None)
 
     def load(split: str, as_train: bool) -> Dataset:
-        transform = build_transform(data_config, cfg.data.augment, train=as_train)
-        return build_dataset(cfg.data, split, transform)
+        transform = build_transform(data_config, data.augment, train=as_train)
+        return build_dataset(data, split, transform)
 
     train = load(train_split, True)
     names = {"train": train_split}
-    if cfg.splits.val is not None:
-        val, names["val"] = load(cfg.splits.val, False), cfg.splits.val
-    elif cfg.splits.val_fraction > 0:
-        train, val = holdout(
-            train, load(train_split, False), cfg.splits.val_fraction, cfg.train.seed
-        )
-        names["val"] = f"{cfg.splits.val_fraction:.0%} of {train_split}"
+    if splits.val is not None:
+        val, names["val"] = load(splits.val, False), splits.val
+    elif splits.val_fraction > 0:
+        train, val = holdout(train, load(train_split, False), splits.val_fraction, seed)
+        names["val"] = f"{splits.val_fraction:.0%} of {train_split}"
     else:
         val = None
     test = load(test_split, False) if test_split is not None else None
     if test_split is not None:
         names["test"] = test_split
     return Splits(train, val, test, names)
+
+
+def head_size(task_name: str, train: Dataset) -> int:
+    """Outputs of a task's head: 1 for a binary task, else the data's label count (VQA's
+    answer vocabulary), else the task's."""
+    spec = task_spec(task_name)
+    if spec.loss == "binary":
+        return 1
+    return getattr(train, "num_labels", None) or spec.num_labels
 
 
 def holdout(
@@ -283,9 +415,11 @@ def load_encoder_weights(model: VilbertModel, source: str | Path) -> None:
     logger.info("initialised from %s", file)
 
 
-def _write_results(run_dir: Path, fit: FitResult, test: dict[str, float], splits: Splits) -> None:
+def _write_results(
+    run_dir: Path, fit: FitResult, test: dict[str, float], split_names: dict[str, Any]
+) -> None:
     results = {
-        "splits": splits.names,
+        "splits": split_names,
         "epochs": len(fit.history),
         "best_value": fit.best_value,
         "best_checkpoint": str(fit.best_checkpoint) if fit.best_checkpoint else None,
