@@ -17,7 +17,13 @@ from vilalign.experiments.spec import (
     objective_names,
     objectives_overrides,
 )
-from vilalign.train.config import FinetuneConfig, PretrainConfig, load_run_config
+from vilalign.train.config import (
+    FinetuneConfig,
+    MultiTaskConfig,
+    PretrainConfig,
+    is_multitask_mapping,
+    load_run_config,
+)
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -110,6 +116,8 @@ def test_bad_files_name_the_file_and_field(tmp_path, patch, message):
 def _kind(path: Path, data: dict) -> str:
     if "grid" in data or "name" in data:
         return "experiment"
+    if is_multitask_mapping(data):
+        return "multitask"
     return "pretrain" if "objectives" in data or path.name.startswith("pretrain") else "finetune"
 
 
@@ -121,7 +129,8 @@ def test_every_shipped_config_validates(path):
         exp = load_experiment(path)
         assert expand_grid(exp)
     else:
-        load_run_config(path, PretrainConfig if kind == "pretrain" else FinetuneConfig)
+        runs = {"pretrain": PretrainConfig, "multitask": MultiTaskConfig}
+        load_run_config(path, runs.get(kind, FinetuneConfig))
 
 
 def test_demo_file_matches_the_demo_command():
