@@ -49,6 +49,20 @@ def test_augmentation_only_for_training(data_config, photo):
     assert not off.augments
 
 
+def test_augmentation_follows_torch_seed(data_config, photo):
+    """albumentations' own generators are seeded from torch's: seeded runs repeat."""
+    aug = AugmentConfig(crop_scale=(0.3, 0.6), hflip=0.5, color_jitter=0.3)
+
+    def draws(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)
+        train = build_transform(data_config, aug, train=True)
+        return [train(photo) for _ in range(4)]
+
+    first, again, other = draws(0), draws(0), draws(1)
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True))
+
+
 def test_cache_key_follows_size_not_normalisation(data_config):
     a = build_transform(data_config).cache_key()
     b = build_transform({**data_config, "mean": (0.1, 0.2, 0.3)}).cache_key()

@@ -11,6 +11,11 @@ Preprocessing is split in two so the expensive half can be cached:
 
 Augmentation therefore works on the centre-cropped image, not on the original file (the
 price of caching; the random resized crop still varies scale and aspect ratio).
+
+albumentations draws from generators of its own, which ``torch.manual_seed`` does not reach;
+each augmented image is therefore seeded from torch's generator (the global one in the main
+process, DataLoader's per-worker one in a worker), so a seeded run, and an exactly resumed
+one, sees the same augmented images.
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ class ImageTransform:
     def finish(self, chw: np.ndarray) -> torch.Tensor:
         """Augment (training) and normalise one 3×H×W uint8 array → 3×H×W float."""
         if self._augment is not None:
+            self._augment.set_random_seed(int(torch.randint(2**31 - 1, ()).item()))
             hwc = self._augment(image=np.ascontiguousarray(chw.transpose(1, 2, 0)))["image"]
             chw = hwc.transpose(2, 0, 1)
         return self._normalise(np.ascontiguousarray(chw))
