@@ -203,3 +203,16 @@ def test_heads_must_divide_stream_width(tiny_config):
     )
     with pytest.raises(ValueError, match="num_heads"):
         build_model(cfg)
+
+
+def test_head_dropout_is_configurable_and_checked(tiny_config, inputs):
+    """The task head's dropout follows ``head_dropout`` (not the fusion layers' rate)."""
+    cfg = tiny_config.model_copy(update={"head_dropout": 0.0, "dropout": 0.3})
+    model = make_model(cfg).train()
+    first, second = (model(*inputs) for _ in range(2))
+    # Fusion dropout 0.3 makes two training passes differ; the head itself adds none.
+    assert not torch.equal(first.logits, second.logits)
+    drops = [m.p for m in model.head.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops == [0.0]
+    with pytest.raises(ValueError, match="head_dropout"):
+        ModelConfig.model_validate(tiny_config.model_dump() | {"head_dropout": 1.5})

@@ -89,7 +89,11 @@ class VilbertModel(nn.Module):
         self.text_pooler = Pooler(text_dim, config.pooled_size)
         self.image_pooler = Pooler(image_dim, config.pooled_size)
         head_in = fused_size(config.pooled_size, self._fusion_mode)
-        self.head = ClassificationHead(head_in, config.num_labels) if config.num_labels else None
+        self.head = (
+            ClassificationHead(head_in, config.num_labels, config.head_dropout)
+            if config.num_labels
+            else None
+        )
         self._freeze_ignored_stream()
 
     @property

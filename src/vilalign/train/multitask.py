@@ -84,7 +84,10 @@ class MultiTaskModule(Task):
         super().__init__(model)
         size = head_input_size(model.config)
         self.heads = nn.ModuleDict(
-            {name: ClassificationHead(size, num_labels[name]) for name in tasks}
+            {
+                name: ClassificationHead(size, num_labels[name], model.config.head_dropout)
+                for name in tasks
+            }
         )
         # A plain dict, not registered: each task holds the shared model and a head of
         # self.heads, so registering them would list every shared weight once per dataset.
