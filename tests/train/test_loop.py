@@ -10,7 +10,7 @@ from torch import nn
 
 from vilalign.model import build_model
 from vilalign.train import checkpoint as ckpt
-from vilalign.train.config import OptimConfig, TrainConfig
+from vilalign.train.config import OptimConfig, TrainConfig, monitor_mode_of
 from vilalign.train.loop import NonFiniteLossError, Trainer, seed_everything
 from vilalign.train.tasks import FinetuneTask, StepResult
 
@@ -187,3 +187,20 @@ def test_an_unknown_monitor_names_the_available_metrics(
     trainer = _trainer(make_config, toy_dataset, collate, tmp_path, monitor="val/acc", max_steps=1)
     with pytest.raises(KeyError, match="val/accuracy"):
         trainer.fit()
+
+
+@pytest.mark.parametrize(
+    ("monitor", "mode"),
+    [("val/accuracy", "max"), ("val/b/f1_macro", "max"), ("val/mean", "max"),
+     ("val/loss", "min"), ("train/mlm_loss", "min")],
+)  # fmt: skip
+def test_a_named_monitor_rises_or_falls_by_its_name(monitor, mode):
+    """Without monitor_mode, an accuracy is maximised and a loss minimised (never the reverse)."""
+    assert monitor_mode_of(monitor) == mode
+    assert TrainConfig(monitor=monitor).monitor == monitor
+
+
+def test_a_monitor_of_unknown_direction_asks_for_monitor_mode():
+    with pytest.raises(ValueError, match="monitor_mode"):
+        TrainConfig(monitor="align/fusion.3/cls/linear_cka")
+    assert TrainConfig(monitor="align/fusion.3/cls/linear_cka", monitor_mode="max")

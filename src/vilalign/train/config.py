@@ -154,6 +154,23 @@ class DistributedConfig(StrictModel):
     )
 
 
+_RISING = ("accuracy", "vqa_accuracy", "auroc", "f1_", "recall", "mean")
+
+
+def monitor_mode_of(name: str) -> Literal["min", "max"]:
+    """Whether a metric named by ``train.monitor`` should fall (losses) or rise (scores).
+
+    Names the tasks report are known; anything else must be told, since guessing the
+    direction wrongly would keep the worst checkpoint as "best" without a word.
+    """
+    last = name.rsplit("/", 1)[-1]
+    if "loss" in last:
+        return "min"
+    if last.startswith(_RISING):
+        return "max"
+    raise ValueError(f"monitor_mode: say whether {name!r} should rise ('max') or fall ('min')")
+
+
 class TrainConfig(StrictModel):
     """The loop: batches, accumulation, epochs, precision, evaluation, checkpoints."""
 
@@ -181,7 +198,9 @@ class TrainConfig(StrictModel):
         "'val/accuracy'; default: the task's own (val/ when there is a validation split).",
     )
     monitor_mode: Literal["min", "max"] | None = Field(
-        None, description="Whether the monitored metric should rise or fall; default: the task's."
+        None,
+        description="Whether the monitored metric should rise or fall; default: the task's, "
+        "or from the name for 'monitor' (losses fall; accuracy, auroc, f1_*, recall*, mean rise).",
     )
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
@@ -189,6 +208,12 @@ class TrainConfig(StrictModel):
     fast: FastPathConfig = FastPathConfig()
     distributed: DistributedConfig = DistributedConfig()
     log_every_n_steps: int = Field(10, ge=1)
+
+    @model_validator(mode="after")
+    def _check_monitor(self) -> TrainConfig:
+        if self.monitor is not None and self.monitor_mode is None:
+            monitor_mode_of(self.monitor)  # fails now, naming the field, if it cannot tell
+        return self
 
     @model_validator(mode="after")
     def _check_accumulation(self) -> TrainConfig:

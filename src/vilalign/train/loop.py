@@ -38,7 +38,7 @@ from vilalign.data.types import Batch
 from vilalign.train import checkpoint as ckpt
 from vilalign.train import distributed as dist
 from vilalign.train import fastpath
-from vilalign.train.config import OptimConfig, TrainConfig
+from vilalign.train.config import OptimConfig, TrainConfig, monitor_mode_of
 from vilalign.train.optim import build_optimizer, build_scheduler
 from vilalign.train.tasks import StepResult, Task
 from vilalign.train.tracker import FileTracker, NullTracker, Tracker
@@ -651,7 +651,7 @@ def _reduced(meter: Meter) -> Meter:
 def _monitor(cfg: TrainConfig, task: Task, has_val: bool) -> tuple[str, str]:
     """The metric to watch: as configured, else the task's on val, else the training loss."""
     if cfg.monitor:
-        return cfg.monitor, cfg.monitor_mode or "min"
+        return cfg.monitor, cfg.monitor_mode or monitor_mode_of(cfg.monitor)
     if has_val:
         return f"val/{task.monitor}", cfg.monitor_mode or task.monitor_mode
     return "train/loss", cfg.monitor_mode or "min"
