@@ -240,7 +240,6 @@ def test_finetune_command_trains_two_datasets_and_reports_both(tmp_path, capsys,
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"train": {"batch_size": 8}}, "train.batch_size: a multi-dataset run"),
         ({"train": {"target_batch_size": 64}}, "train.target_batch_size: not supported"),
         ({"sampling": {"mode": "random"}}, "sampling.mode"),
         ({"sampling": {"steps": 3}}, "sampling.steps: unknown field"),
@@ -269,6 +268,22 @@ def test_monitor_may_name_one_datasets_metric(make_config, toy_dataset, collate,
     assert _trainer(make_config, toy_dataset, collate, tmp_path / "x").monitor == "val/mean"
     task = MultiTaskModule(build_model(model_config("tiny", **TINY)), {"a": "vqa"}, {"a": 3})
     assert task.monitor_mode == "max" and set(task.heads) == {"a"}
+
+
+def test_train_batch_size_is_the_default_of_each_dataset():
+    """A dataset without its own batch_size takes train.batch_size, written out in full."""
+    cfg = MultiTaskConfig.model_validate(
+        {
+            "train": {"batch_size": 8},
+            "datasets": {
+                "a": {"data": {"name": "easyvqa"}},
+                "b": {"data": {"name": "easyvqa"}, "batch_size": 3},
+            },
+        }
+    )
+    assert {n: d.batch_size for n, d in cfg.datasets.items()} == {"a": 8, "b": 3}
+    again = MultiTaskConfig.model_validate(cfg.model_dump())
+    assert again.datasets["a"].batch_size == 8
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("multitask_*.yaml")), ids=lambda p: p.name)

@@ -311,7 +311,9 @@ class TaskDataConfig(StrictModel):
     )
     data: DataConfig
     splits: SplitsConfig = SplitsConfig()
-    batch_size: int = Field(32, ge=1, description="Micro-batch size of this dataset's batches.")
+    batch_size: int | None = Field(
+        None, ge=1, description="This dataset's batch size; default: train.batch_size."
+    )
     loss_weight: float = Field(1.0, gt=0, description="Factor on this dataset's loss.")
 
     @property
@@ -390,12 +392,9 @@ class MultiTaskConfig(PresetModelConfig):
                 "train.target_batch_size: not supported in a multi-dataset run (every "
                 "optimiser step takes one batch of one dataset)"
             )
-        # (compared with the default, not "was it set": a saved config.json sets every field)
-        if self.train.batch_size != TrainConfig.model_fields["batch_size"].default:
-            raise ValueError(
-                "train.batch_size: a multi-dataset run sizes batches per dataset; "
-                "set datasets.<name>.batch_size instead"
-            )
+        for entry in self.datasets.values():
+            if entry.batch_size is None:  # filled in, so the saved config.json says it
+                entry.batch_size = self.train.batch_size
         return self
 
 
