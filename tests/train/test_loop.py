@@ -123,6 +123,20 @@ def test_kill_and_resume_ends_bit_identical_to_an_uninterrupted_run(
     assert steps == whole_steps
 
 
+def test_max_steps_inside_an_epoch_leaves_it_open_for_a_longer_resumed_run(
+    make_config, toy_dataset, collate, tmp_path
+):
+    """6 steps an epoch: stopping at step 4 evaluates there, but epoch 1 is not over."""
+    short = _trainer(make_config, toy_dataset, collate, tmp_path, max_steps=4)
+    history = short.fit().history
+    assert [(h["epoch"], h["step"], h.get("partial")) for h in history] == [(1, 4, True)]
+    assert (short.progress.epoch, short.progress.batch_in_epoch) == (0, 4)
+    longer = _trainer(make_config, toy_dataset, collate, tmp_path)
+    history = longer.fit(resume=True).history
+    assert [(h["epoch"], h["step"]) for h in history] == [(1, 4), (1, 6), (2, 12)]
+    assert "partial" not in history[1]
+
+
 class NanAtStep(FinetuneTask):
     def __init__(self, model, at: int) -> None:
         super().__init__(model, "easyvqa")

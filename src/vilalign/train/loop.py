@@ -143,7 +143,7 @@ class EpochContext:
     """What an epoch callback sees (the alignment analysis runs here)."""
 
     trainer: Trainer
-    epoch: int  # 1-based, the epoch just finished
+    epoch: int  # 1-based: the epoch just finished (or cut short by max_steps)
     step: int
     metrics: dict[str, float]
 
@@ -208,6 +208,7 @@ class Trainer:
         self.monitor, self.monitor_mode = _monitor(cfg, task, val_data is not None)
         self.progress = Progress()
         self.epoch_meter, self.log_meter = Meter(), Meter()
+        self._epoch_complete = True  # set by train_epoch: False when max_steps cut it short
         self.history: list[dict[str, float]] = []
 
     def _check_world(self) -> None:
@@ -359,11 +360,13 @@ class Trainer:
         )
         self.task.train()
         self._clock = {"start": time.perf_counter(), "wait": 0.0, "samples": 0}
+        exhausted = False
         while p.step < self.total_steps:
             tick = time.perf_counter()
             group = list(islice(batches, accum))
             self._clock["wait"] += time.perf_counter() - tick
             if not group:
+                exhausted = True
                 break
             self._optimizer_step(group)
             bar.update(1)
@@ -373,6 +376,9 @@ class Trainer:
             )
             self._after_step()
         bar.close()
+        # max_steps can stop a run inside an epoch: that epoch is not over, and a resumed
+        # run (with a larger max_steps) must go on from this position, not start the next.
+        self._epoch_complete = exhausted or p.batch_in_epoch >= self.micro_batches_per_epoch
         return self._timing()
 
     def train_batches(self) -> Iterator[Batch]:
@@ -471,15 +477,24 @@ class Trainer:
         if self.val_data is not None:
             summary.update(self.evaluate(self.val_data, "val"))
         improved = self._update_best(summary)
-        p.epoch, p.batch_in_epoch, p.samples_in_epoch = p.epoch + 1, 0, 0
-        self.epoch_meter = Meter()
-        self.history.append({"epoch": p.epoch, "step": p.step, **summary})
+        complete = self._epoch_complete
+        epoch = p.epoch + 1
+        if complete:
+            p.epoch, p.batch_in_epoch, p.samples_in_epoch = epoch, 0, 0
+            self.epoch_meter = Meter()
+        entry = {"epoch": epoch, "step": p.step, **({} if complete else {"partial": True})}
+        self.history.append({**entry, **summary})
         self.save(best=improved)
-        self.tracker.log_metrics(summary, p.step, p.epoch)
+        self.tracker.log_metrics(summary, p.step, epoch)
         logger.info(
-            "epoch %d/%d step %d | %s", p.epoch, self.cfg.epochs, p.step, format_metrics(summary)
+            "epoch %d/%d%s step %d | %s",
+            epoch,
+            self.cfg.epochs,
+            "" if complete else " (stopped by max_steps inside it)",
+            p.step,
+            format_metrics(summary),
         )
-        self._run_callbacks(summary)
+        self._run_callbacks(summary, epoch)
         plot = getattr(self.tracker, "plot", None)
         if callable(plot):
             plot()
@@ -508,18 +523,18 @@ class Trainer:
             logger.info("early stopping: %s did not improve for %d epochs", self.monitor, patience)
         return False
 
-    def _run_callbacks(self, summary: dict[str, float]) -> None:
+    def _run_callbacks(self, summary: dict[str, float], epoch: int) -> None:
         # Rank 0 alone runs them (on the whole data it is given, with the unwrapped model);
         # the other ranks wait for it, so no rank runs ahead into the next epoch.
         if not self.is_main:
             dist.barrier()
             return
-        context = EpochContext(self, self.progress.epoch, self.progress.step, summary)
+        context = EpochContext(self, epoch, self.progress.step, summary)
         for callback in self.callbacks:
             with preserved_rng(), dist.local_only():
                 extra = callback(context)
             if extra:
-                self.tracker.log_metrics(extra, self.progress.step, self.progress.epoch)
+                self.tracker.log_metrics(extra, self.progress.step, epoch)
                 self.history[-1].update(extra)
         dist.barrier()
 
