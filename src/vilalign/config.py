@@ -97,6 +97,11 @@ class ModelConfig(StrictModel):
     ffn_ratio: float = Field(4.0, gt=0, description="Feed-forward width / stream width.")
     pooled_size: int = Field(128, gt=0, description="Width of the pooled text/image vectors.")
     fusion: Literal["product", "concat", "sum"] = "product"
+    pooling: Literal["cls", "mean"] = Field(
+        "cls",
+        description="What each stream's pooler reads: the first token (ViLBERT) or the mean "
+        "of the real tokens.",
+    )
     dropout: float = Field(0.1, ge=0, lt=1, description="Dropout in the fusion layers.")
     attention_dropout: float = Field(0.1, ge=0, lt=1)
     head_dropout: float = Field(

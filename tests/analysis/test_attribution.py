@@ -158,6 +158,18 @@ def test_explain_shapes_targets_and_tokens(tiny, batch, method):
     assert not model.training and all(p.grad is None for p in model.parameters())
 
 
+def test_mean_pooled_models_read_relevancy_from_every_row(tiny, batch):
+    """Mean pooling reads every token alike, so the scores are the rows' mean, not row 0."""
+    cls_model, tok = tiny
+    model = build_model(cls_model.config.model_copy(update={"pooling": "mean"})).eval()
+    model.load_state_dict(cls_model.state_dict())
+    (exp,) = explain(model, {k: v[:1] for k, v in batch.items()}, tokenizer=tok)
+    maps = {k: torch.as_tensor(v) for k, v in exp.maps.items()}
+    tokens = maps["R_tt"].mean(0) + maps["R_it"].mean(0)
+    np.testing.assert_allclose(exp.token_scores, tokens.numpy(), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(exp.token_scores, (maps["R_tt"][0] + maps["R_it"][0]).numpy())
+
+
 def test_explain_a_chosen_class(tiny, batch):
     model, tok = tiny
     exps = explain(model, batch, target=2, method="relevancy", tokenizer=tok)

@@ -5,6 +5,7 @@ import torch
 
 from vilalign.config import ModelConfig, model_config
 from vilalign.model import apply_baseline, build_model
+from vilalign.model.heads import Pooler
 
 from .conftest import make_model
 
@@ -53,7 +54,9 @@ def test_base_shapes_with_reduced_random_variant(tokenizer):
     assert out.logits.shape == (1, 2)
 
 
-def test_padding_changes_nothing_for_real_tokens(tiny_model, tokenizer):
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_padding_changes_nothing_for_real_tokens(tiny_config, tokenizer, pooling):
+    tiny_model = make_model(tiny_config.model_copy(update={"pooling": pooling}))
     text = ["is there a red circle?"]
     short = tokenizer(text, padding="max_length", max_length=10, return_tensors="pt")
     long = tokenizer(text, padding="max_length", max_length=20, return_tensors="pt")
@@ -216,3 +219,17 @@ def test_head_dropout_is_configurable_and_checked(tiny_config, inputs):
     assert drops == [0.0]
     with pytest.raises(ValueError, match="head_dropout"):
         ModelConfig.model_validate(tiny_config.model_dump() | {"head_dropout": 1.5})
+
+
+def test_mean_pooling_averages_the_real_tokens_only():
+    pooler = Pooler(4, 3, "mean")
+    states = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    expected = torch.stack([states[0, :2].mean(0), states[1, 0]])
+    torch.testing.assert_close(pooler.summary(states, mask), expected)
+    padded = states.clone()
+    padded[0, 2] = padded[1, 1:] = 1e6  # what padding holds never reaches the pooled vector
+    torch.testing.assert_close(pooler(padded, mask), pooler(states, mask))
+    torch.testing.assert_close(Pooler(4, 3, "cls").summary(states, mask), states[:, 0])
+    with pytest.raises(ValueError, match="pooling"):
+        Pooler(4, 3, "max")

@@ -238,7 +238,8 @@ def _relevancy(model: nn.Module, prep: _Prepared, target: Any) -> list[dict[str,
         attn = [_cut(a, b, n, lambda w: w) for a in out.attentions]
         grads = [_cut(a, b, n, lambda w: w.grad) for a in out.attentions]
         R = propagate_relevancy(attn, grads, out.is_coattention)
-        results.append(_relevancy_scores(R, model.num_prefix_tokens) | {"logits": out.logits[b]})
+        scores = _relevancy_scores(R, model.num_prefix_tokens, model.config.pooling)
+        results.append(scores | {"logits": out.logits[b]})
     return _with_targets(results, targets)
 
 
@@ -252,15 +253,20 @@ def _cut(attn: Mapping[str, Tensor], b: int, n: int, get: Any) -> dict[str, Tens
     return out
 
 
-def _relevancy_scores(R: dict[str, Tensor], prefix: int) -> dict[str, Any]:
-    """Token and patch scores from the rows of the two classification tokens.
+def _relevancy_scores(R: dict[str, Tensor], prefix: int, pooling: str = "cls") -> dict[str, Any]:
+    """Token and patch scores from the rows of the tokens the poolers read.
 
     The prediction reads both the text [CLS] (row 0 of R_tt, R_ti) and the image CLS (row
     0 of R_ii, R_it) — they are pooled and fused — so a token's relevance is the sum of the
-    two rows (Chefer et al. read the one [CLS] row of their single-CLS models).
+    two rows (Chefer et al. read the one [CLS] row of their single-CLS models). With mean
+    pooling every real token is read alike: the rows are averaged instead.
     """
-    tokens = R["tt"][0] + R["it"][0]  # (n_text,)
-    patches = (R["ti"][0] + R["ii"][0])[prefix:]  # (P,)
+
+    def read(r: Tensor) -> Tensor:
+        return r[0] if pooling == "cls" else r.mean(dim=0)
+
+    tokens = read(R["tt"]) + read(R["it"])  # (n_text,)
+    patches = (read(R["ti"]) + read(R["ii"]))[prefix:]  # (P,)
     maps = {f"R_{k}": v.detach().cpu().numpy() for k, v in R.items()}
     return {"tokens": tokens, "patches": patches, "maps": maps}
 

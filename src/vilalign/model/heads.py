@@ -8,16 +8,37 @@ from torch import nn
 FUSIONS = ("product", "concat", "sum")
 
 
-class Pooler(nn.Module):
-    """First token → linear → ReLU (vilbert's BertTextPooler / BertImagePooler)."""
+POOLINGS = ("cls", "mean")
 
-    def __init__(self, dim: int, pooled_size: int) -> None:
+
+class Pooler(nn.Module):
+    """First token (or the mean of the real tokens) → linear → ReLU.
+
+    ``cls`` is vilbert's BertTextPooler / BertImagePooler. ``mean`` averages the states of the
+    real tokens (``mask`` 1) instead: every word reaches the fused vector directly, which a
+    small model trained from scratch needs to tie a question's words to the image (see
+    configs/finetune_easyvqa_tiny.yaml).
+    """
+
+    def __init__(self, dim: int, pooled_size: int, mode: str = "cls") -> None:
         super().__init__()
+        if mode not in POOLINGS:
+            raise ValueError(f"pooling: unknown mode {mode!r} (allowed: {', '.join(POOLINGS)})")
+        self.mode = mode
         self.dense = nn.Linear(dim, pooled_size)
         self.act = nn.ReLU()
 
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return self.act(self.dense(states[:, 0]))  # (B, pooled)
+    def forward(self, states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.act(self.dense(self.summary(states, mask)))  # (B, pooled)
+
+    def summary(self, states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The (B, D) vector the pooler reads: the first token or the masked mean."""
+        if self.mode == "cls":
+            return states[:, 0]
+        if mask is None:
+            return states.mean(dim=1)
+        weights = mask.to(states.dtype).unsqueeze(-1)  # (B, T, 1)
+        return (states * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
 def fuse(pooled_text: torch.Tensor, pooled_image: torch.Tensor, mode: str) -> torch.Tensor:

@@ -86,8 +86,8 @@ class VilbertModel(nn.Module):
         self.fusion_layers = nn.ModuleList(
             [self._fusion_layer(kind, text_dim, image_dim) for kind in config.layer_kinds]
         )
-        self.text_pooler = Pooler(text_dim, config.pooled_size)
-        self.image_pooler = Pooler(image_dim, config.pooled_size)
+        self.text_pooler = Pooler(text_dim, config.pooled_size, config.pooling)
+        self.image_pooler = Pooler(image_dim, config.pooled_size, config.pooling)
         head_in = fused_size(config.pooled_size, self._fusion_mode)
         self.head = (
             ClassificationHead(head_in, config.num_labels, config.head_dropout)
@@ -222,7 +222,7 @@ class VilbertModel(nn.Module):
             image_states.append(image)
             if attn is not None:
                 attentions.append(attn)
-        pooled_text = self.text_pooler(text)
+        pooled_text = self.text_pooler(text, attention_mask)
         pooled_image = self.image_pooler(image)
         fused = fuse(pooled_text, pooled_image, self._fusion_mode)
         return VilbertOutput(
