@@ -100,6 +100,7 @@ def test_objective_subsets():
         ({"finetune": {"model": {"depth": 2}}}, "finetune"),
         ({"finetune": {"train": {"epochz": 2}}}, "train.epochz"),
         ({"grid": {"seeds": []}}, "grid.seeds"),
+        ({"analysis": {"measures": ["cka_lineer"]}}, "analysis.measures"),
         ({"tune": {"space": {"optim.lr": {"type": "float", "low": 0, "high": 1}}}}, "tune.space"),
     ],
 )

@@ -125,6 +125,19 @@ class AnalysisConfig(StrictModel):
     attribution_examples: int = Field(3, ge=0, description="Relevancy maps to draw; 0: none.")
     attribution_method: Literal["relevancy", "gradcam", "integrated_gradients"] = "relevancy"
 
+    @field_validator("measures")
+    @classmethod
+    def _known_measures(cls, value: list[str]) -> list[str]:
+        # Checked here, not at the end of the first epoch (or of training, without
+        # every_epoch), where a misspelt name would otherwise first fail.
+        from vilalign.analysis.measures import MEASURES, TOKEN_MEASURES
+
+        bad = [m for m in value if m not in MEASURES and m not in TOKEN_MEASURES]
+        if bad:
+            known = ", ".join(sorted({*MEASURES, *TOKEN_MEASURES}))
+            raise ValueError(f"unknown measure(s) {bad} (allowed: {known})")
+        return value
+
 
 class TrackingConfig(StrictModel):
     """The MLflow run store (used by ``vilalign run`` and the demo)."""
