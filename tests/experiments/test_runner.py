@@ -13,7 +13,7 @@ import pytest
 from tests.experiments.conftest import tiny_experiment
 from vilalign.cli import main
 from vilalign.experiments.report import write_report
-from vilalign.experiments.runner import DONE_FILE, run_experiment
+from vilalign.experiments.runner import DONE_FILE, alignment_spec, run_experiment
 from vilalign.experiments.spec import expand_grid
 from vilalign.train.tracker import FileTracker
 
@@ -136,3 +136,11 @@ def test_commands_over_a_finished_grid(grid_run, tmp_path, capsys):
     assert main(["report", str(second.out_dir), "--out", str(tmp_path / "r.html")]) == 0
     assert (tmp_path / "r.html").is_file()
     assert main(["report", str(tmp_path / "nothing")]) == 2
+
+
+def test_the_layer_matrix_uses_the_first_pooled_measure(tmp_path):
+    # A token-level measure listed first cannot fill the layer x layer matrix.
+    analysis = {"views": ["cls", "tokens"], "measures": ["maxsim_text_to_patch", "cka_unbiased"]}
+    exp = tiny_experiment(tmp_path, analysis=analysis)
+    spec = alignment_spec(exp, expand_grid(exp)[0])
+    assert spec.heatmap_measure == "cka_unbiased"

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from vilalign.analysis.align import RunInfo, StatsOptions
 from vilalign.analysis.collect import Representations
+from vilalign.analysis.measures import TOKEN_MEASURES
 from vilalign.analysis.pipeline import AlignmentSpec, analysis_loader, run_alignment
 from vilalign.experiments.spec import Cell, ExperimentConfig, expand_grid
 from vilalign.model import load_pretrained, load_tokenizer
@@ -102,7 +103,8 @@ def alignment_spec(exp: ExperimentConfig, cell: Cell) -> AlignmentSpec:
         stats=StatsOptions(a.permutations, a.resamples, seed=cell.seed),
         batch_size=a.batch_size,
         max_length=cell.finetune.model.text.max_length,
-        heatmap_measure=a.measures[0],
+        # The layer×layer matrix compares pooled views: a token-level measure cannot fill it.
+        heatmap_measure=next((m for m in a.measures if m not in TOKEN_MEASURES), "cka_linear"),
     )
 
 
