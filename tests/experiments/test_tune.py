@@ -3,14 +3,25 @@ multi-objective Pareto front, and a pruned trial."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import optuna
 import pytest
 import yaml
 
 from tests.experiments.conftest import tiny_experiment
 from vilalign.cli import main
-from vilalign.experiments.spec import load_experiment
-from vilalign.experiments.tune import BEST_FILE, PARETO_FILE, load_study, run_study
+from vilalign.experiments.spec import ObjectiveSpec, expand_grid, load_experiment
+from vilalign.experiments.tune import (
+    BEST_FILE,
+    PARETO_FILE,
+    load_study,
+    monitored_metric,
+    objective_value,
+    run_study,
+)
+from vilalign.train.loop import FitResult
+from vilalign.train.run import RunResult
 
 FAST = {"finetune": {"train": {"epochs": 1, "max_steps": 2}}}
 SPACE = {
@@ -80,3 +91,20 @@ def test_a_trial_with_a_poor_metric_is_pruned(tmp_path):
     assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED]
     pruned = result.study.trials[1]
     assert max(pruned.intermediate_values) < 3  # stopped before its last epoch
+
+
+def test_objective_is_read_from_the_epoch_the_monitor_kept():
+    # Epoch 2 has the best val/accuracy (1.0); epoch 1's row holds 1.0 too, as its epoch
+    # number and its train/accuracy, and must not be taken for the best row.
+    history = [
+        {"epoch": 1, "step": 4, "train/accuracy": 1.0, "val/accuracy": 0.5, "val/loss": 0.9},
+        {"epoch": 2, "step": 8, "train/accuracy": 0.75, "val/accuracy": 1.0, "val/loss": 0.2},
+        {"epoch": 3, "step": 12, "train/accuracy": 1.0, "val/accuracy": 1.0, "val/loss": 0.1},
+    ]
+    fit = FitResult(history, Path("."), None, None, best_value=1.0)
+    result = RunResult(fit, {}, Path("."), Path("."))
+    cfg = expand_grid(tiny_experiment(Path("unused")))[0].finetune  # easyvqa: val/accuracy
+    monitor = monitored_metric(cfg, history)
+    assert monitor == "val/accuracy"
+    spec = ObjectiveSpec(metric="val/loss", direction="minimize")
+    assert objective_value(spec, result, monitor) == 0.2

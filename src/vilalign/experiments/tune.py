@@ -39,8 +39,10 @@ from vilalign.experiments.spec import (
     TuneConfig,
     expand_grid,
 )
+from vilalign.train.config import FinetuneConfig
 from vilalign.train.loop import EpochContext, NonFiniteLossError
 from vilalign.train.run import RunResult, run_finetuning, run_pretraining
+from vilalign.train.tasks import task_spec
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +178,11 @@ class PruningCallback:
             raise optuna.TrialPruned(f"epoch {ctx.epoch}: {self.metric}={ctx.metrics[self.metric]}")
 
 
-def objective_value(spec: ObjectiveSpec, result: RunResult) -> float:
-    """``test/...`` from the test evaluation; anything else from the epoch kept as best."""
-    source = result.test_metrics if spec.metric.startswith("test/") else best_epoch(result)
+def objective_value(spec: ObjectiveSpec, result: RunResult, monitor: str) -> float:
+    """``test/...`` from the test evaluation; anything else from the epoch kept as best
+    (``monitor``: the metric the run kept its best weights by)."""
+    test = spec.metric.startswith("test/")
+    source = result.test_metrics if test else best_epoch(result, monitor)
     if spec.metric not in source:
         raise KeyError(
             f"tune.objectives: metric {spec.metric!r} not reported; "
@@ -187,14 +191,28 @@ def objective_value(spec: ObjectiveSpec, result: RunResult) -> float:
     return float(source[spec.metric])
 
 
-def best_epoch(result: RunResult) -> dict[str, float]:
-    """The history row whose weights were kept (the best monitored value), else the last."""
+def best_epoch(result: RunResult, monitor: str) -> dict[str, float]:
+    """The history row whose weights were kept, else the last.
+
+    That is the first row where ``monitor`` reached the best value (a later equal value is
+    not an improvement). Only ``monitor`` is compared: another metric, or the epoch
+    number, may hold the same number in an earlier row.
+    """
     history = result.fit.history
     best = result.fit.best_value
     for row in history:
-        if best is not None and best in row.values():
+        if best is not None and row.get(monitor) == best:
             return row
     return history[-1] if history else {}
+
+
+def monitored_metric(cfg: FinetuneConfig, history: list[dict[str, float]]) -> str:
+    """The metric a fine-tuning run keeps its best weights by (as the training loop picks
+    it): ``train.monitor``, else the task's metric on val, else the training loss."""
+    if cfg.train.monitor:
+        return cfg.train.monitor
+    name = f"val/{task_spec(cfg.task_name).monitor}"
+    return name if any(name in row for row in history) else "train/loss"
 
 
 class Objective:
@@ -207,13 +225,15 @@ class Objective:
         params = {p: suggest(trial, p, s) for p, s in self.tc.space.items()}
         exp = with_params(self.exp, params)
         trial_dir = self.out_dir / "trials" / f"trial_{trial.number:04d}"
-        results: dict[str | None, RunResult] = {}
+        results: dict[str | None, tuple[RunResult, str]] = {}
         values = []
         for i, spec in enumerate(self.tc.objectives):
             if spec.dataset not in results:
                 prune = len(self.tc.objectives) == 1 and i == 0
-                results[spec.dataset] = self._run(trial, exp, spec, trial_dir, prune)
-            values.append(objective_value(spec, results[spec.dataset]))
+                result = self._run(trial, exp, spec, trial_dir, prune)
+                cfg = base_cell(exp, spec.dataset).finetune
+                results[spec.dataset] = (result, monitored_metric(cfg, result.fit.history))
+            values.append(objective_value(spec, *results[spec.dataset]))
         return values[0] if len(values) == 1 else values
 
     def _run(
