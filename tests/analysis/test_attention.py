@@ -27,6 +27,7 @@ from vilalign.analysis.attention import (
 from vilalign.config import model_config
 from vilalign.model import build_model, load_tokenizer
 from vilalign.model.attention import MultiHeadAttention
+from vilalign.model.baselines import apply_baseline
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -144,6 +145,24 @@ def test_attention_entropy_keeps_per_sample_rows_and_restores_training_mode(tiny
     assert set(df["layer_kind"]) == {"self", "coattention"}
     assert set(df.loc[df["layer_kind"] == "coattention", "layer"]) == {1, 3}
     assert df["normalized_entropy"].between(0, 1 + 1e-9).all()
+
+
+def test_single_stream_joint_attention_is_split_by_query_stream(tiny, tmp_path):
+    # The single_stream baseline's layers return one joint (text + image) attention.
+    _, tok = tiny
+    cfg = apply_baseline(model_config("tiny", num_labels=2), "single_stream")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    df = attention_entropy(model, [encode(tok, TEXTS, 16)])
+    assert set(df["direction"]) == {"text_joint", "image_joint"}
+    assert set(df["layer_kind"]) == {"self"}
+    n_real = [len(tok(t)["input_ids"]) for t in TEXTS]
+    assert (df["n_keys"] == df["id"].map({"0": n_real[0] + 65, "1": n_real[1] + 65})).all()
+    assert df["normalized_entropy"].between(0, 1 + 1e-9).all()
+    page = export_bertviz(model, encode(tok, TEXTS, 16), tmp_path / "s.html", tok, inline_js=None)
+    attn = np.array(_params(page.read_text())["attention"][0]["attn"])
+    assert attn.shape == (4, 4, n_real[0] + 65, n_real[0] + 65)
+    np.testing.assert_allclose(attn.sum(-1), 1.0, atol=2e-3)  # padding cut, rows still sum to 1
 
 
 def test_eval_mode_weights_are_deterministic_despite_attention_dropout(tiny):

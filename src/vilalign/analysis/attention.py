@@ -39,7 +39,12 @@ DIRECTIONS: dict[str, tuple[str, str]] = {
     "image_self": ("image", "image"),
     "text_to_image": ("text", "image"),
     "image_to_text": ("image", "text"),
+    # A single-stream (ViLT-style) layer's one attention over text tokens then patches,
+    # split by the stream of the query.
+    "text_joint": ("text", "joint"),
+    "image_joint": ("image", "joint"),
 }
+JOINT = "joint"  # the key of a single-stream layer's weights, (B, H, T+P, T+P)
 COATTENTION = "coattention"
 SELF_ATTENTION = "self"
 
@@ -89,6 +94,12 @@ def _stream_masks(attention_mask: Tensor) -> dict[str, Tensor | None]:
     return {"text": attention_mask, "image": None}
 
 
+def _joint_mask(attention_mask: Tensor, n_keys: int) -> Tensor:
+    """Real keys of a joint sequence: the text tokens (masked), then every image token."""
+    image = attention_mask.new_ones(attention_mask.shape[0], n_keys - attention_mask.shape[1])
+    return torch.cat([attention_mask, image], dim=1)
+
+
 def entropy_frame(
     attentions: Sequence[Attentions],
     is_coattention: Sequence[bool],
@@ -105,9 +116,17 @@ def entropy_frame(
     ids = [str(i) for i in range(B)] if ids is None or len(ids) == 0 else [str(i) for i in ids]
     frames = []
     for layer, (attn, coattn) in enumerate(zip(attentions, is_coattention, strict=True)):
-        for direction, weights in attn.items():
+        for direction, weights in _split_joint(attn, attention_mask.shape[1]).items():
             frames.append(_direction_frame(weights, direction, attention_mask, ids, layer, coattn))
     return pd.concat(frames, ignore_index=True)
+
+
+def _split_joint(attn: Attentions, n_text: int) -> dict[str, Tensor]:
+    """A single-stream layer's joint weights as text-query and image-query rows."""
+    if JOINT not in attn:
+        return dict(attn)
+    weights = attn[JOINT]  # (B, H, T+P, T+P)
+    return {"text_joint": weights[:, :, :n_text], "image_joint": weights[:, :, n_text:]}
 
 
 def _direction_frame(
@@ -120,6 +139,8 @@ def _direction_frame(
 ) -> pd.DataFrame:
     q_stream, k_stream = DIRECTIONS[direction]
     masks = _stream_masks(attention_mask.to(weights.device))
+    if k_stream == JOINT:
+        masks[JOINT] = _joint_mask(masks["text"], weights.shape[-1])
     raw, norm = head_entropy(weights, masks[k_stream], masks[q_stream])  # (B, H)
     B, H = raw.shape
     k_mask = masks[k_stream]
@@ -416,8 +437,11 @@ def joint_attention(attn: Attentions, n_text: int) -> Tensor:
     Self-attention fills the diagonal blocks, co-attention the off-diagonal ones, so one
     bertviz view shows every direction with consistent layer indices (bertviz reuses the
     first list's layer indices for its encoder/decoder/cross lists).
-    ``attn`` holds (H, Q, K) weights already cut to ``n_text`` real text tokens.
+    ``attn`` holds (H, Q, K) weights already cut to ``n_text`` real text tokens; a
+    single-stream layer's ``joint`` weights are that matrix already.
     """
+    if JOINT in attn:
+        return attn[JOINT].detach().double().cpu()[None].round(decimals=4)
     some = next(iter(attn.values()))
     H = some.shape[0]
     n_image = (attn.get("image_self") if "image_self" in attn else attn["image_to_text"]).shape[1]
@@ -437,13 +461,21 @@ def joint_attention(attn: Attentions, n_text: int) -> Tensor:
     return out.round(decimals=4)
 
 
-def _sample_attentions(attentions: Sequence[Attentions], index: int, n_text: int) -> list[dict]:
+def _sample_attentions(
+    attentions: Sequence[Attentions], index: int, n_text: int, n_image: int
+) -> list[dict]:
     """Weights of one sample, text dimensions cut to its real tokens. (H, Q, K) each."""
     cut = {"text": slice(0, n_text), "image": slice(None)}
     out = []
     for attn in attentions:
         layer = {}
         for direction, w in attn.items():
+            if direction == JOINT:  # text tokens (padding at their end), then image tokens
+                start = w.shape[-1] - n_image
+                keep = torch.cat([torch.arange(n_text), torch.arange(start, start + n_image)])
+                keep = keep.to(w.device)
+                layer[direction] = w[index][:, keep][:, :, keep]
+                continue
             q, k = DIRECTIONS[direction]
             layer[direction] = w[index][:, cut[q], cut[k]]
         out.append(layer)
@@ -471,9 +503,10 @@ def bertviz_html(
     from bertviz import head_view, model_view
 
     n_text = len(text_tokens)
-    per_layer = _sample_attentions(attentions, index, n_text)
+    image_labels = patch_labels(grid, num_prefix_tokens)
+    per_layer = _sample_attentions(attentions, index, n_text, len(image_labels))
     joint = [joint_attention(a, n_text) for a in per_layer]
-    tokens = list(text_tokens) + patch_labels(grid, num_prefix_tokens)
+    tokens = list(text_tokens) + image_labels
     if joint[0].shape[-1] != len(tokens):
         raise ValueError(
             f"bertviz_html: {joint[0].shape[-1]} attention positions but {len(tokens)} labels "
