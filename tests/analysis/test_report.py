@@ -198,3 +198,19 @@ def test_plot_report_skips_epoch_plot_for_a_single_epoch(tmp_path):
 
 def test_safe_filename():
     assert R.safe_filename("maxsim text→patch/v2") == "maxsim_text_patch_v2"
+
+
+def test_write_table_killed_midway_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = R.write_table(R.make_table(_rows()), tmp_path / "alignment.csv")
+    before = path.read_text()
+
+    def dies_midway(self, target, *args, **kwargs):
+        with open(target, "w") as f:
+            f.write("run,se")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        R.write_table(R.make_table(_rows(epochs=(2,))), path)
+    assert path.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["alignment.csv"]

@@ -24,6 +24,7 @@ from vilalign.analysis.align import (
     layer_matrix,
 )
 from vilalign.analysis.collect import Representations, collect
+from vilalign.analysis.report import write_atomic
 from vilalign.data import Collator, DataConfig, build_dataset, build_transform
 from vilalign.model.checkpoint import unwrap
 from vilalign.train import distributed as dist
@@ -128,12 +129,10 @@ def write_alignment(
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "alignment" if info.epoch is None else f"alignment_epoch{info.epoch}"
     files = [out_dir / f"{stem}.csv", out_dir / f"{stem}.parquet"]
-    table.to_csv(files[0], index=False)
-    table.to_parquet(files[1], index=False)
+    write_atomic(files[0], lambda tmp: table.to_csv(tmp, index=False))
+    write_atomic(files[1], lambda tmp: table.to_parquet(tmp, index=False))
     if matrix is not None:
-        path = out_dir / f"{stem}_layer_matrix.csv"
-        matrix.to_csv(path)
-        files.append(path)
+        files.append(write_atomic(out_dir / f"{stem}_layer_matrix.csv", matrix.to_csv))
     return files
 
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -94,15 +95,33 @@ def make_table(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
     return validate_table(frame)
 
 
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    Why: a run killed while a table is written must leave the old file or none, never a
+    truncated one that a resumed run (which does not redo a checkpointed epoch's
+    analysis) and the summaries would read as whole.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     """Write a validated table as CSV or Parquet, chosen by the suffix; returns the path."""
     path = Path(path)
     table = validate_table(table)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
-        table.to_csv(path, index=False)
+        write_atomic(path, lambda tmp: table.to_csv(tmp, index=False))
     elif path.suffix == ".parquet":
-        table.to_parquet(path, index=False)
+        write_atomic(path, lambda tmp: table.to_parquet(tmp, index=False))
     else:
         raise ValueError(f"table path must end in .csv or .parquet, got {path.name!r}")
     log.info("wrote %d rows to %s", len(table), path)

@@ -37,6 +37,7 @@ from vilalign.analysis.align import RunInfo, StatsOptions
 from vilalign.analysis.collect import Representations
 from vilalign.analysis.measures import TOKEN_MEASURES
 from vilalign.analysis.pipeline import AlignmentSpec, analysis_loader, run_alignment
+from vilalign.analysis.report import write_atomic
 from vilalign.experiments.spec import Cell, ExperimentConfig, expand_grid
 from vilalign.model import load_pretrained, load_tokenizer
 from vilalign.train import checkpoint as ckpt
@@ -174,7 +175,8 @@ class AlignmentCallback:
                 self.exp.analysis.null_band,
                 self.cell.seed,
             )
-            bands.to_csv(self.out_dir / f"nulls_epoch{epoch}.csv", index=False)
+            path = self.out_dir / f"nulls_epoch{epoch}.csv"
+            write_atomic(path, lambda tmp: bands.to_csv(tmp, index=False))
         return {
             f"{ALIGN_PREFIX}{r.layer}/{r.view}/{r.measure}": float(r.value)
             for r in result.table.itertuples()

@@ -1,0 +1,37 @@
+"""Writing the alignment files of one analysis."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from vilalign.analysis.align import RunInfo
+from vilalign.analysis.pipeline import write_alignment
+from vilalign.analysis.report import COLUMNS
+
+
+def _table() -> pd.DataFrame:
+    row = dict.fromkeys(COLUMNS, "") | {"seed": 0, "epoch": 1, "value": 0.5}
+    return pd.DataFrame([row] * 3, columns=list(COLUMNS))
+
+
+def test_a_write_killed_midway_leaves_no_truncated_table(tmp_path, monkeypatch):
+    # A kill during the epoch callback (which runs after the epoch's checkpoint, so a
+    # resumed run does not redo it) must not leave a partial CSV for the summaries to read.
+    def dies_midway(self, path, *args, **kwargs):
+        with open(path, "w") as f:
+            f.write("run,seed,ep")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        write_alignment(_table(), None, tmp_path, RunInfo(epoch=1))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_alignment_files_are_written_whole(tmp_path):
+    matrix = pd.DataFrame([[0.1, 0.2]], index=["fusion.0"], columns=["fusion.0", "fusion.1"])
+    files = write_alignment(_table(), matrix, tmp_path, RunInfo(epoch=2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in files)
+    assert len(pd.read_csv(files[0])) == 3 and len(pd.read_parquet(files[1])) == 3
+    assert pd.read_csv(files[2], index_col=0).loc["fusion.0", "fusion.1"] == 0.2
