@@ -12,8 +12,17 @@ import pytest
 
 from tests.experiments.conftest import tiny_experiment
 from vilalign.cli import main
+from vilalign.commands.run import summary_text
 from vilalign.experiments.report import write_report
-from vilalign.experiments.runner import DONE_FILE, alignment_spec, run_experiment
+from vilalign.experiments.runner import (
+    DONE_FILE,
+    alignment_spec,
+    cell_metrics,
+    group_metrics,
+    metric_columns,
+    read_done,
+    run_experiment,
+)
 from vilalign.experiments.spec import expand_grid
 from vilalign.train.tracker import FileTracker
 
@@ -144,3 +153,21 @@ def test_the_layer_matrix_uses_the_first_pooled_measure(tmp_path):
     exp = tiny_experiment(tmp_path, analysis=analysis)
     spec = alignment_spec(exp, expand_grid(exp)[0])
     assert spec.heatmap_measure == "cka_unbiased"
+
+
+def test_metrics_with_underscores_reach_the_summary_and_the_report(tmp_path):
+    # MM-IMDb's f1_micro and VQA's vqa_accuracy were dropped as if they were _std columns.
+    for seed, f1 in ((0, 0.5), (1, 0.7)):
+        cell = tmp_path / "cells" / f"vilbert_s{seed}"
+        cell.mkdir(parents=True)
+        done = {
+            "key": cell.name, "group": "vilbert", "labels": {"baseline": "vilbert"},
+            "seed": seed, "test": {"test/f1_micro": f1, "test/loss": 1.0},
+        }  # fmt: skip
+        (cell / DONE_FILE).write_text(json.dumps(done))
+    groups = group_metrics(cell_metrics(read_done(tmp_path)))
+    assert metric_columns(groups) == ["test/f1_micro", "test/loss"]
+    assert "test/f1_micro 0.6000 ± 0.1414" in summary_text(groups)
+    page = write_report(tmp_path).read_text()
+    assert "test/f1_micro: mean ± std over seeds" in page  # the figure's caption
+    assert "0.6000 ± 0.1414" in page  # the metrics table

@@ -62,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_text(groups) -> str:
     """Group, then each test metric as mean ± std (n)."""
-    metrics = [c for c in groups.columns if c.startswith("test/") and "_" not in c]
+    from vilalign.experiments.runner import metric_columns
+
+    metrics = metric_columns(groups)
     lines = []
     for _, g in groups.iterrows():
         parts = [

@@ -32,6 +32,7 @@ from vilalign.experiments.runner import (
     alignment_tables,
     cell_metrics,
     group_metrics,
+    metric_columns,
     read_done,
 )
 
@@ -246,7 +247,7 @@ class ExperimentReport:
     def metrics_figures(self) -> str:
         if self.groups.empty:
             return ""
-        metrics = [c for c in self.groups.columns if c.startswith("test/") and c.count("_") == 0]
+        metrics = metric_columns(self.groups)
         metrics = [m for m in metrics if not m.endswith("loss")] or metrics
         return _figs(
             _safe(figure_html, metrics_figure(self.groups, m), f"{m}: mean ± std over seeds")
@@ -346,7 +347,7 @@ class ExperimentReport:
         if self.groups.empty:
             return ""
         frame = self.groups.copy()
-        for m in [c for c in frame.columns if c.startswith("test/") and "_" not in c]:
+        for m in metric_columns(frame):
             frame[m] = [
                 f"{a:.4f} ± {s:.4f}" if np.isfinite(s) else f"{a:.4f}"
                 for a, s in zip(frame[m], frame[f"{m}_std"], strict=True)

@@ -380,6 +380,15 @@ def group_metrics(cells: pd.DataFrame, confidence: float = 0.95) -> pd.DataFrame
     return pd.DataFrame(rows)
 
 
+_SPREAD_SUFFIX = re.compile(r"_(std|n|ci_low|ci_high)$")
+
+
+def metric_columns(groups: pd.DataFrame) -> list[str]:
+    """The test metrics' mean columns of :func:`group_metrics` (``test/f1_micro`` included;
+    not their ``_std``, ``_n``, ``_ci_low`` and ``_ci_high`` companions)."""
+    return [c for c in groups.columns if c.startswith("test/") and not _SPREAD_SUFFIX.search(c)]
+
+
 def mean_interval(values: np.ndarray, name: str, confidence: float = 0.95) -> dict[str, float]:
     """``name``, ``name_std``, ``name_n``, ``name_ci_low/high`` (NaN spread for one seed)."""
     n = len(values)
