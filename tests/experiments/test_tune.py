@@ -108,3 +108,16 @@ def test_objective_is_read_from_the_epoch_the_monitor_kept():
     assert monitor == "val/accuracy"
     spec = ObjectiveSpec(metric="val/loss", direction="minimize")
     assert objective_value(spec, result, monitor) == 0.2
+
+
+def test_a_continued_study_does_not_repeat_the_first_invocations_parameters(tmp_path):
+    exp = tiny_experiment(tmp_path, tune={"space": SPACE, "pruner": "none"})
+    lr = SPACE["finetune.optim.lr"]
+
+    def objective(trial):
+        return trial.suggest_float("finetune.optim.lr", lr["low"], lr["high"], log=True)
+
+    for _ in range(2):  # two invocations on the same SQLite file
+        load_study(exp, tmp_path).optimize(objective, n_trials=2)
+    values = [t.params["finetune.optim.lr"] for t in load_study(exp, tmp_path).trials]
+    assert len(values) == 4 and len(set(values)) == 4

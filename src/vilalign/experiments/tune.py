@@ -68,15 +68,17 @@ def default_storage(out_dir: str | Path) -> str:
     return f"sqlite:///{Path(out_dir).resolve() / 'optuna.db'}"
 
 
-def make_sampler(tc: TuneConfig) -> Any:
+def make_sampler(tc: TuneConfig, offset: int = 0) -> Any:
+    """The sampler, seeded with ``tc.seed + offset`` (``offset``: trials already run)."""
     import optuna
 
+    seed = tc.seed + offset
     if tc.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=tc.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if tc.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=tc.seed)
+        return optuna.samplers.NSGAIISampler(seed=seed)
     multi = len(tc.objectives) > 1
-    return optuna.samplers.TPESampler(seed=tc.seed, multivariate=True, group=multi)
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=multi)
 
 
 def make_pruner(tc: TuneConfig, max_epochs: int) -> Any:
@@ -100,7 +102,7 @@ def load_study(exp: ExperimentConfig, out_dir: Path, storage: str | None = None)
 
     tc = _tune(exp)
     cell = base_cell(exp)
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=tc.study_name or exp.name,
         storage=storage or tc.storage or default_storage(out_dir),
         directions=[o.direction for o in tc.objectives],
@@ -108,6 +110,11 @@ def load_study(exp: ExperimentConfig, out_dir: Path, storage: str | None = None)
         pruner=make_pruner(tc, cell.finetune.train.epochs),
         load_if_exists=True,
     )
+    if study.trials:
+        # The sampler's random state is not stored: seeded as in the first invocation, it
+        # would suggest that invocation's (random start-up) parameters again.
+        study.sampler = make_sampler(tc, offset=len(study.trials))
+    return study
 
 
 def _tune(exp: ExperimentConfig) -> TuneConfig:
