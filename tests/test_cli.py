@@ -19,6 +19,15 @@ def test_info_describes_layers(capsys):
     assert "fusion layer 1: co-attention" in out and "fusion layer 0: self-attention" in out
 
 
+def test_info_help_names_every_baseline(capsys):
+    from vilalign.model import BASELINES
+
+    with pytest.raises(SystemExit):
+        main(["info", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert all(name in out for name in BASELINES), out
+
+
 def test_bad_preset_is_a_clear_error(capsys):
     assert main(["info", "--preset", "huge"]) == 2
     err = capsys.readouterr().err

@@ -22,7 +22,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--baseline",
         default="vilbert",
-        help="vilbert, no_coattention, concat_features or random_text (default: vilbert)",
+        help="vilbert, no_coattention, concat_features, random_text, single_stream, "
+        "text_only or image_only (default: vilbert)",
     )
 
 
