@@ -80,6 +80,14 @@ def test_coattention_axis_collapses_for_baselines_without_it(tmp_path):
     assert cells[1].finetune.model.coattention_layers == [2]
 
 
+def test_different_cells_with_one_name_are_an_error(tmp_path):
+    # Two dataset entries named alike would share a folder; one used to vanish silently.
+    datasets = [{"name": "easyvqa", "limit": 48}, {"name": "easyvqa", "limit": 96}]
+    exp = tiny_experiment(tmp_path, grid={"datasets": datasets})
+    with pytest.raises(ConfigError, match="share the name 'vilbert_pt-none_easyvqa_s0'"):
+        expand_grid(exp)
+
+
 def test_objective_subsets():
     assert objective_names("all") == ["mlm", "mim", "ap"]
     assert objective_names("mlm+ap") == ["mlm", "ap"]

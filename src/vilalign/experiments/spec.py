@@ -348,7 +348,14 @@ def expand_grid(exp: ExperimentConfig, source: str = "<experiment>") -> list[Cel
     for combo in itertools.product(*(values for _, values in axes)):
         choice = {axis: pair for (axis, _), pair in zip(axes, combo, strict=True)}
         cell = _make_cell(exp, choice, source)
-        cells.setdefault(cell.key, cell)
+        first = cells.setdefault(cell.key, cell)
+        if first is not cell and (first.finetune, first.pretrain) != (cell.finetune, cell.pretrain):
+            # Same folder name, different runs (e.g. two datasets entries with one name, or
+            # axis labels equal once made file-name safe): one would silently be dropped.
+            raise ConfigError(
+                f"{source}: cells {first.labels} and {cell.labels} differ but share the "
+                f"name {cell.key!r}; give their axis values distinct labels"
+            )
     return list(cells.values())
 
 
