@@ -165,6 +165,14 @@ def test_single_stream_joint_attention_is_split_by_query_stream(tiny, tmp_path):
     np.testing.assert_allclose(attn.sum(-1), 1.0, atol=2e-3)  # padding cut, rows still sum to 1
 
 
+def test_a_model_without_fusion_layers_is_a_clear_error(tiny):
+    _, tok = tiny
+    cfg = apply_baseline(model_config("tiny", num_labels=2), "concat_features")
+    model = build_model(cfg).eval()
+    with pytest.raises(ValueError, match="no fusion layers"):
+        attention_entropy(model, [encode(tok, TEXTS, 16)])
+
+
 def test_eval_mode_weights_are_deterministic_despite_attention_dropout(tiny):
     model, tok = tiny
     model.train()

@@ -118,6 +118,11 @@ def entropy_frame(
     for layer, (attn, coattn) in enumerate(zip(attentions, is_coattention, strict=True)):
         for direction, weights in _split_joint(attn, attention_mask.shape[1]).items():
             frames.append(_direction_frame(weights, direction, attention_mask, ids, layer, coattn))
+    if not frames:
+        raise ValueError(
+            "no attention weights: the model has no fusion layers (e.g. the concat_features, "
+            "text_only or image_only baseline), so there is no attention to measure"
+        )
     return pd.concat(frames, ignore_index=True)
 
 
