@@ -20,7 +20,6 @@ from vilalign.experiments.runner import (
     cell_metrics,
     group_metrics,
     metric_columns,
-    model_epoch,
     read_done,
     run_experiment,
 )
@@ -172,29 +171,3 @@ def test_metrics_with_underscores_reach_the_summary_and_the_report(tmp_path):
     page = write_report(tmp_path).read_text()
     assert "test/f1_micro: mean ± std over seeds" in page  # the figure's caption
     assert "0.6000 ± 0.1414" in page  # the metrics table
-
-
-def test_final_alignment_is_labelled_with_the_epoch_of_the_exported_weights(tmp_path):
-    # model/ holds the best weights: with early stopping that is not the last epoch.
-    ckpt_dir = tmp_path / "checkpoints"
-    ckpt_dir.mkdir()
-    (ckpt_dir / "best.json").write_text(json.dumps({"name": "step-00000008", "step": 8}))
-    records = [{"step": 4 * e, "epoch": e, "val/accuracy": a} for e, a in [(1, 0.5), (2, 0.9)]]
-    records += [{"step": 4 * e, "epoch": e, "val/accuracy": 0.7} for e in (3, 4)]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    assert model_epoch(tmp_path, {"epochs": 4}) == 2
-    (ckpt_dir / "best.json").unlink()  # keep_best off: model/ holds the last weights
-    assert model_epoch(tmp_path, {"epochs": 4}) == 4
-
-
-def test_without_every_epoch_the_one_table_carries_the_best_epoch(tmp_path):
-    # Monitoring the training loss for its maximum keeps epoch 1's weights (the loss falls).
-    train = {"epochs": 2, "monitor": "train/loss", "monitor_mode": "max"}
-    exp = tiny_experiment(
-        tmp_path,
-        finetune={"train": train},
-        analysis={"every_epoch": False, "attention": False, "null_band": 0},
-    )
-    run_experiment(exp, progress=False)
-    files = sorted(p.name for p in tmp_path.glob("cells/*/alignment/alignment_epoch*.csv"))
-    assert files == ["alignment_epoch1.csv", "alignment_epoch1_layer_matrix.csv"]

@@ -252,7 +252,7 @@ def run_cell(
     results = read_results(ft_dir)
     model = load_pretrained(ft_dir / "model").to(_device(cell))
     if not exp.analysis.every_epoch:
-        align_cb.measure(model, model_epoch(ft_dir, results))
+        align_cb.measure(model, int(results["epochs"]))
     focus = _final_analyses(exp, cell, model, align_cb, cell_dir)
     if trained:
         extra = [cell_dir / d for d in ("alignment", "attention", "attribution")]
@@ -271,19 +271,6 @@ def run_cell(
     }
     ckpt.write_json_atomic(cell_dir / DONE_FILE, done)
     return done
-
-
-def model_epoch(run_dir: Path, results: Mapping[str, Any]) -> int:
-    """The epoch whose weights ``run_dir/model`` holds: the best checkpoint's when the run
-    kept one (it exports the best weights, not the last), else the last epoch."""
-    best = ckpt.read_pointer(run_dir / "checkpoints", ckpt.BEST)
-    metrics = run_dir / "metrics.jsonl"
-    if best is not None and metrics.is_file():
-        for line in metrics.read_text().splitlines():
-            record = json.loads(line) if line else {}
-            if record.get("step") == best["step"] and "epoch" in record:
-                return int(record["epoch"])
-    return int(results["epochs"])
 
 
 def _device(cell: Cell) -> torch.device:
