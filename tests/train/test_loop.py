@@ -137,6 +137,32 @@ def test_max_steps_inside_an_epoch_leaves_it_open_for_a_longer_resumed_run(
     assert "partial" not in history[1]
 
 
+def test_callback_metrics_can_be_monitored_and_a_kill_inside_one_reruns_it(
+    make_config, toy_dataset, collate, tmp_path
+):
+    """Epoch callbacks run before the epoch's checkpoint: what they add is never lost."""
+    calls: list[int] = []
+
+    def score(context) -> dict[str, float]:
+        calls.append(context.epoch)
+        if context.epoch == 2 and calls.count(2) == 1:
+            raise Killed
+        return {"align/score": 1.0 / context.epoch}  # best at epoch 1
+
+    kw = {"epochs": 3, "monitor": "align/score", "monitor_mode": "max"}
+    first = _trainer(make_config, toy_dataset, collate, tmp_path, **kw)
+    first.callbacks.append(score)
+    with pytest.raises(Killed):
+        first.fit()
+    assert ckpt.read_pointer(tmp_path / "checkpoints")["step"] == 6  # epoch 1's, not 2's
+    again = _trainer(make_config, toy_dataset, collate, tmp_path, **kw)
+    again.callbacks.append(score)
+    result = again.fit(resume=True)
+    assert calls == [1, 2, 2, 3]
+    assert [h["align/score"] for h in result.history] == [1.0, 0.5, 1.0 / 3]
+    assert ckpt.read_pointer(tmp_path / "checkpoints", ckpt.BEST)["step"] == 6
+
+
 class NanAtStep(FinetuneTask):
     def __init__(self, model, at: int) -> None:
         super().__init__(model, "easyvqa")

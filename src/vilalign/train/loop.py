@@ -470,13 +470,17 @@ class Trainer:
     # ------------------------------------------------------------------ epoch end
 
     def _end_epoch(self) -> None:
-        """Evaluate, update best / early stopping, checkpoint, log, run the callbacks."""
+        """Evaluate, run the callbacks, update best / early stopping, checkpoint, log.
+
+        The callbacks (per-epoch alignment, pruning) run before the checkpoint: a run killed
+        inside one resumes from the previous checkpoint and runs it again, so no epoch's
+        analysis is lost, and their metrics (``align/...``) can be monitored.
+        """
         p = self.progress
         summary = {f"train/{k}": v for k, v in _reduced(self.epoch_meter).means().items()}
         summary.update({f"train/{k}": v for k, v in self._timing().items()})
         if self.val_data is not None:
             summary.update(self.evaluate(self.val_data, "val"))
-        improved = self._update_best(summary)
         complete = self._epoch_complete
         epoch = p.epoch + 1
         if complete:
@@ -484,7 +488,6 @@ class Trainer:
             self.epoch_meter = Meter()
         entry = {"epoch": epoch, "step": p.step, **({} if complete else {"partial": True})}
         self.history.append({**entry, **summary})
-        self.save(best=improved)
         self.tracker.log_metrics(summary, p.step, epoch)
         logger.info(
             "epoch %d/%d%s step %d | %s",
@@ -494,7 +497,9 @@ class Trainer:
             p.step,
             format_metrics(summary),
         )
-        self._run_callbacks(summary, epoch)
+        extra = self._run_callbacks(summary, epoch)
+        improved = self._update_best({**summary, **extra})
+        self.save(best=improved)
         plot = getattr(self.tracker, "plot", None)
         if callable(plot):
             plot()
@@ -523,20 +528,24 @@ class Trainer:
             logger.info("early stopping: %s did not improve for %d epochs", self.monitor, patience)
         return False
 
-    def _run_callbacks(self, summary: dict[str, float], epoch: int) -> None:
+    def _run_callbacks(self, summary: dict[str, float], epoch: int) -> dict[str, float]:
+        """Run the epoch callbacks; returns the metrics they add (the same on every rank)."""
         # Rank 0 alone runs them (on the whole data it is given, with the unwrapped model);
         # the other ranks wait for it, so no rank runs ahead into the next epoch.
+        added: dict[str, float] = {}
+        if self.is_main:
+            context = EpochContext(self, epoch, self.progress.step, summary)
+            for callback in self.callbacks:
+                with preserved_rng(), dist.local_only():
+                    extra = callback(context)
+                if extra:
+                    self.tracker.log_metrics(extra, self.progress.step, epoch)
+                    self.history[-1].update(extra)
+                    added.update(extra)
+        added = dist.broadcast_object(added)  # (also the barrier the other ranks wait at)
         if not self.is_main:
-            dist.barrier()
-            return
-        context = EpochContext(self, epoch, self.progress.step, summary)
-        for callback in self.callbacks:
-            with preserved_rng(), dist.local_only():
-                extra = callback(context)
-            if extra:
-                self.tracker.log_metrics(extra, self.progress.step, epoch)
-                self.history[-1].update(extra)
-        dist.barrier()
+            self.history[-1].update(added)
+        return added
 
     # ------------------------------------------------------------------ evaluation
 
