@@ -151,6 +151,13 @@ def test_attention_command_writes_entropies_and_bertviz(tmp_path, capsys):
     assert "self-attention heads" in capsys.readouterr().out
 
 
+def test_attention_command_names_a_bertviz_sample_out_of_range(tmp_path, capsys):
+    args = ["attention", "--preset", "tiny", "--n-samples", "4", "--run-dir", str(tmp_path)]
+    assert main([*args, "--bertviz-sample", "4"]) == 2
+    assert "--bertviz-sample: 4 is not one of the 4 samples" in capsys.readouterr().err
+    assert not (tmp_path / "attention_entropy.csv").exists()  # checked before any work
+
+
 def test_explain_command_writes_overlays_and_names_unknown_ids(tmp_path, capsys):
     code = main(
         [

@@ -43,6 +43,11 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, _ = load_source(args)
     dataset = evaluation_dataset(args, model)
     subset = Subset(dataset, range(min(args.n_samples, len(dataset))))
+    if not 0 <= args.bertviz_sample < len(subset):
+        raise ValueError(
+            f"--bertviz-sample: {args.bertviz_sample} is not one of the {len(subset)} samples read "
+            f"(0 to {len(subset) - 1})"
+        )
     collate = Collator(tokenizer, max_length=model.config.text.max_length)
     loader = DataLoader(subset, batch_size=args.batch_size, collate_fn=collate)
     frame = attention_entropy(model, loader)

@@ -306,7 +306,7 @@ def _final_analyses(
     a = exp.analysis
     focus: dict[str, Any] = {}
     if a.attention and model.config.layer_kinds:
-        batches = max(1, a.attention_samples // a.batch_size)
+        batches = -(-a.attention_samples // a.batch_size)  # whole batches, at least that many
         focus = attention_analysis(model, align_cb.loader(model), cell_dir / "attention", batches)
     if a.attribution_examples and model.config.layer_kinds:
         attribution_examples(
