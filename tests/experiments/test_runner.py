@@ -171,3 +171,31 @@ def test_metrics_with_underscores_reach_the_summary_and_the_report(tmp_path):
     page = write_report(tmp_path).read_text()
     assert "test/f1_micro: mean ± std over seeds" in page  # the figure's caption
     assert "0.6000 ± 0.1414" in page  # the metrics table
+
+
+def test_the_null_band_is_one_views_and_the_caption_names_it(tmp_path):
+    from vilalign.experiments.report import _null_for
+
+    for cell, shift in (("a", 0.0), ("b", 0.2)):
+        folder = tmp_path / "cells" / cell / "alignment"
+        folder.mkdir(parents=True)
+        pd.DataFrame(
+            {
+                "measure": ["cka_linear"] * 4,
+                "view": ["cls", "cls", "mean", "mean"],
+                "layer": ["fusion.0", "fusion.1"] * 2,
+                "low": [0.1 + shift, 0.2 + shift, 0.5, 0.6],
+                "high": [0.3 + shift, 0.4 + shift, 0.7, 0.8],
+            }
+        ).to_csv(folder / "nulls_epoch3.csv", index=False)
+    band = _null_for(tmp_path, ["a", "b"], "cka_linear", 3)
+    assert band["view"].unique().tolist() == ["cls"]  # never the views' bands averaged
+    assert band["low"].round(6).tolist() == [0.2, 0.3]
+    assert band["high"].round(6).tolist() == [0.4, 0.5]
+    assert _null_for(tmp_path, ["a"], "cka_linear", 2).empty  # no file for that epoch
+
+
+def test_report_captions_name_the_null_view(grid_run):
+    *_, second = grid_run
+    page = write_report(second.out_dir).read_text()
+    assert "permutation null 5–95 % (" in page and " view)" in page

@@ -217,8 +217,13 @@ def _null_for(out_dir: Path, cells: Sequence[str], measure: str, epoch: int) -> 
     if not frames:
         return pd.DataFrame()
     nulls = pd.concat(frames)
-    nulls = nulls[(nulls["measure"] == measure) & (nulls["view"] == nulls["view"].iloc[0])]
-    return nulls.groupby("layer", as_index=False)[["low", "high"]].mean()
+    nulls = nulls[nulls["measure"] == measure]
+    if nulls.empty:
+        return pd.DataFrame()
+    # One band per figure: the first view's (the caption names it).
+    view = nulls["view"].iloc[0]
+    band = nulls[nulls["view"] == view].groupby("layer", as_index=False)[["low", "high"]].mean()
+    return band.assign(view=view)
 
 
 # ---------------------------------------------------------------------------- sections
@@ -267,21 +272,28 @@ class ExperimentReport:
     def alignment_figures(self) -> str:
         if self.align.empty:
             return ""
-        last = int(self.align["epoch"].max())
         rows = []
         for measure in dict.fromkeys(self.align["measure"]):
             items = []
             for group, keys in self.by_group.items():
                 table = self.align[self.align["run"] == group]
+                if table.empty:
+                    continue
+                last = int(table["epoch"].max())  # this group's own (early stopping differs)
                 null = _null_for(self.out, keys, measure, last)
+                band = (
+                    f"; grey: permutation null 5–95 % ({null['view'].iloc[0]} view)"
+                    if not null.empty
+                    else ""
+                )
                 items.append(
                     _safe(
-                        lambda t=table, n=null, g=group, m=measure: figure_html(
+                        lambda t=table, n=null, g=group, m=measure, e=last, b=band: figure_html(
                             R.figure_across_layers(
-                                t, m, null=n if not n.empty else None, title=f"{m}: {g}"
+                                t, m, epoch=e, null=n if not n.empty else None, title=f"{m}: {g}"
                             ),
-                            f"{m} across layers, {g}, epoch {last} (mean and range over "
-                            "seeds; orange: co-attention; grey: permutation null 5–95 %)",
+                            f"{m} across layers, {g}, epoch {e} (mean and range over "
+                            f"seeds; orange: co-attention{b})",
                             520,
                         )
                     )
