@@ -84,3 +84,44 @@ def test_concurrent_builders_share_one_cache(images, eval_transform, tmp_path):
     assert sorted(p.name for p in (tmp_path / "c").iterdir() if not p.name.endswith(".lock")) == [
         folders[0].rsplit("/", 1)[1]
     ]
+
+
+def test_caches_are_listed_by_last_use_and_pruned(images, eval_transform, tmp_path, capsys):
+    import json
+    import time
+
+    from vilalign.cli import main
+    from vilalign.data import list_caches
+
+    root = tmp_path / "cache"
+    kept = build(images, eval_transform, tmp_path)
+    unused = build(images[:2], eval_transform, tmp_path)
+    month_ago = time.time() - 30 * 86400
+    os.utime(unused.folder / "index.json", (month_ago, month_ago))
+    old = root / "t-oldformat"
+    old.mkdir()
+    (old / "index.json").write_text(json.dumps({"version": 1, "shape": [2, 8, 8, 3], "keys": []}))
+    (root / "t-crashed.tmp-123").mkdir()
+    for folder in (old, root / "t-crashed.tmp-123"):
+        os.utime(folder / "index.json" if folder == old else folder, (month_ago + 1,) * 2)
+    os.utime(kept.folder / "index.json", (month_ago + 2,) * 2)
+    build(images, eval_transform, tmp_path)  # a use: now the most recent
+
+    entries = list_caches(root)
+    assert entries[0].folder == unused.folder
+    assert entries[-1].folder == kept.folder
+    states = {e.name: e.state for e in entries}
+    assert states == {
+        kept.folder.name: "ready", unused.folder.name: "ready",
+        "t-oldformat": "old", "t-crashed.tmp-123": "incomplete",
+    }  # fmt: skip
+    ready = {e.folder: e for e in entries if e.state == "ready"}
+    assert ready[kept.folder].images == 5 and ready[kept.folder].shape == (3, *eval_transform.size)
+
+    assert main(["cache", "--dir", str(root)]) == 0
+    assert "4 caches" in capsys.readouterr().out
+    assert main(["cache", "--dir", str(root), "--older-than", "7"]) == 0
+    assert "deleted 3 of 4 caches" in capsys.readouterr().out
+    assert [e.folder for e in list_caches(root)] == [kept.folder]
+    assert main(["cache", "--dir", str(root), "--clear"]) == 0
+    assert list_caches(root) == [] and not list(root.glob("*.lock"))

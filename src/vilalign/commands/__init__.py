@@ -6,7 +6,9 @@ import argparse
 import importlib
 
 # Order = order in `vilalign --help`.
-COMMANDS = ("demo", "training", "run", "tune", "analyse", "attention", "explain", "report", "info")
+COMMANDS = (
+    "demo", "training", "run", "tune", "analyse", "attention", "explain", "report", "info", "cache",
+)  # fmt: skip
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -15,7 +15,14 @@ Conceptual Captions: :func:`download_conceptual_captions`, then
 """
 
 from vilalign.data.base import ImageTextDataset, Record
-from vilalign.data.cache import ImageCache, default_cache_dir, open_or_build
+from vilalign.data.cache import (
+    CacheEntry,
+    ImageCache,
+    default_cache_dir,
+    list_caches,
+    open_or_build,
+    remove_cache,
+)
 from vilalign.data.captions import (
     CaptionFolder,
     CaptionShards,
@@ -60,6 +67,7 @@ __all__ = [
     "BadImageLog",
     "Batch",
     "CacheConfig",
+    "CacheEntry",
     "CaptionFolder",
     "CaptionShards",
     "Collator",
@@ -85,12 +93,14 @@ __all__ = [
     "default_cache_dir",
     "download_conceptual_captions",
     "is_train_split",
+    "list_caches",
     "load_answer_vocab",
     "load_image",
     "normalize_answer",
     "open_or_build",
     "read_download_report",
     "register_dataset",
+    "remove_cache",
     "save_answer_vocab",
     "soft_score",
     "stack_images",

@@ -24,6 +24,7 @@ import multiprocessing
 import os
 import shutil
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +129,57 @@ def open_or_build(
             if not (folder / INDEX_FILE).is_file():
                 logger.info("image cache: building %s from %d images", folder, len(paths))
                 _build(folder, paths, transform, settings, on_bad_image, workers, progress)
+    with contextlib.suppress(OSError):  # record the use (for `vilalign cache --older-than`)
+        os.utime(folder / INDEX_FILE)
     logger.info("image cache: using %s", folder)
     return ImageCache(folder)
+
+
+# ---------------------------------------------------------------------------- housekeeping
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One folder under the cache root: a cache, or a build a crash left behind."""
+
+    folder: Path
+    images: int  # rows (0 for a leftover build)
+    shape: tuple[int, ...]  # one row's shape, (C, H, W); () for a leftover build
+    size_bytes: int
+    last_used: float  # seconds since the epoch: the last open (or the build)
+    state: str  # "ready"; "old" (an earlier cache format: never read again); "incomplete"
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+
+def list_caches(cache_dir: str | Path | None = None) -> list[CacheEntry]:
+    """Every cache folder under ``cache_dir`` (default: :func:`default_cache_dir`), the
+    least recently used first."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if not root.is_dir():
+        return []
+    entries = []
+    for folder in (p for p in root.iterdir() if p.is_dir()):
+        index_file = folder / INDEX_FILE
+        size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+        try:
+            index = json.loads(index_file.read_text())
+            rows, *shape = (int(n) for n in index["shape"])
+            state = "ready" if index.get("version") == CACHE_VERSION else "old"
+            used = index_file.stat().st_mtime
+            entries.append(CacheEntry(folder, rows, tuple(shape), size, used, state))
+        except (OSError, ValueError, KeyError, TypeError):
+            entries.append(CacheEntry(folder, 0, (), size, folder.stat().st_mtime, "incomplete"))
+    return sorted(entries, key=lambda e: (e.last_used, e.name))
+
+
+def remove_cache(entry: CacheEntry) -> None:
+    """Delete one cache folder and its lock file (a later run simply rebuilds it)."""
+    shutil.rmtree(entry.folder)
+    with contextlib.suppress(FileNotFoundError):
+        entry.folder.with_name(entry.folder.name + ".lock").unlink()
 
 
 @contextlib.contextmanager
