@@ -44,3 +44,16 @@ def test_runs_are_recorded_and_queryable(tmp_path):
     artifacts = {a.path for a in client.list_artifacts(ft.info.run_id)}
     assert {"config.json", "results.json", "alignment"} <= artifacts
     assert "train/loss" in runs["pretrain"].data.metrics or runs["pretrain"].data.metrics
+
+
+def test_a_run_folder_with_quotes_in_its_path_is_found_again(tmp_path):
+    from vilalign.experiments.tracking import RunStore
+
+    store = RunStore(default_uri(tmp_path), "quotes")
+    ids = {}
+    for name in ("plain", "it's", 'say "it\'s"'):
+        folder = tmp_path / name
+        folder.mkdir()
+        assert store.find_run(folder) is None
+        ids[name] = store.tracker(folder, name, {}, {}).run_id
+    assert {name: store.find_run(tmp_path / name) for name in ids} == ids

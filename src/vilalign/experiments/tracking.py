@@ -122,12 +122,25 @@ class RunStore:
 
     def find_run(self, run_dir: Path) -> str | None:
         """The MLflow run recorded for this folder, if any (to continue it on resume)."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{RUN_DIR_TAG}` = '{run_dir.resolve()}'",
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
+        path = str(run_dir.resolve())
+        quote = next((q for q in ("'", '"') if q not in path), None)
+        if quote is not None:
+            runs = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`{RUN_DIR_TAG}` = {quote}{path}{quote}",
+                max_results=1,
+            )
+            return runs[0].info.run_id if runs else None
+        # Both quote characters in the path: MLflow's filter has no escape; compare here.
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], page_token=token)
+            for run in page:
+                if run.data.tags.get(RUN_DIR_TAG) == path:
+                    return run.info.run_id
+            token = page.token
+            if not token:
+                return None
 
     def tracker(
         self, run_dir: Path, name: str, tags: Mapping[str, str], params: Mapping[str, Any]
