@@ -144,3 +144,16 @@ def test_every_shipped_config_validates(path):
 
 def test_demo_file_matches_the_demo_command():
     assert read_mapping(CONFIGS / "demo.yaml") == DEMO
+
+
+def test_too_few_samples_for_a_neighbour_measure_is_caught_before_training():
+    from vilalign.experiments.spec import AnalysisConfig
+
+    with pytest.raises(ValueError, match=r"n_samples: 8 is too few for mutual_knn .*at least 11"):
+        AnalysisConfig(n_samples=8, measures=["mutual_knn"])
+    AnalysisConfig(n_samples=11, measures=["mutual_knn"])
+    AnalysisConfig(n_samples=8, measures=["cka_linear"])
+    # with intervals, k-NN measures subsample half the rows
+    with pytest.raises(ValueError, match="at least 22"):
+        AnalysisConfig(n_samples=21, measures=["mutual_knn"], resamples=10)
+    AnalysisConfig(n_samples=22, measures=["mutual_knn"], resamples=10)

@@ -138,6 +138,31 @@ class AnalysisConfig(StrictModel):
             raise ValueError(f"unknown measure(s) {bad} (allowed: {known})")
         return value
 
+    @model_validator(mode="after")
+    def _enough_samples_for_neighbours(self) -> AnalysisConfig:
+        # A k-NN measure needs k < N (self is not its own neighbour), and its intervals
+        # subsample half the rows; found here, not after the first epoch of training.
+        import inspect
+
+        from vilalign.analysis.measures import MEASURES
+
+        for name in self.measures:
+            if name not in MEASURES:
+                continue
+            k = inspect.signature(MEASURES[name].impl).parameters.get("k")
+            if k is None or not isinstance(k.default, int):
+                continue
+            rows = self.n_samples
+            if self.resamples and MEASURES[name].resample == "subsample":
+                rows = round(0.5 * self.n_samples)
+            if k.default >= rows:
+                need = k.default + 1 if rows == self.n_samples else 2 * k.default + 2
+                raise ValueError(
+                    f"n_samples: {self.n_samples} is too few for {name} (k={k.default} "
+                    f"neighbours among {rows} rows); use at least {need}"
+                )
+        return self
+
 
 class TrackingConfig(StrictModel):
     """The MLflow run store (used by ``vilalign run`` and the demo)."""
