@@ -118,6 +118,28 @@ def test_finetune_command_runs_and_reports(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "test/accuracy" in out
     assert (tmp_path / "run" / "model" / "model.safetensors").is_file()
+    # recorded in the MLflow store beside the run folder, finished, with its files
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("vilalign").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["stage"] == "finetune"
+    assert {"test/accuracy", "val/accuracy", "train/loss"} <= set(run.data.metrics)
+    assert run.data.params["config.model.depth"] == "2"
+    assert "metrics.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+
+
+def test_pretrain_without_tracking_writes_files_only(tmp_path, capsys):
+    config = tmp_path / "pt.yaml"
+    config.write_text(
+        "preset: tiny\ndata: {name: easyvqa_captions, limit: 32}\n"
+        "splits: {val_fraction: 0.25}\n"
+        "train: {batch_size: 8, epochs: 1, max_steps: 1, progress: false}\n"
+    )
+    run_dir = tmp_path / "runs" / "pt"
+    assert main(["pretrain", str(config), "--run-dir", str(run_dir), "--no-tracking"]) == 0
+    assert (run_dir / "metrics.jsonl").is_file()
+    assert not (tmp_path / "runs" / "mlflow.db").exists()
 
 
 def test_finetune_bad_field_in_run_file(tmp_path, capsys):
@@ -177,3 +199,21 @@ def test_explain_command_writes_overlays_and_names_unknown_ids(tmp_path, capsys)
     assert (tmp_path / "relevancy.html").is_file()
     assert main(["explain", "--preset", "tiny", "--ids", "nope", "--run-dir", str(tmp_path)]) == 2
     assert "not in the dataset: ['nope']" in capsys.readouterr().err
+
+
+def test_a_run_that_fails_is_marked_failed_in_the_store(tmp_path, monkeypatch):
+    import vilalign.train.run as run_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(run_module, "run_finetuning", broken)
+    config = tmp_path / "ft.yaml"
+    config.write_text("preset: tiny\ntask: easyvqa\ndata: {name: easyvqa}\n")
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(["finetune", str(config), "--run-dir", str(tmp_path / "run")])
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("vilalign").experiment_id])
+    assert run.info.status == "FAILED"

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+logger = logging.getLogger(__name__)
 
 OVERRIDE_HELP = (
     "override a field of the run file, dotted path = YAML value; repeatable "
@@ -59,6 +64,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config name>)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
     p.add_argument("--set", dest="overrides", action="append", default=[], help=OVERRIDE_HELP)
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow store for the run's parameters, metrics and files (default: "
+        "sqlite:///<folder above RUN_DIR>/mlflow.db; view with mlflow ui --backend-store-uri)",
+    )
+    p.add_argument(
+        "--experiment", default="vilalign", help="MLflow experiment name (default: vilalign)"
+    )
+    p.add_argument("--no-tracking", action="store_true", help="write the run folder's files only")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -96,12 +110,42 @@ def _summary(result: Any) -> None:
     print(json.dumps(shown, indent=2))
 
 
+@contextlib.contextmanager
+def _tracked(args: argparse.Namespace, cfg: Any, stage: str) -> Iterator[Any]:
+    """An MLflow tracker for the run (None: files only, or a rank other than 0); the MLflow
+    run is marked finished with the run's files, or failed if the run raises."""
+    from vilalign.train.distributed import env_rank
+
+    if args.no_tracking or env_rank() != 0:
+        yield None
+        return
+    from vilalign.experiments.tracking import RunStore, default_uri
+
+    run_dir = _run_dir(args).resolve()
+    uri = args.tracking_uri or default_uri(run_dir.parent)
+    store = RunStore(uri, args.experiment, run_dir.parent / "mlartifacts")
+    tags = {"stage": stage, "run_file": str(args.config)}
+    params = {"config": json.loads(cfg.model_dump_json())}
+    tracker = store.tracker(run_dir, run_dir.name, tags, params)
+    logger.info("tracking the run in MLflow at %s (experiment %r)", uri, args.experiment)
+    try:
+        yield tracker
+    except BaseException as err:
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        store.client.set_terminated(tracker.run_id, status)
+        raise
+    alignment = run_dir / "alignment"  # (a multi-dataset run: a folder per dataset)
+    store.finish(run_dir, [alignment, *sorted(p for p in alignment.glob("*") if p.is_dir())])
+
+
 def run_pretrain(args: argparse.Namespace) -> int:
     from vilalign.train.config import PretrainConfig, load_run_config
     from vilalign.train.run import run_pretraining
 
     cfg = load_run_config(args.config, PretrainConfig, **parse_overrides(args.overrides))
-    _summary(run_pretraining(cfg, _run_dir(args), resume=args.resume))
+    with _tracked(args, cfg, "pretrain") as tracker:
+        result = run_pretraining(cfg, _run_dir(args), resume=args.resume, tracker=tracker)
+    _summary(result)
     return 0
 
 
@@ -119,6 +163,9 @@ def run_finetune(args: argparse.Namespace) -> int:
     multi = is_multitask_mapping(deep_merge(read_mapping(args.config), overrides))
     kind, run = (MultiTaskConfig, run_multitask) if multi else (FinetuneConfig, run_finetuning)
     cfg = load_run_config(args.config, kind, **overrides)
-    result = run(cfg, _run_dir(args), init_from=args.init_from, resume=args.resume)
+    with _tracked(args, cfg, "finetune") as tracker:
+        result = run(
+            cfg, _run_dir(args), init_from=args.init_from, resume=args.resume, tracker=tracker
+        )
     _summary(result)
     return 0
