@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from vilalign.config import ConfigError
 from vilalign.model import build_model
 from vilalign.train import checkpoint as ckpt
 from vilalign.train.config import OptimConfig, TrainConfig, monitor_mode_of
@@ -225,7 +226,7 @@ def test_an_unknown_monitor_names_the_available_metrics(
     make_config, toy_dataset, collate, tmp_path
 ):
     trainer = _trainer(make_config, toy_dataset, collate, tmp_path, monitor="val/acc", max_steps=1)
-    with pytest.raises(KeyError, match="val/accuracy"):
+    with pytest.raises(ConfigError, match=r"train.monitor: .*'val/acc'.*val/accuracy"):
         trainer.fit()
 
 

@@ -34,6 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
+from vilalign.config import ConfigError
 from vilalign.data.types import Batch
 from vilalign.train import checkpoint as ckpt
 from vilalign.train import distributed as dist
@@ -507,8 +508,8 @@ class Trainer:
     def _update_best(self, summary: dict[str, float]) -> bool:
         p, cfg = self.progress, self.cfg
         if self.monitor not in summary:
-            raise KeyError(
-                f"monitor: metric {self.monitor!r} is not reported; "
+            raise ConfigError(
+                f"train.monitor: metric {self.monitor!r} is not reported; "
                 f"available: {', '.join(sorted(summary))}"
             )
         value = summary[self.monitor]
