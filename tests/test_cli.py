@@ -217,3 +217,18 @@ def test_a_run_that_fails_is_marked_failed_in_the_store(tmp_path, monkeypatch):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("vilalign").experiment_id])
     assert run.info.status == "FAILED"
+
+
+def test_analyse_averages_each_images_captions(tmp_path):
+    import pandas as pd
+
+    from tests.data.helpers import write_flickr_karpathy
+
+    root = write_flickr_karpathy(tmp_path / "flickr")
+    args = ["analyse", "--preset", "tiny", "--dataset", "flickr30k_karpathy", "--root",
+            str(root), "--split", "test", "--n-samples", "40", "--views", "cls",
+            "--measures", "cka_linear", "--run-dir", str(tmp_path / "out"),
+            "--captions", "average"]  # fmt: skip
+    assert main(args) == 0
+    table = pd.read_csv(tmp_path / "out" / "alignment.csv")
+    assert len(table) == 4 and table["value"].between(0, 1).all()

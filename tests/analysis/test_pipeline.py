@@ -35,3 +35,44 @@ def test_alignment_files_are_written_whole(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in files)
     assert len(pd.read_csv(files[0])) == 3 and len(pd.read_parquet(files[1])) == 3
     assert pd.read_csv(files[2], index_col=0).loc["fusion.0", "fusion.1"] == 0.2
+
+
+@pytest.mark.parametrize(
+    ("captions", "caption", "ids"),
+    [("each", None, [f"{i}#{j}" for i in range(4) for j in range(3)]),
+     ("average", None, ["0", "1", "2", "3"]),
+     ("each", 2, ["0#2", "1#2", "2#2", "3#2"])],
+)  # fmt: skip
+def test_caption_sets_measured_per_caption_averaged_or_one_caption(
+    tmp_path, captions, caption, ids
+):
+    import torch
+    from tests.data.helpers import write_flickr_karpathy
+
+    from vilalign.analysis.pipeline import AlignmentSpec, run_alignment
+    from vilalign.config import model_config
+    from vilalign.data import DataConfig
+    from vilalign.model import build_model, load_tokenizer
+
+    root = write_flickr_karpathy(tmp_path, images=4, captions=3)
+    cfg = model_config("tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    data = DataConfig(name="flickr30k_karpathy", root=str(root), caption=caption)
+    spec = AlignmentSpec(data, "test", n_samples=12, views=("cls",), measures=("cka_linear",),
+                         captions=captions)  # fmt: skip
+    result = run_alignment(model, load_tokenizer(cfg.text), spec, RunInfo(), progress=False)
+    assert result.representations.ids == ids
+    assert len(result.representations.get("fusion.3", "image", "cls")) == len(ids)
+
+
+def test_caption_options_are_checked():
+    from vilalign.analysis.pipeline import AlignmentSpec
+    from vilalign.data import DataConfig
+
+    with pytest.raises(ValueError, match="captions"):
+        AlignmentSpec(DataConfig(), "test", captions="first")
+    with pytest.raises(ValueError, match="tokens"):
+        AlignmentSpec(DataConfig(), "test", views=("cls", "tokens"), captions="average")
+    with pytest.raises(ValueError, match="caption: only the Karpathy"):
+        DataConfig(name="easyvqa", caption=1)

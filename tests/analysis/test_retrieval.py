@@ -11,6 +11,7 @@ from vilalign.analysis.align import RunInfo, alignment_table
 from vilalign.analysis.collect import LayerInfo, Representations
 from vilalign.analysis.retrieval import (
     average_over_images,
+    average_representations,
     averaged_captions,
     caption_groups,
     image_key,
@@ -179,3 +180,17 @@ def test_averaged_captions_from_representations():
     assert images == ["4", "9"] and text.shape == (2, 8)
     full = reps.get("fusion.0", "text", "cls")
     assert torch.allclose(text[1], full[2:].mean(0))
+
+
+def test_average_representations_gives_one_row_per_image_in_both_streams():
+    ids = ["4#0", "9#0", "4#1", "9#1", "4#2"]
+    reps = reps_for(ids)
+    avg = average_representations(reps)
+    assert avg.ids == ["4", "9"]
+    for key in reps.pooled:
+        full = reps.get(*key)
+        torch.testing.assert_close(avg.get(*key)[0], full[[0, 2, 4]].mean(0))
+        torch.testing.assert_close(avg.get(*key)[1], full[[1, 3]].mean(0))
+    reps.tokens[("fusion.0", "text")] = torch.zeros(5, 3, 8)
+    with pytest.raises(ValueError, match="token states"):
+        average_representations(reps)

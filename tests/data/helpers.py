@@ -7,6 +7,7 @@ test can check that a reader yields each image with *its* text, not a neighbour'
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +51,16 @@ def write_jpeg_bytes(key: str) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), colour_of(key)).save(buf, "JPEG", quality=95)
     return buf.getvalue()
+
+
+def write_flickr_karpathy(root: Path, images: int = 8, captions: int = 5) -> Path:
+    """A Flickr30k Karpathy file whose test split has ``images`` images, ``captions`` each."""
+    entries = []
+    for i in range(images):
+        write_image(root / "flickr30k-images" / f"{i}.jpg", f"img{i}")
+        sents = [{"raw": f"picture {i} caption {j}", "imgid": i} for j in range(captions)]
+        entries.append({"filename": f"{i}.jpg", "imgid": i, "split": "test", "sentences": sents})
+    (root / "dataset_flickr30k.json").write_text(
+        json.dumps({"dataset": "flickr30k", "images": entries})
+    )
+    return root

@@ -25,6 +25,7 @@ from vilalign.analysis.align import (
 )
 from vilalign.analysis.collect import Representations, collect
 from vilalign.analysis.report import write_atomic
+from vilalign.analysis.retrieval import average_representations
 from vilalign.data import Collator, DataConfig, build_dataset, build_transform
 from vilalign.model.checkpoint import unwrap
 from vilalign.train import distributed as dist
@@ -48,6 +49,15 @@ class AlignmentSpec:
     batch_size: int = 64
     max_length: int = 32
     heatmap_measure: str = "cka_linear"
+    #: Several captions per image (Karpathy COCO / Flickr30k): "each" measures every caption
+    #: as a sample; "average" first averages each image's rows (both streams), one per image.
+    captions: str = "each"
+
+    def __post_init__(self) -> None:
+        if self.captions not in ("each", "average"):
+            raise ValueError(f"captions: {self.captions!r} is not 'each' or 'average'")
+        if self.captions == "average" and "tokens" in self.views:
+            raise ValueError("captions: 'average' works on pooled views; drop 'tokens'")
 
 
 @dataclass
@@ -113,6 +123,8 @@ def run_alignment(
     )
     if sharded:
         reps = dist.gather_representations(reps, n)
+    if spec.captions == "average":
+        reps = average_representations(reps)
     table = alignment_table(reps, spec.measures, info, spec.stats, progress=progress)
     pooled = [v for v in spec.views if v != "tokens"]
     matrix = layer_matrix(reps, spec.heatmap_measure, pooled[0]) if pooled else None

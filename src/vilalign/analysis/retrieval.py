@@ -99,6 +99,26 @@ def averaged_captions(
     return average_over_images(reps.get(layer, stream, view), groups), groups.images
 
 
+def average_representations(reps: Representations) -> Representations:
+    """One row per image: each pooled view of both streams averaged over the image's
+    caption rows (through co-attention the image stream depends on the caption too).
+
+    The ids become the image keys. Token states (different lengths) are not averaged:
+    ask for pooled views only.
+    """
+    if reps.tokens:
+        raise ValueError("averaging captions: token states cannot be averaged; drop 'tokens'")
+    groups = caption_groups(reps.ids)
+    pooled = {key: average_over_images(reps.get(*key), groups) for key in reps.pooled}
+    return Representations(
+        ids=list(groups.images),
+        layers=reps.layers,
+        views=reps.views,
+        pooled=pooled,
+        num_prefix_tokens=reps.num_prefix_tokens,
+    )
+
+
 # ---------------------------------------------------------------------- recall
 
 

@@ -31,6 +31,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--permutations", type=int, default=0, help="permutation-null size (p-values)")
     p.add_argument("--resamples", type=int, default=0, help="bootstrap resamples (intervals)")
+    p.add_argument(
+        "--captions",
+        choices=("each", "average"),
+        default="each",
+        help="several captions per image (coco_karpathy, flickr30k_karpathy): measure each "
+        "caption as a sample, or average each image's representations first (default: each)",
+    )
+    p.add_argument(
+        "--caption",
+        type=int,
+        default=None,
+        help="read only caption number N of each image (one sample per image)",
+    )
     p.add_argument("--run-dir", type=Path, default=Path("runs/analyse"), help="output folder")
     p.set_defaults(handler=run)
 
@@ -50,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     dist.init_distributed()
     model, tokenizer, run_name = load_source(args)
     spec = AlignmentSpec(
-        data=DataConfig(name=args.dataset, root=args.root),
+        data=DataConfig(name=args.dataset, root=args.root, caption=args.caption),
         split=args.split,
         n_samples=args.n_samples,
         views=_split(args.views),
@@ -58,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         stats=StatsOptions(args.permutations, args.resamples, seed=args.seed),
         batch_size=args.batch_size,
         max_length=model.config.text.max_length,
+        captions=args.captions,
     )
     info = RunInfo(run=run_name, seed=args.seed, dataset=args.dataset)
     result = run_alignment(model, tokenizer, spec, info, out_dir=args.run_dir)

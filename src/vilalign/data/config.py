@@ -89,6 +89,12 @@ class DataConfig(StrictModel):
     captions_per_image: int = Field(
         1, ge=1, description="easyvqa_captions: caption sentences (samples) per image."
     )
+    caption: int | None = Field(
+        None,
+        ge=0,
+        description="coco_karpathy / flickr30k_karpathy: only caption number i of each image "
+        "(one sample per image); null: every caption is a sample (ids '<image>#<i>').",
+    )
     shuffle_buffer: int = Field(1000, ge=0, description="captions_shards: samples in buffer.")
     epoch_length: int | None = Field(
         None, gt=0, description="captions_shards: samples per rank per epoch (equal DDP steps)."
@@ -99,4 +105,7 @@ class DataConfig(StrictModel):
     def _check_root(self) -> DataConfig:
         if self.root is None and self.name not in ("easyvqa", "easyvqa_captions"):
             raise ValueError(f"root: dataset {self.name!r} needs a root folder")
+        if self.caption is not None and not self.name.endswith("_karpathy"):
+            raise ValueError(f"caption: only the Karpathy caption sets have several per "
+                             f"image, not {self.name!r}")  # fmt: skip
         return self

@@ -226,7 +226,8 @@ class KarpathyCaptions(ImageTextDataset):
 def karpathy_dataset(
     dataset: str, cfg: DataConfig, split: str, transform: ImageTransform, **options: Any
 ) -> KarpathyCaptions:
-    """``<cfg.root>/dataset_<dataset>.json`` with images under ``cfg.root``; every caption."""
+    """``<cfg.root>/dataset_<dataset>.json`` with images under ``cfg.root``: every caption,
+    or caption number ``cfg.caption`` of each image."""
     root = Path(cfg.root or ".")
     return KarpathyCaptions(
         root / FILES[dataset],
@@ -237,12 +238,12 @@ def karpathy_dataset(
         on_bad_image=cfg.on_bad_image,
         cache=cfg.cache,
         limit=cfg.limit,
-        **options,
+        **{"caption": cfg.caption, **options},
     )
 
 
-# DataConfig has no Karpathy fields yet, so the registry gives every caption of every
-# image (restval merged into train, first 5 captions); other modes via KarpathyCaptions.
+# By name: restval merged into train, the first 5 captions, every caption or data.caption;
+# other modes via KarpathyCaptions.
 @register_dataset("coco_karpathy", SPLITS)
 def _coco(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
     return karpathy_dataset("coco", cfg, split, transform)
