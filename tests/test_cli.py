@@ -127,6 +127,11 @@ def test_finetune_command_runs_and_reports(tmp_path, capsys):
     assert {"test/accuracy", "val/accuracy", "train/loss"} <= set(run.data.metrics)
     assert run.data.params["config.model.depth"] == "2"
     assert "metrics.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    # the same folder again without --resume is refused, and the recorded run stays finished
+    again = ["finetune", str(config), "--run-dir", str(tmp_path / "run")]
+    assert main(again) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"
 
 
 def test_pretrain_without_tracking_writes_files_only(tmp_path, capsys):

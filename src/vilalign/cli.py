@@ -56,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return args.handler(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
         if args.verbose:  # the traceback, for bug reports
             raise
         print(f"vilalign {args.command}: error: {err}", file=sys.stderr)

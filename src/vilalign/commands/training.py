@@ -120,8 +120,12 @@ def _tracked(args: argparse.Namespace, cfg: Any, stage: str) -> Iterator[Any]:
         yield None
         return
     from vilalign.experiments.tracking import RunStore, default_uri
+    from vilalign.train.checkpoint import read_pointer
 
     run_dir = _run_dir(args).resolve()
+    if not args.resume and read_pointer(run_dir / "checkpoints") is not None:
+        yield None  # the run refuses the occupied folder; its MLflow run stays as it was
+        return
     uri = args.tracking_uri or default_uri(run_dir.parent)
     store = RunStore(uri, args.experiment, run_dir.parent / "mlartifacts")
     tags = {"stage": stage, "run_file": str(args.config)}
