@@ -30,15 +30,6 @@ from vilalign.model.attention import MultiHeadAttention
 from vilalign.model.baselines import apply_baseline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: one thread avoids OpenMP spinning against other processes on 2 cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(one_thread):
     cfg = model_config("tiny", num_labels=2)

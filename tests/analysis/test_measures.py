@@ -17,16 +17,6 @@ from vilalign.analysis import measures as M
 SIMILARITIES = [name for name, m in M.MEASURES.items() if m.higher_is_better]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tests use small matrices, where intra-op threads only add OpenMP contention on
-    # a shared machine (40x slower under load); restore the setting for other modules.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _related(n: int = 80, dx: int = 12, dy: int = 9, seed: int = 0, noise: float = 0.5):
     """Two views sharing a 4-d latent, plus independent noise (float64)."""
     g = np.random.default_rng(seed)

@@ -14,16 +14,6 @@ from vilalign.analysis import measures as M
 from vilalign.analysis import stats as S
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tests use small matrices, where intra-op threads only add OpenMP contention on
-    # a shared machine (40x slower under load); restore the setting for other modules.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _pair(n: int = 60, d: int = 6, noise: float = 0.3, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=g, dtype=torch.float64)

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
 from vilalign.config import deep_merge, validate
 from vilalign.experiments.spec import ExperimentConfig
@@ -53,14 +52,9 @@ def tiny_experiment(out_dir: Path, **overrides: Any) -> ExperimentConfig:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: two spin against the other processes on a shared 2-core CPU
-    (measured 12x slower). Module-scoped autouse: set up before the module-scoped grid, and
-    undone before other folders' tests run (a session fixture here would leak into them)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Set up before the module-scoped grid (see the root conftest's one_thread)."""
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", autouse=True)
