@@ -7,7 +7,8 @@ import torch
 from torch.utils.data import Dataset
 
 from vilalign.config import ModelConfig, model_config
-from vilalign.data.types import Batch, Sample
+from vilalign.data import Collator
+from vilalign.data.types import Sample
 from vilalign.model import load_tokenizer
 
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -51,25 +52,7 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def collate(tokenizer):
-    def collate_fn(samples: list[Sample]) -> Batch:
-        enc = tokenizer(
-            [s.text for s in samples],
-            padding="max_length",
-            truncation=True,
-            max_length=12,
-            return_tensors="pt",
-        )
-        labels = [s.label for s in samples]
-        return Batch(
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
-            token_type_ids=enc["token_type_ids"],
-            pixel_values=torch.stack([s.image for s in samples]),
-            labels=torch.stack(labels) if labels[0] is not None else None,
-            ids=[s.id for s in samples],
-        )
-
-    return collate_fn
+    return Collator(tokenizer, max_length=12, padding="max_length")
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)  # two ranks on a small shared machine
 
 from conftest import ToyDataset, small_config  # noqa: E402
-from vilalign.data.types import Batch, Sample  # noqa: E402
+from vilalign.data import Collator  # noqa: E402
 from vilalign.model import build_model, load_tokenizer  # noqa: E402
 from vilalign.train import distributed as D  # noqa: E402
 from vilalign.train.config import OptimConfig, TrainConfig  # noqa: E402
@@ -56,25 +56,8 @@ def contrastive(out: Path) -> None:
     torch.save(results, out / f"contrastive-{rank}.pt")
 
 
-def collate(tokenizer):
-    def fn(samples: list[Sample]) -> Batch:
-        enc = tokenizer(
-            [s.text for s in samples],
-            padding="max_length",
-            truncation=True,
-            max_length=12,
-            return_tensors="pt",
-        )
-        return Batch(
-            input_ids=enc["input_ids"],
-            attention_mask=enc["attention_mask"],
-            token_type_ids=enc["token_type_ids"],
-            pixel_values=torch.stack([s.image for s in samples]),
-            labels=torch.stack([s.label for s in samples]),
-            ids=[s.id for s in samples],
-        )
-
-    return fn
+def collate(tokenizer) -> Collator:
+    return Collator(tokenizer, max_length=12, padding="max_length")
 
 
 def make_trainer(run_dir: Path, batch_size: int, step_callbacks=()) -> Trainer:
