@@ -32,10 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vilalign.data.cache import default_cache_dir, list_caches, remove_cache
 
-    root = args.dir or default_cache_dir()
-    entries = list_caches(root)
     if args.older_than is not None and args.older_than < 0:
         raise ValueError(f"--older-than: needs a number of days >= 0, got {args.older_than}")
+    root = args.dir or default_cache_dir()
+    entries = list_caches(root)
     if args.clear or args.older_than is not None:
         cutoff = time.time() - 86400 * (args.older_than or 0)
         doomed = [e for e in entries if args.clear or e.state != "ready" or e.last_used < cutoff]
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} GiB"  # pragma: no cover - the loop always returns
+    return f"{n:.1f} GiB"
