@@ -148,6 +148,11 @@ def write_alignment(
     return files
 
 
+def alignment_metrics(table: pd.DataFrame, prefix: str = "align/") -> dict[str, float]:
+    """A tidy table as tracker metrics: ``<prefix><layer>/<view>/<measure>`` → value."""
+    return {f"{prefix}{r.layer}/{r.view}/{r.measure}": float(r.value) for r in table.itertuples()}
+
+
 class EpochAlignment:
     """A training epoch callback: alignment of the model on each of several datasets.
 
@@ -182,10 +187,5 @@ class EpochAlignment:
                 self.loaders[name],
                 progress=False,
             )
-            values.update(
-                {
-                    f"align/{name}/{r.layer}/{r.view}/{r.measure}": float(r.value)
-                    for r in result.table.itertuples()
-                }
-            )
+            values.update(alignment_metrics(result.table, f"align/{name}/"))
         return values

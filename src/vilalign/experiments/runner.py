@@ -36,7 +36,12 @@ from tqdm.auto import tqdm
 from vilalign.analysis.align import RunInfo, StatsOptions
 from vilalign.analysis.collect import Representations
 from vilalign.analysis.measures import TOKEN_MEASURES
-from vilalign.analysis.pipeline import AlignmentSpec, analysis_loader, run_alignment
+from vilalign.analysis.pipeline import (
+    AlignmentSpec,
+    alignment_metrics,
+    analysis_loader,
+    run_alignment,
+)
 from vilalign.analysis.report import write_atomic
 from vilalign.experiments.spec import Cell, ExperimentConfig, expand_grid
 from vilalign.model import load_pretrained, load_tokenizer
@@ -177,10 +182,7 @@ class AlignmentCallback:
             )
             path = self.out_dir / f"nulls_epoch{epoch}.csv"
             write_atomic(path, lambda tmp: bands.to_csv(tmp, index=False))
-        return {
-            f"{ALIGN_PREFIX}{r.layer}/{r.view}/{r.measure}": float(r.value)
-            for r in result.table.itertuples()
-        }
+        return alignment_metrics(result.table, ALIGN_PREFIX)
 
 
 def attention_analysis(
