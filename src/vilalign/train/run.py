@@ -23,9 +23,10 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from transformers import PreTrainedTokenizerBase
 
+from vilalign import distributed as dist
 from vilalign.config import ConfigError
 from vilalign.data import SPLITS, Collator, DataConfig, build_dataset, build_transform
 from vilalign.data.masking import PretrainingCollator
@@ -33,7 +34,6 @@ from vilalign.data.types import Sample
 from vilalign.model import VilbertModel, build_model, load_tokenizer, save_pretrained
 from vilalign.model.encoders import build_vit, image_data_config
 from vilalign.train import checkpoint as ckpt
-from vilalign.train import distributed as dist
 from vilalign.train import fastpath
 from vilalign.train.config import (
     FinetuneConfig,
@@ -166,33 +166,30 @@ def _alignment_callback(
 ) -> EpochCallback:
     """Alignment on each dataset's val (or test) split after every epoch."""
     # (imported here: the analysis stack, pandas and scipy, only when a run asks for it)
-    from vilalign.analysis.align import StatsOptions
-    from vilalign.analysis.measures import get_measure
-    from vilalign.analysis.pipeline import ALIGNMENT_DIR, AlignmentSpec, EpochAlignment
+    from vilalign.analysis.align import RunInfo
+    from vilalign.analysis.pipeline import (
+        ALIGN_PREFIX,
+        ALIGNMENT_DIR,
+        AlignmentTarget,
+        EpochAlignment,
+        alignment_loader,
+    )
 
     a = cfg.alignment
     assert a is not None
-    for measure in a.measures:  # a misspelt measure fails now, not after the first epoch
-        get_measure(measure)
-    specs, loaders = {}, {}
+    targets = []
     for name, entry in cfg.datasets.items():
         dataset = getattr(splits[name], a.split)
         if dataset is None:
             raise ConfigError(f"alignment.split: dataset {name!r} has no {a.split} split")
-        specs[name] = AlignmentSpec(
-            data=entry.data,
-            split=splits[name].names[a.split],
-            n_samples=a.n_samples,
-            views=tuple(a.views),
-            measures=tuple(a.measures),
-            batch_size=a.batch_size,
-            max_length=cfg.model.text.max_length,
-            heatmap_measure=a.measures[0],
-            stats=StatsOptions(seed=cfg.train.seed),
-        )
-        collate = Collator(tokenizer, max_length=cfg.model.text.max_length)
-        loaders[name] = DataLoader(dataset, batch_size=a.batch_size, collate_fn=collate)
-    return EpochAlignment(specs, loaders, run_dir / ALIGNMENT_DIR, seed=cfg.train.seed)
+        split = splits[name].names[a.split]
+        spec = a.spec(entry.data, split, cfg.model.text.max_length, cfg.train.seed)
+        loader = alignment_loader(dataset, tokenizer, spec)
+        info = RunInfo(seed=cfg.train.seed, dataset=name)
+        out_dir = run_dir / ALIGNMENT_DIR / name
+        prefix = f"{ALIGN_PREFIX}{name}/"
+        targets.append(AlignmentTarget(spec, out_dir, info, prefix, loader=loader))
+    return EpochAlignment(targets, tokenizer)
 
 
 def run_pretraining(
