@@ -27,7 +27,7 @@ from torch.utils.data import Dataset, Subset
 from transformers import PreTrainedTokenizerBase
 
 from vilalign import distributed as dist
-from vilalign.config import ConfigError
+from vilalign.config import ConfigError, ModelConfig
 from vilalign.data import SPLITS, Collator, DataConfig, build_dataset, build_transform
 from vilalign.data.masking import PretrainingCollator
 from vilalign.data.types import Sample
@@ -83,15 +83,10 @@ def run_finetuning(
     tracker: Tracker | None = None,
 ) -> RunResult:
     """Fine-tune ``cfg.task_name`` on ``cfg.data``; ``init_from`` overrides ``cfg.init_from``."""
-    dist.init_distributed(cfg.train.device, cfg.train.distributed.timeout_s)
-    run_dir = _prepare_run_dir(cfg, run_dir, resume)
-    seed_everything(cfg.train.seed)
+    run_dir = _start(cfg, run_dir, resume)[1]
     splits = build_splits(cfg)
     model_cfg = cfg.model.model_copy(update={"num_labels": head_size(cfg.task_name, splits.train)})
-    model = build_model(model_cfg)
-    source = init_from or cfg.init_from
-    if source is not None:
-        load_encoder_weights(model, source)
+    model = _initial_model(model_cfg, init_from or cfg.init_from)
     task = FinetuneTask(model, cfg.task_name)
     tokenizer = load_tokenizer(cfg.model.text)
     collate = Collator(tokenizer, max_length=cfg.model.text.max_length)
@@ -113,9 +108,7 @@ def run_multitask(
     the heads are in the checkpoints. With ``cfg.alignment`` the alignment is measured
     on every dataset after every epoch, into ``alignment/<dataset>/``.
     """
-    device = dist.init_distributed(cfg.train.device, cfg.train.distributed.timeout_s)
-    run_dir = _prepare_run_dir(cfg, run_dir, resume)
-    seed_everything(cfg.train.seed)
+    device, run_dir = _start(cfg, run_dir, resume)
     data_config = image_data_config(
         build_vit(cfg.model.image, load_weights=False), cfg.model.image.img_size
     )
@@ -123,10 +116,8 @@ def run_multitask(
         name: dataset_splits(entry.data, entry.splits, data_config, cfg.train.seed)
         for name, entry in cfg.datasets.items()
     }
-    model = build_model(cfg.model.model_copy(update={"num_labels": 0}))
-    source = init_from or cfg.init_from
-    if source is not None:
-        load_encoder_weights(model, source)
+    model_cfg = cfg.model.model_copy(update={"num_labels": 0})  # the heads are the task's
+    model = _initial_model(model_cfg, init_from or cfg.init_from)
     task = MultiTaskModule(
         model,
         {name: entry.task_name for name, entry in cfg.datasets.items()},
@@ -200,9 +191,7 @@ def run_pretraining(
     tracker: Tracker | None = None,
 ) -> RunResult:
     """Pretrain on ``cfg.data`` (image-caption pairs) with the configured objectives."""
-    dist.init_distributed(cfg.train.device, cfg.train.distributed.timeout_s)
-    run_dir = _prepare_run_dir(cfg, run_dir, resume)
-    seed_everything(cfg.train.seed)
+    run_dir = _start(cfg, run_dir, resume)[1]
     splits = build_splits(cfg)
     model = build_model(cfg.model.model_copy(update={"num_labels": 0}))
     task = PretrainingTask(model, cfg.objectives)
@@ -263,6 +252,17 @@ def _test_and_save(
 
 
 # ---------------------------------------------------------------------------- setup
+
+
+def _start(
+    cfg: RunConfig | MultiTaskConfig, run_dir: str | Path, resume: bool
+) -> tuple[torch.device, Path]:
+    """The first steps of every run: join the process group (this process's device),
+    prepare the run folder, seed."""
+    device = dist.init_distributed(cfg.train.device, cfg.train.distributed.timeout_s)
+    folder = _prepare_run_dir(cfg, run_dir, resume)
+    seed_everything(cfg.train.seed)
+    return device, folder
 
 
 def _prepare_run_dir(cfg: PresetModelConfig, run_dir: str | Path, resume: bool) -> Path:
@@ -381,6 +381,14 @@ def pretraining_collator(
 
 
 # ---------------------------------------------------------------------------- weights
+
+
+def _initial_model(model_cfg: ModelConfig, source: str | Path | None) -> VilbertModel:
+    """The model to train: built from ``model_cfg``, with ``source``'s weights if given."""
+    model = build_model(model_cfg)
+    if source is not None:
+        load_encoder_weights(model, source)
+    return model
 
 
 def load_encoder_weights(model: VilbertModel, source: str | Path) -> None:
