@@ -76,3 +76,48 @@ def test_caption_options_are_checked():
         AlignmentSpec(DataConfig(), "test", views=("cls", "tokens"), captions="average")
     with pytest.raises(ValueError, match="caption: only the Karpathy"):
         DataConfig(name="easyvqa", caption=1)
+
+
+def test_one_epoch_callback_measures_each_target_into_its_files_and_metrics(tmp_path):
+    # One target as a grid cell uses it (loader built from the spec, null bands), one as
+    # a multi-dataset run does (its own loader, a per-dataset metric prefix).
+    from types import SimpleNamespace
+
+    import torch
+    from tests.data.helpers import write_flickr_karpathy
+
+    from vilalign.analysis.pipeline import (
+        AlignmentSpec,
+        AlignmentTarget,
+        EpochAlignment,
+        alignment_loader,
+        evaluation_dataset,
+    )
+    from vilalign.config import model_config
+    from vilalign.data import DataConfig
+    from vilalign.model import build_model, load_tokenizer
+
+    root = write_flickr_karpathy(tmp_path, images=4, captions=3)
+    cfg = model_config("tiny")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    tokenizer = load_tokenizer(cfg.text)
+    data = DataConfig(name="flickr30k_karpathy", root=str(root))
+    spec = AlignmentSpec(data, "test", n_samples=12, views=["cls"], measures=["cka_linear"])
+    own = alignment_loader(evaluation_dataset(model, data, "test"), tokenizer, spec)
+    cell = AlignmentTarget(spec, tmp_path / "cell", RunInfo("grid", 0, None, "f"), null_band=3)
+    multi = AlignmentTarget(spec, tmp_path / "f", RunInfo(dataset="f"), "align/f/", loader=own)
+    callback = EpochAlignment([cell, multi], tokenizer)
+    ctx = SimpleNamespace(task=SimpleNamespace(model=model), epoch=2, metrics={"val/loss": 1.0})
+    values = callback(ctx)
+    assert {k.rsplit("/", 3)[0] for k in values} == {"align", "align/f"}
+    assert ctx.metrics == {"val/loss": 1.0, **values}  # later callbacks (pruning) read them
+    assert sorted(p.name for p in (tmp_path / "cell").iterdir()) == [
+        "alignment_epoch2.csv", "alignment_epoch2.parquet", "alignment_epoch2_layer_matrix.csv",
+        "nulls_epoch2.csv",
+    ]  # fmt: skip
+    assert not (tmp_path / "f" / "nulls_epoch2.csv").exists()
+    first = callback.loader(model)
+    assert callback.measure(model, 3) == values and callback.loader(model) is first
+    table = pd.read_csv(tmp_path / "cell" / "alignment_epoch3.csv")
+    assert set(table.run) == {"grid"} and set(table.epoch) == {3}

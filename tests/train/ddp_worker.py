@@ -22,10 +22,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)  # two ranks on a small shared machine
 
 from conftest import ToyDataset, small_config  # noqa: E402
+from vilalign import distributed as D  # noqa: E402
 from vilalign.data import Collator  # noqa: E402
 from vilalign.model import build_model, load_tokenizer  # noqa: E402
-from vilalign.train import distributed as D  # noqa: E402
 from vilalign.train.config import OptimConfig, TrainConfig  # noqa: E402
+from vilalign.train.distributed import (  # noqa: E402
+    gathered_info_nce,
+    gathered_symmetric_info_nce,
+)
 from vilalign.train.loop import Trainer, seed_everything  # noqa: E402
 from vilalign.train.tasks import FinetuneTask  # noqa: E402
 
@@ -45,12 +49,12 @@ def contrastive(out: Path) -> None:
     for name, sizes in SPLITS.items():
         rows = slice(sum(sizes[:rank]), sum(sizes[: rank + 1]))
         la, lb = a[rows].clone().requires_grad_(), b[rows].clone().requires_grad_()
-        loss = D.gathered_symmetric_info_nce(la, lb, 0.1)
+        loss = gathered_symmetric_info_nce(la, lb, 0.1)
         loss.backward()
         results[f"itc-{name}"] = (loss.detach(), la.grad, lb.grad)
         # MIM-style: keys detached (the stop-gradient target)
         lq = a[rows].clone().requires_grad_()
-        loss = D.gathered_info_nce(lq, b[rows], 0.1)
+        loss = gathered_info_nce(lq, b[rows], 0.1)
         loss.backward()
         results[f"mim-{name}"] = (loss.detach(), lq.grad, None)
     torch.save(results, out / f"contrastive-{rank}.pt")

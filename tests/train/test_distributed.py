@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from vilalign.train.distributed import RankShard, gather_in_order, local_slots_kept
+from vilalign.distributed import RankShard, gather_in_order, local_slots_kept
 from vilalign.train.loop import EpochSampler
 from vilalign.train.objectives import info_nce, symmetric_info_nce
 

@@ -22,19 +22,19 @@ from tqdm.auto import tqdm
 from vilalign.analysis import measures as M
 from vilalign.analysis.collect import Representations
 from vilalign.analysis.report import COLUMNS
+from vilalign.analysis.spec import DEFAULT_MEASURES, StatsOptions
 
 log = logging.getLogger(__name__)
 
-TOKEN_MEASURES = M.TOKEN_MEASURES
-DEFAULT_MEASURES = (
-    "cosine",
-    "cka_linear",
-    "cka_unbiased",
-    "svcca",
-    "mutual_knn",
-    "cknna",
-    "knn_jaccard",
-)
+_NO_STATS = StatsOptions()
+
+__all__ = [
+    "DEFAULT_MEASURES",
+    "RunInfo",
+    "StatsOptions",
+    "alignment_table",
+    "layer_matrix",
+]
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,6 @@ class RunInfo:
     seed: int = 0
     epoch: int | None = None
     dataset: str = ""
-
-
-@dataclass(frozen=True)
-class StatsOptions:
-    """Permutations for p-values and resamples for intervals; 0 turns either off."""
-
-    permutations: int = 0
-    resamples: int = 0
-    confidence: float = 0.95
-    seed: int = 0
 
 
 def _row(
@@ -83,15 +73,21 @@ def _row(
     }
 
 
+def _of_level(names: Sequence[str], level: str) -> list[M.Measure]:
+    """The measures of ``names`` that are of ``level``, in order (unknown names raise)."""
+    measures = [M.get_measure(name) for name in names]
+    return [m for m in measures if m.level == level]
+
+
 def _pooled_measures(names: Sequence[str], dx: int, dy: int) -> list[str]:
     out = []
-    for name in names:
-        if name in TOKEN_MEASURES:
+    for measure in _of_level(names, M.POOLED):
+        if measure.equal_dims and dx != dy:
+            log.info(
+                "skipping %s: the streams have different widths (%d, %d)", measure.name, dx, dy
+            )
             continue
-        if M.get_measure(name).equal_dims and dx != dy:
-            log.info("skipping %s: the streams have different widths (%d, %d)", name, dx, dy)
-            continue
-        out.append(name)
+        out.append(measure.name)
     return out
 
 
@@ -132,15 +128,14 @@ def alignment_table(
     reps: Representations,
     measures: Sequence[str] = DEFAULT_MEASURES,
     info: RunInfo = RunInfo(),
-    stats: StatsOptions = StatsOptions(),
+    stats: StatsOptions = _NO_STATS,
     options: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
     """The tidy table: one row per (fusion layer, view, measure)."""
     options = options or {}
     for name in measures:
-        if name not in TOKEN_MEASURES:
-            M.get_measure(name)  # fail early, naming the unknown measure
+        M.get_measure(name)  # fail early, naming the unknown measure
     rows: list[dict[str, Any]] = []
     layers = reps.fusion_layers
     for layer in tqdm(layers, desc="measuring", unit="layer", disable=not progress):
@@ -164,10 +159,9 @@ def _token_rows(
     text = reps.get(layer, "text", "tokens")
     image = reps.get(layer, "image", "tokens")
     rows = []
-    for name in measures:
-        if name in TOKEN_MEASURES:
-            value = TOKEN_MEASURES[name](text, image, text_mask=reps.text_mask)
-            rows.append(_row(info, layer, kind, "tokens", name, value))
+    for measure in _of_level(measures, M.TOKENS):
+        value = measure(text, image, text_mask=reps.text_mask)
+        rows.append(_row(info, layer, kind, "tokens", measure.name, value))
     return rows
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from vilalign import distributed as dist
 from vilalign.data.types import Batch
 from vilalign.model.checkpoint import unwrap
 
@@ -293,3 +294,24 @@ def _finish(
             [torch.nn.functional.pad(m, (0, width - m.shape[1])) for m in text_masks]
         )
     return reps
+
+
+def gather_representations(reps: Representations, total: int) -> Representations:
+    """Per-rank representations → the whole set's (a no-op in a single process).
+
+    Each rank collected its :class:`~vilalign.distributed.RankShard` positions of the
+    first ``total`` samples; every view (pooled N×D, token N×T×D, the text mask) and the
+    ids come back in sampler order on every rank, so the alignment measures see the same
+    N samples as one process.
+    """
+    if not dist.is_distributed():
+        return reps
+    per_rank = dist.all_gather_object(list(reps.ids))
+    ids = [r[j] for j in range(len(per_rank[0])) for r in per_rank][:total]
+    return replace(
+        reps,
+        ids=ids,
+        pooled={k: dist.gather_in_order(v.contiguous(), total) for k, v in reps.pooled.items()},
+        tokens={k: dist.gather_in_order(v.contiguous(), total) for k, v in reps.tokens.items()},
+        text_mask=None if reps.text_mask is None else dist.gather_in_order(reps.text_mask, total),
+    )

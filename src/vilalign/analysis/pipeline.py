@@ -1,63 +1,52 @@
 """Alignment analysis of one model on one dataset: collect → measure → write.
 
-Used by ``vilalign analyse`` and by the training loop's per-epoch callback, so the
-numbers after training and during training come from the same code.
+Used by ``vilalign analyse`` and by :class:`EpochAlignment`, the one per-epoch callback
+of multi-dataset fine-tuning, of every cell of an experiment grid and of a tuning trial,
+so the numbers after training and during training come from the same code. What to
+measure is an :class:`~vilalign.analysis.spec.AlignmentSpec`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
-from vilalign.analysis.align import (
-    DEFAULT_MEASURES,
-    RunInfo,
-    StatsOptions,
-    alignment_table,
-    layer_matrix,
-)
-from vilalign.analysis.collect import Representations, collect
+from vilalign import distributed as dist
+from vilalign.analysis.align import RunInfo, alignment_table, layer_matrix
+from vilalign.analysis.collect import Representations, collect, gather_representations
 from vilalign.analysis.report import write_atomic
 from vilalign.analysis.retrieval import average_representations
+from vilalign.analysis.spec import AlignmentSpec
 from vilalign.data import Collator, DataConfig, build_dataset, build_transform
 from vilalign.model.checkpoint import unwrap
-from vilalign.train import distributed as dist
 
 log = logging.getLogger(__name__)
 
 ALIGNMENT_DIR = "alignment"
+ALIGN_PREFIX = "align/"
 
-
-@dataclass
-class AlignmentSpec:
-    """What to measure: which samples, views, measures and statistics."""
-
-    data: DataConfig
-    split: str
-    n_samples: int = 500
-    views: Sequence[str] = ("cls", "mean")
-    measures: Sequence[str] = DEFAULT_MEASURES
-    include_encoders: bool = True
-    stats: StatsOptions = field(default_factory=StatsOptions)
-    batch_size: int = 64
-    max_length: int = 32
-    heatmap_measure: str = "cka_linear"
-    #: Several captions per image (Karpathy COCO / Flickr30k): "each" measures every caption
-    #: as a sample; "average" first averages each image's rows (both streams), one per image.
-    captions: str = "each"
-
-    def __post_init__(self) -> None:
-        if self.captions not in ("each", "average"):
-            raise ValueError(f"captions: {self.captions!r} is not 'each' or 'average'")
-        if self.captions == "average" and "tokens" in self.views:
-            raise ValueError("captions: 'average' works on pooled views; drop 'tokens'")
+__all__ = [
+    "ALIGNMENT_DIR",
+    "ALIGN_PREFIX",
+    "AlignmentResult",
+    "AlignmentSpec",
+    "AlignmentTarget",
+    "EpochAlignment",
+    "alignment_loader",
+    "alignment_metrics",
+    "analysis_loader",
+    "null_bands",
+    "run_alignment",
+    "write_alignment",
+]
 
 
 @dataclass
@@ -75,12 +64,64 @@ def evaluation_dataset(model: nn.Module, data: DataConfig, split: str) -> Datase
     return build_dataset(data, split, transform)
 
 
-def analysis_loader(model: nn.Module, tokenizer: Any, spec: AlignmentSpec) -> DataLoader:
-    """An evaluation loader (no augmentation, fixed order) over the analysis split."""
-    dataset = evaluation_dataset(model, spec.data, spec.split)
+def alignment_loader(dataset: Dataset, tokenizer: Any, spec: AlignmentSpec) -> DataLoader:
+    """A loader in fixed order over ``dataset``, batched and padded as ``spec`` needs.
+
+    Token states are stored per position, so the token view pads every text to
+    ``max_length``; pooled views pad each batch to its longest text (cheaper).
+    """
     padding = "max_length" if "tokens" in spec.views else "longest"
     collator = Collator(tokenizer, max_length=spec.max_length, padding=padding)
     return DataLoader(dataset, batch_size=spec.batch_size, shuffle=False, collate_fn=collator)
+
+
+def analysis_loader(model: nn.Module, tokenizer: Any, spec: AlignmentSpec) -> DataLoader:
+    """An evaluation loader (no augmentation, fixed order) over the analysis split."""
+    return alignment_loader(evaluation_dataset(model, spec.data, spec.split), tokenizer, spec)
+
+
+def _rank_share(loader: DataLoader, n: int) -> tuple[DataLoader, int] | None:
+    """This rank's share of the first ``n`` samples under ``torchrun`` (a loader and its
+    sample count); None: this process takes them all.
+
+    (Fewer samples than 2 per rank: every rank collects them all, as one process would.)
+    """
+    if not (dist.is_distributed() and n >= 2 * dist.get_world_size()):
+        return None
+    shard = dist.RankShard(SequentialSampler(range(n)), dist.get_rank(), dist.get_world_size())
+    share = DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=shard,
+        collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers,
+    )
+    return share, len(shard)
+
+
+def collect_for(
+    model: nn.Module, loader: DataLoader, spec: AlignmentSpec, progress: bool = True
+) -> Representations:
+    """The representations ``spec`` measures: the first ``n_samples`` of ``loader``.
+
+    Under ``torchrun`` each rank collects its share and the shares are gathered, so every
+    rank holds the whole set; Karpathy caption sets are averaged per image if asked.
+    """
+    n = min(spec.n_samples, len(loader.dataset))  # type: ignore[arg-type]
+    share = _rank_share(loader, n)
+    source, count = share or (loader, n)
+    reps = collect(
+        model,
+        source,
+        count,
+        spec.views,
+        spec.include_encoders,
+        progress=progress and dist.is_main_process(),
+        device=next(unwrap(model).parameters()).device,
+    )
+    if share is not None:
+        reps = gather_representations(reps, n)
+    return average_representations(reps) if spec.captions == "average" else reps
 
 
 def run_alignment(
@@ -94,40 +135,13 @@ def run_alignment(
 ) -> AlignmentResult:
     """Collect representations once, measure every fusion layer, optionally write files.
 
-    Under ``torchrun`` each rank collects its share of the samples and the shares are
-    gathered before measuring (every rank then holds the same table); rank 0 writes.
+    Under ``torchrun`` every rank then holds the same table; rank 0 writes.
     """
     loader = loader or analysis_loader(model, tokenizer, spec)
-    n = min(spec.n_samples, len(loader.dataset))  # type: ignore[arg-type]
-    # (fewer samples than 2 per rank: every rank collects them all, as one process would)
-    sharded = dist.is_distributed() and n >= 2 * dist.get_world_size()
-    local_n = n
-    if sharded:
-        shard = dist.RankShard(SequentialSampler(range(n)), dist.get_rank(), dist.get_world_size())
-        local_n = len(shard)
-        loader = DataLoader(
-            loader.dataset,
-            batch_size=loader.batch_size,
-            sampler=shard,
-            collate_fn=loader.collate_fn,
-            num_workers=loader.num_workers,
-        )
-    reps = collect(
-        model,
-        loader,
-        local_n,
-        spec.views,
-        spec.include_encoders,
-        progress=progress and dist.is_main_process(),
-        device=next(unwrap(model).parameters()).device,
-    )
-    if sharded:
-        reps = dist.gather_representations(reps, n)
-    if spec.captions == "average":
-        reps = average_representations(reps)
+    reps = collect_for(model, loader, spec, progress)
     table = alignment_table(reps, spec.measures, info, spec.stats, progress=progress)
     pooled = [v for v in spec.views if v != "tokens"]
-    matrix = layer_matrix(reps, spec.heatmap_measure, pooled[0]) if pooled else None
+    matrix = layer_matrix(reps, str(spec.heatmap_measure), pooled[0]) if pooled else None
     files: list[Path] = []
     if out_dir is not None and dist.is_main_process():
         files = write_alignment(table, matrix, Path(out_dir), info)
@@ -148,44 +162,101 @@ def write_alignment(
     return files
 
 
-def alignment_metrics(table: pd.DataFrame, prefix: str = "align/") -> dict[str, float]:
+def alignment_metrics(table: pd.DataFrame, prefix: str = ALIGN_PREFIX) -> dict[str, float]:
     """A tidy table as tracker metrics: ``<prefix><layer>/<view>/<measure>`` → value."""
     return {f"{prefix}{r.layer}/{r.view}/{r.measure}": float(r.value) for r in table.itertuples()}
 
 
-class EpochAlignment:
-    """A training epoch callback: alignment of the model on each of several datasets.
+def null_bands(
+    reps: Representations, measures: Sequence[str], views: Sequence[str], n: int, seed: int
+) -> pd.DataFrame:
+    """5–95 % quantiles of each pooled measure's permutation null per fusion layer and view.
 
-    Each dataset gets its own table per epoch (``<out_dir>/<dataset>/alignment_epoch<N>.csv``),
-    its rows tagged with the dataset's name; the values come back as
-    ``align/<dataset>/<layer>/<view>/<measure>`` metrics. The loaders are fixed, so the same
-    samples are measured every epoch. The loop runs callbacks with its RNG state preserved.
+    What an unrelated pairing of the same text and image states scores: the band a
+    layer's value must leave before "aligned" means anything.
+    """
+    from vilalign.analysis import measures as M
+    from vilalign.analysis import stats as S
+
+    pooled = [m for m in measures if M.get_measure(m).level == M.POOLED]
+    rows = []
+    for layer in reps.fusion_layers:
+        for view in (v for v in views if v != "tokens"):
+            x, y = reps.get(layer.name, "text", view), reps.get(layer.name, "image", view)
+            for measure in pooled:
+                try:
+                    null = S.permutation_test(measure, x, y, n_permutations=n, seed=seed).null
+                except (ValueError, KeyError) as err:  # e.g. a measure needing equal widths
+                    log.debug("no null band for %s on %s: %s", measure, layer.name, err)
+                    continue
+                low, high = np.quantile(null, [0.05, 0.95])
+                rows.append(
+                    {"layer": layer.name, "view": view, "measure": measure, "low": low,
+                     "high": high}
+                )  # fmt: skip
+    return pd.DataFrame(rows, columns=["layer", "view", "measure", "low", "high"])
+
+
+@dataclass
+class AlignmentTarget:
+    """One dataset that :class:`EpochAlignment` measures after every epoch.
+
+    ``info`` names the rows (run, seed, dataset; the epoch is filled in); the table goes
+    to ``out_dir/alignment_epoch<N>.csv`` and its values come back as
+    ``<prefix><layer>/<view>/<measure>`` metrics. ``null_band`` permutations (0: none)
+    give each pooled measure's 5–95 % null band in ``nulls_epoch<N>.csv``. ``loader``
+    None: built from ``spec`` at the first epoch (the transform comes from the model).
     """
 
-    def __init__(
-        self,
-        specs: Mapping[str, AlignmentSpec],
-        loaders: Mapping[str, DataLoader],
-        out_dir: str | Path,
-        run: str = "",
-        seed: int = 0,
-    ) -> None:
-        self.specs, self.loaders = dict(specs), dict(loaders)
-        self.out_dir, self.run, self.seed = Path(out_dir), run, seed
+    spec: AlignmentSpec
+    out_dir: Path
+    info: RunInfo
+    prefix: str = ALIGN_PREFIX
+    null_band: int = 0
+    loader: DataLoader | None = None
+
+
+class EpochAlignment:
+    """The epoch callback: alignment of the model on each target, as ``align/...`` metrics.
+
+    The loaders are fixed (built once), so the same samples are measured every epoch and
+    epochs compare. The loop runs callbacks with its RNG state preserved, so training is
+    unaffected by them.
+    """
+
+    def __init__(self, targets: Sequence[AlignmentTarget], tokenizer: Any = None) -> None:
+        if not targets:
+            raise ValueError("EpochAlignment needs at least one target")
+        self.targets, self.tokenizer = list(targets), tokenizer
 
     def __call__(self, ctx: Any) -> dict[str, float]:
-        """``ctx``: the loop's ``EpochContext`` (its ``task.model`` and ``epoch``)."""
-        values: dict[str, float] = {}
-        for name, spec in self.specs.items():
-            info = RunInfo(self.run, self.seed, ctx.epoch, name)
-            result = run_alignment(
-                ctx.task.model,
-                None,
-                spec,
-                info,
-                self.out_dir / name,
-                self.loaders[name],
-                progress=False,
-            )
-            values.update(alignment_metrics(result.table, f"align/{name}/"))
+        """``ctx``: the loop's ``EpochContext`` (its ``task.model``, ``epoch``, ``metrics``)."""
+        values = self.measure(ctx.task.model, ctx.epoch)
+        ctx.metrics.update(values)  # later callbacks (pruning) may read alignment values
         return values
+
+    def loader(self, model: nn.Module, target: int = 0) -> DataLoader:
+        """A target's loader, built once (the attention analysis reuses it)."""
+        t = self.targets[target]
+        if t.loader is None:
+            t.loader = analysis_loader(model, self.tokenizer, t.spec)
+        return t.loader
+
+    def measure(self, model: nn.Module, epoch: int) -> dict[str, float]:
+        """Measure every target now, as after epoch ``epoch``; returns the metrics."""
+        values: dict[str, float] = {}
+        for i in range(len(self.targets)):
+            values.update(self._measure_target(model, epoch, i))
+        return values
+
+    def _measure_target(self, model: nn.Module, epoch: int, i: int) -> dict[str, float]:
+        t, loader = self.targets[i], self.loader(model, i)
+        info = replace(t.info, epoch=epoch)
+        result = run_alignment(model, self.tokenizer, t.spec, info, t.out_dir, loader, False)
+        if t.null_band:
+            spec = t.spec
+            reps = result.representations
+            bands = null_bands(reps, spec.measures, spec.views, t.null_band, spec.seed)
+            path = t.out_dir / f"nulls_epoch{epoch}.csv"
+            write_atomic(path, lambda tmp: bands.to_csv(tmp, index=False))
+        return alignment_metrics(result.table, t.prefix)

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 MeasureLike = M.Measure | str | Callable[..., float]
 
+#: Share of the rows a "subsample" interval draws (without replacement) by default.
+SUBSAMPLE_FRACTION = 0.5
+
 
 # --------------------------------------------------------------------------- plumbing
 
@@ -56,6 +59,8 @@ def _resolve(
         measure = M.get_measure(measure)
     if isinstance(measure, M.Measure):
         m = measure
+        if m.level != M.POOLED:
+            raise ValueError(f"{m.name} is {m.level}-level: resampling needs pooled N×D rows")
         return _Resolved(
             lambda vx, vy: float(m.impl(M.Pair(vx, vy), **options)),
             m.higher_is_better if higher_is_better is None else higher_is_better,
@@ -287,7 +292,7 @@ def bootstrap_ci(
     seed: int | None = None,
     generator: torch.Generator | np.random.Generator | None = None,
     method: str | None = None,
-    fraction: float = 0.5,
+    fraction: float = SUBSAMPLE_FRACTION,
     **options: Any,
 ) -> Interval:
     """Paired confidence interval of ``measure(x, y)`` over samples.

@@ -53,10 +53,10 @@ def _split(value: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vilalign.analysis.align import RunInfo, StatsOptions
+    from vilalign import distributed as dist
+    from vilalign.analysis.align import RunInfo
     from vilalign.analysis.pipeline import AlignmentSpec, run_alignment
     from vilalign.data import DataConfig
-    from vilalign.train import distributed as dist
 
     # torchrun: each rank collects its share of the samples (on cuda:LOCAL_RANK), rank 0
     # writes and prints.
@@ -68,9 +68,12 @@ def run(args: argparse.Namespace) -> int:
         n_samples=args.n_samples,
         views=_split(args.views),
         measures=_split(args.measures),
-        stats=StatsOptions(args.permutations, args.resamples, seed=args.seed),
+        permutations=args.permutations,
+        resamples=args.resamples,
+        seed=args.seed,
         batch_size=args.batch_size,
         max_length=model.config.text.max_length,
+        heatmap_measure="cka_linear",  # the matrix this command has always drawn
         captions=args.captions,
     )
     info = RunInfo(run=run_name, seed=args.seed, dataset=args.dataset)

@@ -95,7 +95,7 @@ def _run_dir(args: argparse.Namespace) -> Path:
 
 
 def _summary(result: Any) -> None:
-    from vilalign.train.distributed import cleanup, is_main_process
+    from vilalign.distributed import cleanup, is_main_process
 
     main = is_main_process()
     cleanup()  # leave the process group (torchrun) before the process ends
@@ -114,7 +114,7 @@ def _summary(result: Any) -> None:
 def _tracked(args: argparse.Namespace, cfg: Any, stage: str) -> Iterator[Any]:
     """An MLflow tracker for the run (None: files only, or a rank other than 0); the MLflow
     run is marked finished with the run's files, or failed if the run raises."""
-    from vilalign.train.distributed import env_rank
+    from vilalign.distributed import env_rank
 
     if args.no_tracking or env_rank() != 0:
         yield None

@@ -33,27 +33,24 @@ import scipy.stats
 import torch
 from tqdm.auto import tqdm
 
-from vilalign.analysis.align import RunInfo, StatsOptions
-from vilalign.analysis.collect import Representations
-from vilalign.analysis.measures import TOKEN_MEASURES
+from vilalign.analysis.align import RunInfo
 from vilalign.analysis.pipeline import (
+    ALIGN_PREFIX,
     AlignmentSpec,
-    alignment_metrics,
+    AlignmentTarget,
+    EpochAlignment,
     analysis_loader,
-    run_alignment,
 )
-from vilalign.analysis.report import write_atomic
 from vilalign.experiments.spec import Cell, ExperimentConfig, expand_grid
 from vilalign.model import load_pretrained, load_tokenizer
 from vilalign.train import checkpoint as ckpt
-from vilalign.train.loop import EpochCallback, EpochContext
+from vilalign.train.loop import EpochCallback
 from vilalign.train.run import RESULTS_FILE, run_finetuning, run_pretraining
 
 log = logging.getLogger(__name__)
 
 DONE_FILE = "done.json"
 EXPERIMENT_FILE = "experiment.json"
-ALIGN_PREFIX = "align/"
 
 #: Makes a tracker for one run: (stage, cell, run_dir) -> Tracker or None (files only).
 TrackerFactory = Callable[[str, Cell, Path], Any]
@@ -98,91 +95,22 @@ def read_results(run_dir: Path) -> dict[str, Any]:
 
 
 def alignment_spec(exp: ExperimentConfig, cell: Cell) -> AlignmentSpec:
-    a = exp.analysis
-    return AlignmentSpec(
-        data=cell.finetune.data,
-        split=a.split,
-        n_samples=a.n_samples,
-        views=tuple(a.views),
-        measures=tuple(a.measures),
-        include_encoders=a.include_encoders,
-        stats=StatsOptions(a.permutations, a.resamples, seed=cell.seed),
-        batch_size=a.batch_size,
-        max_length=cell.finetune.model.text.max_length,
-        # The layer×layer matrix compares pooled views: a token-level measure cannot fill it.
-        heatmap_measure=next((m for m in a.measures if m not in TOKEN_MEASURES), "cka_linear"),
+    """The experiment's analysis options on the cell's fine-tuning data."""
+    ft = cell.finetune
+    return exp.analysis.spec(ft.data, exp.analysis.split, ft.model.text.max_length, cell.seed)
+
+
+def alignment_callback(exp: ExperimentConfig, cell: Cell, out_dir: Path) -> EpochAlignment:
+    """Alignment per layer after every epoch into ``out_dir``, as ``align/...`` metrics,
+    with the permutation null bands the report plots."""
+    target = AlignmentTarget(
+        alignment_spec(exp, cell),
+        out_dir,
+        RunInfo(cell.group, cell.seed, None, cell.finetune.data.name),
+        ALIGN_PREFIX,
+        exp.analysis.null_band,
     )
-
-
-def null_bands(
-    reps: Representations, measures: Sequence[str], views: Sequence[str], n: int, seed: int
-) -> pd.DataFrame:
-    """5–95 % quantiles of each measure's permutation null per fusion layer and view.
-
-    What an unrelated pairing of the same text and image states scores: the band a
-    layer's value must leave before "aligned" means anything.
-    """
-    from vilalign.analysis import stats as S
-
-    rows = []
-    for layer in reps.fusion_layers:
-        for view in (v for v in views if v != "tokens"):
-            x, y = reps.get(layer.name, "text", view), reps.get(layer.name, "image", view)
-            for measure in measures:
-                try:
-                    null = S.permutation_test(measure, x, y, n_permutations=n, seed=seed).null
-                except (ValueError, KeyError) as err:  # e.g. a measure needing equal widths
-                    log.debug("no null band for %s on %s: %s", measure, layer.name, err)
-                    continue
-                low, high = np.quantile(null, [0.05, 0.95])
-                rows.append(
-                    {"layer": layer.name, "view": view, "measure": measure, "low": low,
-                     "high": high}
-                )  # fmt: skip
-    return pd.DataFrame(rows, columns=["layer", "view", "measure", "low", "high"])
-
-
-class AlignmentCallback:
-    """Measures alignment per layer after every epoch and returns it as ``align/...`` metrics.
-
-    The loader is built once (same samples every epoch, so epochs compare); the callback
-    runs inside the loop's ``preserved_rng``, so training is unaffected by it.
-    """
-
-    def __init__(self, exp: ExperimentConfig, cell: Cell, out_dir: Path) -> None:
-        self.exp, self.cell, self.out_dir = exp, cell, out_dir
-        self.spec = alignment_spec(exp, cell)
-        self.tokenizer = load_tokenizer(cell.finetune.model.text)
-        self._loader = None
-
-    def __call__(self, ctx: EpochContext) -> Mapping[str, float]:
-        values = self.measure(ctx.task.model, ctx.epoch)
-        ctx.metrics.update(values)  # later callbacks (pruning) may read alignment values
-        return values
-
-    def loader(self, model: torch.nn.Module) -> Any:
-        """The analysis split's loader, built once (the attention analysis reuses it)."""
-        if self._loader is None:
-            self._loader = analysis_loader(model, self.tokenizer, self.spec)
-        return self._loader
-
-    def measure(self, model: torch.nn.Module, epoch: int) -> dict[str, float]:
-        self.loader(model)
-        info = RunInfo(self.cell.group, self.cell.seed, epoch, self.cell.finetune.data.name)
-        result = run_alignment(
-            model, self.tokenizer, self.spec, info, self.out_dir, self._loader, progress=False
-        )
-        if self.exp.analysis.null_band:
-            bands = null_bands(
-                result.representations,
-                self.spec.measures,
-                self.spec.views,
-                self.exp.analysis.null_band,
-                self.cell.seed,
-            )
-            path = self.out_dir / f"nulls_epoch{epoch}.csv"
-            write_atomic(path, lambda tmp: bands.to_csv(tmp, index=False))
-        return alignment_metrics(result.table, ALIGN_PREFIX)
+    return EpochAlignment([target], load_tokenizer(cell.finetune.model.text))
 
 
 def attention_analysis(
@@ -217,7 +145,7 @@ def attribution_examples(
     except ImportError as err:  # the attribution module is optional for a run
         log.warning("attribution skipped: %s", err)
         return []
-    small = AlignmentSpec(**{**spec.__dict__, "batch_size": n})
+    small = spec.model_copy(update={"batch_size": n})
     batch = next(iter(analysis_loader(model, tokenizer, small)))
     batch = batch.to(next(model.parameters()).device)
     explanations = explain(model, batch, method=method, tokenizer=tokenizer)
@@ -241,7 +169,7 @@ def run_cell(
     cell_dir = out_dir / "cells" / cell.key
     pt_dir = _pretrain(cell, out_dir, tracker_factory) if cell.pretrain else None
     ft_dir = cell_dir / "finetune"
-    align_cb = AlignmentCallback(exp, cell, cell_dir / "alignment")
+    align_cb = alignment_callback(exp, cell, cell_dir / "alignment")
     trained = not stage_done(ft_dir)
     if trained:
         resume = prepare_stage(ft_dir)
@@ -302,7 +230,7 @@ def _final_analyses(
     exp: ExperimentConfig,
     cell: Cell,
     model: torch.nn.Module,
-    align_cb: AlignmentCallback,
+    align_cb: EpochAlignment,
     cell_dir: Path,
 ) -> dict[str, Any]:
     a = exp.analysis
@@ -312,7 +240,7 @@ def _final_analyses(
         focus = attention_analysis(model, align_cb.loader(model), cell_dir / "attention", batches)
     if a.attribution_examples and model.config.layer_kinds:
         attribution_examples(
-            model, align_cb.tokenizer, align_cb.spec, a.attribution_examples,
+            model, align_cb.tokenizer, align_cb.targets[0].spec, a.attribution_examples,
             a.attribution_method, cell_dir / "attribution",
         )  # fmt: skip
     return focus

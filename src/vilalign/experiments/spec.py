@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from vilalign.analysis.spec import AlignmentOptions
 from vilalign.config import (
     PRESETS,
     ConfigError,
@@ -103,65 +104,26 @@ class GridConfig(StrictModel):
         return value
 
 
-class AnalysisConfig(StrictModel):
-    """What is measured during and after fine-tuning."""
+class AnalysisConfig(AlignmentOptions):
+    """What is measured during and after fine-tuning.
+
+    The alignment fields are :class:`~vilalign.analysis.spec.AlignmentOptions`' (with
+    this section's defaults); the others choose the analyses of the final model.
+    """
 
     every_epoch: bool = Field(True, description="Alignment per layer after every epoch.")
     split: str = Field("test", description="Split the analyses read (never trained on).")
-    n_samples: int = Field(256, ge=4)
-    views: list[Literal["cls", "mean", "tokens"]] = Field(default_factory=lambda: ["cls", "mean"])
+    n_samples: int = Field(256, ge=4, description="Samples measured: the first N of the split.")
     measures: list[str] = Field(
-        default_factory=lambda: ["cka_linear", "cka_unbiased", "mutual_knn"]
+        default_factory=lambda: ["cka_linear", "cka_unbiased", "mutual_knn"], min_length=1
     )
-    include_encoders: bool = Field(True, description="Encoder layers in the layer matrix.")
-    permutations: int = Field(0, ge=0, description="Permutation-null size for p-values.")
-    resamples: int = Field(0, ge=0, description="Bootstrap resamples for intervals.")
     null_band: int = Field(
         20, ge=0, description="Permutations for the plotted null band (5-95 %); 0: none."
     )
-    batch_size: int = Field(64, ge=1)
     attention: bool = Field(True, description="Attention entropy of the final model.")
     attention_samples: int = Field(128, ge=1)
     attribution_examples: int = Field(3, ge=0, description="Relevancy maps to draw; 0: none.")
     attribution_method: Literal["relevancy", "gradcam", "integrated_gradients"] = "relevancy"
-
-    @field_validator("measures")
-    @classmethod
-    def _known_measures(cls, value: list[str]) -> list[str]:
-        # Checked here, not at the end of the first epoch (or of training, without
-        # every_epoch), where a misspelt name would otherwise first fail.
-        from vilalign.analysis.measures import MEASURES, TOKEN_MEASURES
-
-        bad = [m for m in value if m not in MEASURES and m not in TOKEN_MEASURES]
-        if bad:
-            known = ", ".join(sorted({*MEASURES, *TOKEN_MEASURES}))
-            raise ValueError(f"unknown measure(s) {bad} (allowed: {known})")
-        return value
-
-    @model_validator(mode="after")
-    def _enough_samples_for_neighbours(self) -> AnalysisConfig:
-        # A k-NN measure needs k < N (self is not its own neighbour), and its intervals
-        # subsample half the rows; found here, not after the first epoch of training.
-        import inspect
-
-        from vilalign.analysis.measures import MEASURES
-
-        for name in self.measures:
-            if name not in MEASURES:
-                continue
-            k = inspect.signature(MEASURES[name].impl).parameters.get("k")
-            if k is None or not isinstance(k.default, int):
-                continue
-            rows = self.n_samples
-            if self.resamples and MEASURES[name].resample == "subsample":
-                rows = round(0.5 * self.n_samples)
-            if k.default >= rows:
-                need = k.default + 1 if rows == self.n_samples else 2 * k.default + 2
-                raise ValueError(
-                    f"n_samples: {self.n_samples} is too few for {name} (k={k.default} "
-                    f"neighbours among {rows} rows); use at least {need}"
-                )
-        return self
 
 
 class TrackingConfig(StrictModel):

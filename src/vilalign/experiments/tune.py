@@ -30,7 +30,7 @@ import pandas as pd
 import yaml
 
 from vilalign.config import deep_merge, validate
-from vilalign.experiments.runner import AlignmentCallback, prepare_stage
+from vilalign.experiments.runner import alignment_callback, prepare_stage
 from vilalign.experiments.spec import (
     Cell,
     ExperimentConfig,
@@ -256,7 +256,7 @@ class Objective:
         callbacks: list[Any] = []
         metrics = [o.metric for o in self.tc.objectives] + [self.tc.prune_metric or ""]
         if any(m.startswith("align/") for m in metrics):
-            callbacks.append(AlignmentCallback(exp, cell, run_dir / "alignment"))
+            callbacks.append(alignment_callback(exp, cell, run_dir / "alignment"))
         if prune:
             callbacks.append(PruningCallback(trial, self.tc.prune_metric or spec.metric))
         ft_dir = run_dir / "finetune"

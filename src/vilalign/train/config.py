@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from vilalign.analysis.spec import AlignmentOptions
 from vilalign.config import (
     PRESETS,
     ConfigError,
@@ -347,16 +348,18 @@ class SamplingConfig(StrictModel):
     )
 
 
-class EpochAlignmentConfig(StrictModel):
-    """Alignment per fusion layer after every epoch, measured on each dataset separately."""
+class EpochAlignmentConfig(AlignmentOptions):
+    """Alignment per fusion layer after every epoch, measured on each dataset separately.
+
+    The fields are :class:`~vilalign.analysis.spec.AlignmentOptions`'; this section adds
+    which of each dataset's splits to read, and its own defaults.
+    """
 
     split: Literal["val", "test"] = Field(
         "val", description="Which of each dataset's splits to measure on."
     )
-    n_samples: int = Field(200, ge=2)
-    views: list[Literal["cls", "mean"]] = Field(["cls", "mean"], min_length=1)
-    measures: list[str] = Field(["cka_linear"], min_length=1)
-    batch_size: int = Field(64, ge=1)
+    n_samples: int = Field(200, ge=2, description="Samples measured: the first N of the split.")
+    measures: list[str] = Field(default_factory=lambda: ["cka_linear"], min_length=1)
 
 
 class MultiTaskConfig(PresetModelConfig):

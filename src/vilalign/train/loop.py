@@ -7,7 +7,7 @@ evaluation every epoch, early stopping, a checkpoint every epoch (and every N st
 exact resume: weights, optimizer, scheduler, scaler, RNG states and the data position are
 restored, so a resumed CPU run ends bit-identical to an uninterrupted one.
 
-Under ``torchrun`` the same loop runs DDP (see :mod:`vilalign.train.distributed`): each rank
+Under ``torchrun`` the same loop runs DDP (see :mod:`vilalign.distributed`): each rank
 takes its share of every global batch, gradients are averaged once per optimiser step
 (``no_sync`` on the other micro-batches), metrics are reduced over ranks, and only rank 0
 logs and writes. The data position is counted in samples of the global order, so a run
@@ -34,12 +34,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from tqdm.auto import tqdm
 
+from vilalign import distributed as dist
 from vilalign.config import ConfigError
 from vilalign.data.types import Batch
 from vilalign.train import checkpoint as ckpt
-from vilalign.train import distributed as dist
 from vilalign.train import fastpath
 from vilalign.train.config import OptimConfig, TrainConfig, monitor_mode_of
+from vilalign.train.distributed import all_reduce_sums
 from vilalign.train.optim import build_optimizer, build_scheduler
 from vilalign.train.tasks import StepResult, Task
 from vilalign.train.tracker import FileTracker, NullTracker, Tracker
@@ -670,7 +671,7 @@ def _stream_length(dataset: IterableDataset) -> int:
 
 def _reduced(meter: Meter) -> Meter:
     """The meter summed over ranks (itself in a single process)."""
-    return Meter(dist.all_reduce_sums(meter.state())) if dist.is_distributed() else meter
+    return Meter(all_reduce_sums(meter.state())) if dist.is_distributed() else meter
 
 
 def _monitor(cfg: TrainConfig, task: Task, has_val: bool) -> tuple[str, str]:

@@ -32,10 +32,10 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
+from vilalign import distributed as dist
 from vilalign.config import ModelConfig
 from vilalign.data.types import Batch
 from vilalign.model.heads import ClassificationHead, fused_size
-from vilalign.train import distributed as dist
 from vilalign.train.config import OptimConfig, TrainConfig
 from vilalign.train.loop import EpochCallback, StepCallback, Trainer, preserved_rng
 from vilalign.train.tasks import FinetuneTask, StepResult, Task

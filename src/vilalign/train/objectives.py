@@ -15,12 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vilalign.data.masking import IGNORE_INDEX
+from vilalign.distributed import is_distributed
 from vilalign.model.pretraining_heads import AlignmentHead, MimProjection, MlmHead
-from vilalign.train.distributed import (
-    gathered_info_nce,
-    gathered_symmetric_info_nce,
-    is_distributed,
-)
+from vilalign.train.distributed import gathered_info_nce, gathered_symmetric_info_nce
 
 
 @dataclass

@@ -23,17 +23,17 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
 from transformers import PreTrainedTokenizerBase
 
-from vilalign.config import ConfigError
+from vilalign import distributed as dist
+from vilalign.config import ConfigError, ModelConfig
 from vilalign.data import SPLITS, Collator, DataConfig, build_dataset, build_transform
 from vilalign.data.masking import PretrainingCollator
 from vilalign.data.types import Sample
 from vilalign.model import VilbertModel, build_model, load_tokenizer, save_pretrained
 from vilalign.model.encoders import build_vit, image_data_config
 from vilalign.train import checkpoint as ckpt
-from vilalign.train import distributed as dist
 from vilalign.train import fastpath
 from vilalign.train.config import (
     FinetuneConfig,
@@ -83,15 +83,10 @@ def run_finetuning(
     tracker: Tracker | None = None,
 ) -> RunResult:
     """Fine-tune ``cfg.task_name`` on ``cfg.data``; ``init_from`` overrides ``cfg.init_from``."""
-    dist.init_distributed(cfg.train.device, cfg.train.distributed.timeout_s)
-    run_dir = _prepare_run_dir(cfg, run_dir, resume)
-    seed_everything(cfg.train.seed)
+    run_dir = _start(cfg, run_dir, resume)[1]
     splits = build_splits(cfg)
     model_cfg = cfg.model.model_copy(update={"num_labels": head_size(cfg.task_name, splits.train)})
-    model = build_model(model_cfg)
-    source = init_from or cfg.init_from
-    if source is not None:
-        load_encoder_weights(model, source)
+    model = _initial_model(model_cfg, init_from or cfg.init_from)
     task = FinetuneTask(model, cfg.task_name)
     tokenizer = load_tokenizer(cfg.model.text)
     collate = Collator(tokenizer, max_length=cfg.model.text.max_length)
@@ -113,9 +108,7 @@ def run_multitask(
     the heads are in the checkpoints. With ``cfg.alignment`` the alignment is measured
     on every dataset after every epoch, into ``alignment/<dataset>/``.
     """
-    device = dist.init_distributed(cfg.train.device, cfg.train.distributed.timeout_s)
-    run_dir = _prepare_run_dir(cfg, run_dir, resume)
-    seed_everything(cfg.train.seed)
+    device, run_dir = _start(cfg, run_dir, resume)
     data_config = image_data_config(
         build_vit(cfg.model.image, load_weights=False), cfg.model.image.img_size
     )
@@ -123,10 +116,8 @@ def run_multitask(
         name: dataset_splits(entry.data, entry.splits, data_config, cfg.train.seed)
         for name, entry in cfg.datasets.items()
     }
-    model = build_model(cfg.model.model_copy(update={"num_labels": 0}))
-    source = init_from or cfg.init_from
-    if source is not None:
-        load_encoder_weights(model, source)
+    model_cfg = cfg.model.model_copy(update={"num_labels": 0})  # the heads are the task's
+    model = _initial_model(model_cfg, init_from or cfg.init_from)
     task = MultiTaskModule(
         model,
         {name: entry.task_name for name, entry in cfg.datasets.items()},
@@ -166,33 +157,30 @@ def _alignment_callback(
 ) -> EpochCallback:
     """Alignment on each dataset's val (or test) split after every epoch."""
     # (imported here: the analysis stack, pandas and scipy, only when a run asks for it)
-    from vilalign.analysis.align import StatsOptions
-    from vilalign.analysis.measures import get_measure
-    from vilalign.analysis.pipeline import ALIGNMENT_DIR, AlignmentSpec, EpochAlignment
+    from vilalign.analysis.align import RunInfo
+    from vilalign.analysis.pipeline import (
+        ALIGN_PREFIX,
+        ALIGNMENT_DIR,
+        AlignmentTarget,
+        EpochAlignment,
+        alignment_loader,
+    )
 
     a = cfg.alignment
     assert a is not None
-    for measure in a.measures:  # a misspelt measure fails now, not after the first epoch
-        get_measure(measure)
-    specs, loaders = {}, {}
+    targets = []
     for name, entry in cfg.datasets.items():
         dataset = getattr(splits[name], a.split)
         if dataset is None:
             raise ConfigError(f"alignment.split: dataset {name!r} has no {a.split} split")
-        specs[name] = AlignmentSpec(
-            data=entry.data,
-            split=splits[name].names[a.split],
-            n_samples=a.n_samples,
-            views=tuple(a.views),
-            measures=tuple(a.measures),
-            batch_size=a.batch_size,
-            max_length=cfg.model.text.max_length,
-            heatmap_measure=a.measures[0],
-            stats=StatsOptions(seed=cfg.train.seed),
-        )
-        collate = Collator(tokenizer, max_length=cfg.model.text.max_length)
-        loaders[name] = DataLoader(dataset, batch_size=a.batch_size, collate_fn=collate)
-    return EpochAlignment(specs, loaders, run_dir / ALIGNMENT_DIR, seed=cfg.train.seed)
+        split = splits[name].names[a.split]
+        spec = a.spec(entry.data, split, cfg.model.text.max_length, cfg.train.seed)
+        loader = alignment_loader(dataset, tokenizer, spec)
+        info = RunInfo(seed=cfg.train.seed, dataset=name)
+        out_dir = run_dir / ALIGNMENT_DIR / name
+        prefix = f"{ALIGN_PREFIX}{name}/"
+        targets.append(AlignmentTarget(spec, out_dir, info, prefix, loader=loader))
+    return EpochAlignment(targets, tokenizer)
 
 
 def run_pretraining(
@@ -203,9 +191,7 @@ def run_pretraining(
     tracker: Tracker | None = None,
 ) -> RunResult:
     """Pretrain on ``cfg.data`` (image-caption pairs) with the configured objectives."""
-    dist.init_distributed(cfg.train.device, cfg.train.distributed.timeout_s)
-    run_dir = _prepare_run_dir(cfg, run_dir, resume)
-    seed_everything(cfg.train.seed)
+    run_dir = _start(cfg, run_dir, resume)[1]
     splits = build_splits(cfg)
     model = build_model(cfg.model.model_copy(update={"num_labels": 0}))
     task = PretrainingTask(model, cfg.objectives)
@@ -266,6 +252,17 @@ def _test_and_save(
 
 
 # ---------------------------------------------------------------------------- setup
+
+
+def _start(
+    cfg: RunConfig | MultiTaskConfig, run_dir: str | Path, resume: bool
+) -> tuple[torch.device, Path]:
+    """The first steps of every run: join the process group (this process's device),
+    prepare the run folder, seed."""
+    device = dist.init_distributed(cfg.train.device, cfg.train.distributed.timeout_s)
+    folder = _prepare_run_dir(cfg, run_dir, resume)
+    seed_everything(cfg.train.seed)
+    return device, folder
 
 
 def _prepare_run_dir(cfg: PresetModelConfig, run_dir: str | Path, resume: bool) -> Path:
@@ -384,6 +381,14 @@ def pretraining_collator(
 
 
 # ---------------------------------------------------------------------------- weights
+
+
+def _initial_model(model_cfg: ModelConfig, source: str | Path | None) -> VilbertModel:
+    """The model to train: built from ``model_cfg``, with ``source``'s weights if given."""
+    model = build_model(model_cfg)
+    if source is not None:
+        load_encoder_weights(model, source)
+    return model
 
 
 def load_encoder_weights(model: VilbertModel, source: str | Path) -> None:

@@ -1,0 +1,168 @@
+"""The measure registry: every alignment measure is one :class:`Measure`, registered once.
+
+A measure declares here what callers need to know about it — which inputs it takes
+(``level``), the fewest samples it is defined on (``min_n``, and ``k + 1`` for a
+measure with a ``k`` of neighbours), which direction is "more aligned", how to resample
+it — so the analysis, the statistics and the config validation read the registration
+instead of keeping lists of names. Adding a measure is one decorated function in one
+family module (see ``vilalign.analysis.measures``); nothing else changes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from vilalign.analysis.measures.linalg import Tensor
+from vilalign.analysis.measures.views import Pair, View
+
+#: Pooled measures compare two N×D matrices of paired rows: ``impl(pair, **options)``.
+POOLED = "pooled"
+#: Token measures compare B×T×D text and B×P×D image states of the same B samples:
+#: ``impl(text, image, text_mask=None, image_mask=None, **options)``.
+TOKENS = "tokens"
+LEVELS = (POOLED, TOKENS)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """A registered alignment measure; call it as ``measure(x, y, **options)``.
+
+    ``level`` says what it is called with: :data:`POOLED` measures take two N×D
+    representations (``impl`` works on a :class:`Pair`, with shared caches),
+    :data:`TOKENS` measures take token states and masks, ``measure(text, image,
+    text_mask=None, image_mask=None)``. ``min_n`` is the fewest samples it is defined on;
+    a parameter called ``k`` is a number of neighbours, so it also needs ``k + 1``
+    samples (self is excluded): see :meth:`min_samples`. ``higher_is_better``/``best``
+    tell the statistics which tail is "more aligned" and what a perfect score is.
+    ``resample`` says how to draw confidence intervals ("bootstrap" with replacement, or
+    "subsample" without replacement where duplicated rows would bias the estimate:
+    duplicates become each other's nearest neighbours, put diagonal terms back into the
+    unbiased HSIC, shrink the effective rank that CCA fits, and add zero dissimilarities
+    to both RDMs). ``pairing_invariant`` marks measures that ignore which row goes with
+    which (a permutation test of the pairing is meaningless for them); ``equal_dims``
+    those that need D1 == D2.
+    """
+
+    name: str
+    impl: Callable[..., float]
+    higher_is_better: bool = True
+    best: float = 1.0
+    resample: str = "bootstrap"
+    pairing_invariant: bool = False
+    equal_dims: bool = False
+    level: str = POOLED
+    min_n: int = 2
+    doc: str = ""
+
+    def __call__(self, x: Any, y: Any, *masks: Any, **options: Any) -> float:
+        if self.level == TOKENS:
+            return float(self.impl(x, y, *masks, **options))
+        return float(self.impl(Pair(x, y), *masks, **options))
+
+    @property
+    def defaults(self) -> dict[str, Any]:
+        """The options ``impl`` takes, with their default values."""
+        params = inspect.signature(self.impl).parameters.values()
+        return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+    def min_samples(self, options: Mapping[str, Any] | None = None) -> int:
+        """The fewest samples this measure is defined on with ``options``."""
+        k = {**self.defaults, **(options or {})}.get("k")
+        return max(self.min_n, k + 1) if isinstance(k, int) else self.min_n
+
+
+#: Every registered measure, of every level, in registration order: the one owner.
+REGISTRY: dict[str, Measure] = {}
+
+
+def register(name: str, **meta: Any) -> Callable[[Callable[..., float]], Measure]:
+    """Decorator: register ``impl`` under ``name``; ``meta`` sets the :class:`Measure`
+    fields (``level``, ``min_n``, ``resample``, ...)."""
+
+    def deco(impl: Callable[..., float]) -> Measure:
+        if name in REGISTRY:
+            raise ValueError(f"measure {name!r} is already registered")
+        if meta.get("level", POOLED) not in LEVELS:
+            raise ValueError(f"measure {name!r}: level {meta['level']!r} is not one of {LEVELS}")
+        measure = Measure(name=name, impl=impl, doc=(impl.__doc__ or "").strip(), **meta)
+        REGISTRY[name] = measure
+        return measure
+
+    return deco
+
+
+def get_measure(name: str) -> Measure:
+    """The registered measure called ``name`` (any level); the error lists the known names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown measure {name!r}; known: {sorted(REGISTRY)}") from None
+
+
+class _Level(Mapping[str, Measure]):
+    """The registered measures of one level: a live, read-only view of :data:`REGISTRY`."""
+
+    def __init__(self, level: str) -> None:
+        self.level = level
+
+    def __getitem__(self, name: str) -> Measure:
+        measure = REGISTRY[name]
+        if measure.level != self.level:
+            raise KeyError(name)
+        return measure
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, m in list(REGISTRY.items()) if m.level == self.level)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __repr__(self) -> str:
+        return f"measures_for({self.level!r}): {list(self)}"
+
+
+_LEVEL_VIEWS = {level: _Level(level) for level in LEVELS}
+
+
+def measures_for(level: str) -> Mapping[str, Measure]:
+    """The measures of ``level`` (:data:`POOLED` or :data:`TOKENS`), by name, live."""
+    if level not in _LEVEL_VIEWS:
+        raise ValueError(f"level {level!r} is not one of {LEVELS}")
+    return _LEVEL_VIEWS[level]
+
+
+#: The pooled measures (``measure(x, y)`` on N×D rows), by name.
+MEASURES = measures_for(POOLED)
+#: The token-level measures (``measure(text, image, text_mask)``), by name.
+TOKEN_MEASURES = measures_for(TOKENS)
+
+
+def compute_measures(
+    x: Tensor | View,
+    y: Tensor | View,
+    names: Iterable[str] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, float]:
+    """Run several pooled measures on one pair, sharing Gram matrices, k-NN lists and factors.
+
+    ``options`` maps a measure name to its keyword arguments (e.g. ``{"mutual_knn":
+    {"k": 20}}``). Passing :class:`View` objects reuses their caches across pairs.
+    ``names=None`` runs every registered pooled measure that applies (paired cosine only
+    for equal widths).
+    """
+    options = options or {}
+    pair = Pair(x, y)
+    if names is None:  # every measure that applies to these widths
+        same = pair.x.d == pair.y.d
+        names = [n for n, m in MEASURES.items() if same or not m.equal_dims]
+    measures = [get_measure(name) for name in names]
+    for m in measures:
+        if m.level != POOLED:
+            raise ValueError(f"{m.name} is a {m.level}-level measure: call it on token states")
+    unknown = set(options) - {m.name for m in measures}
+    if unknown:
+        raise ValueError(f"options given for measures not requested: {sorted(unknown)}")
+    return {m.name: float(m.impl(pair, **options.get(m.name, {}))) for m in measures}
