@@ -21,20 +21,12 @@ from tqdm.auto import tqdm
 
 from vilalign.analysis import measures as M
 from vilalign.analysis.collect import Representations
+from vilalign.analysis.defaults import DEFAULT_MEASURES
 from vilalign.analysis.report import COLUMNS
 
 log = logging.getLogger(__name__)
 
 TOKEN_MEASURES = M.TOKEN_MEASURES
-DEFAULT_MEASURES = (
-    "cosine",
-    "cka_linear",
-    "cka_unbiased",
-    "svcca",
-    "mutual_knn",
-    "cknna",
-    "knn_jaccard",
-)
 
 
 @dataclass(frozen=True)

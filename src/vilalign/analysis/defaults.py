@@ -1,0 +1,20 @@
+"""Defaults of the analysis that ``vilalign --help`` shows.
+
+Plain data without imports, so that the help of ``vilalign analyse`` can show the
+library's own default without loading torch; the library reads them from here too
+(one owner).
+"""
+
+from __future__ import annotations
+
+#: The measures ``vilalign analyse`` and :class:`~vilalign.analysis.pipeline.AlignmentSpec`
+#: compute when none are named.
+DEFAULT_MEASURES = (
+    "cosine",
+    "cka_linear",
+    "cka_unbiased",
+    "svcca",
+    "mutual_knn",
+    "cknna",
+    "knn_jaccard",
+)
