@@ -83,7 +83,7 @@ def _analyse_on(device: str, tmp_path, monkeypatch, caplog) -> str:
     monkeypatch.setattr(pipeline, "run_alignment", spy)
     args = ["analyze", "--preset", "tiny", "--set", "model.depth=2",
             "--set", "model.coattention_layers=[1]", "--device", device, "--no-progress",
-            "--n-samples", "8", "--batch-size", "8", "--measures", "cka_linear",
+            "--n-samples", "16", "--batch-size", "16", "--measures", "cka_linear",
             "--views", "cls", "--run-dir", str(tmp_path)]  # fmt: skip
     assert main(args) == 0
     table = pd.read_csv(tmp_path / "alignment.csv")
@@ -159,7 +159,7 @@ def test_finetune_command_runs_and_reports(tmp_path, capsys):
     assert {"test/accuracy", "val/accuracy", "train/loss"} <= set(run.data.metrics)
     assert run.data.params["config.model.depth"] == "2"
     assert run.data.params["config.train.device"] == "cpu"  # --device, as the run file's field
-    assert run.data.params["config.train.progress"] == "False"
+    assert run.data.params["config.train.progress"] == "false"
     assert "metrics.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
     # the same folder again without --resume is refused, and the recorded run stays finished
     again = ["finetune", str(config), "--output-dir", str(tmp_path / "run")]
