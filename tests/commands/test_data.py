@@ -34,3 +34,27 @@ def test_data_list_shows_every_dataset_with_its_splits(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == list(SPLITS)
     assert "easyvqa" in lines[0] and lines[0].endswith("train, test")
+
+
+def test_data_ids_of_a_dataset_in_a_folder(tmp_path, capsys):
+    from tests.data.helpers import write_flickr_karpathy
+
+    root = write_flickr_karpathy(tmp_path / "flickr", images=2, captions=2)
+    assert main(["data", "ids", "flickr30k_karpathy", "test", "--root", str(root)]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "0#0\tpicture 0 caption 0",
+        "0#1\tpicture 0 caption 1",
+        "1#0\tpicture 1 caption 0",
+        "1#1\tpicture 1 caption 1",
+    ]
+    assert main(["data", "ids", "flickr30k_karpathy", "test"]) == 2  # no --root
+    assert "root" in capsys.readouterr().err
+
+
+def test_a_long_text_is_listed_on_one_cut_line():
+    from vilalign.commands.data import TEXT_WIDTH, _one_line
+
+    plot = "A man\nwalks.\t" * 40
+    line = _one_line(plot)
+    assert "\n" not in line and "\t" not in line
+    assert len(line) == TEXT_WIDTH and line.endswith("…") and line.startswith("A man walks. A")

@@ -343,13 +343,23 @@ def load_source(
 
 
 def data_config(args: argparse.Namespace, **fields: Any) -> DataConfig:
-    """The DataConfig of --dataset/--root (and ``fields``); errors name the options."""
-    from vilalign.config import validate
+    """The DataConfig of --dataset/--root (and ``fields``); an error is one line naming the
+    option."""
+    from pydantic import ValidationError
+
     from vilalign.data import DataConfig
 
     cache = {"progress": getattr(args, "progress", True)}
     data = {"name": args.dataset, "root": args.root, "cache": cache, **fields}
-    return validate(DataConfig, data, source="--dataset/--root")
+    try:
+        return DataConfig(**data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""  # "": a rule across fields
+        option = {"name": "--dataset", "root": "--root"}.get(field, "--dataset/--root")
+        message = first["msg"].removeprefix("Value error, ")
+        got = f" (got {first['input']!r})" if field else ""
+        raise ValueError(f"{option}: {message}{got}") from None
 
 
 def evaluation_dataset(args: argparse.Namespace, model: nn.Module) -> Any:
