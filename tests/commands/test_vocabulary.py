@@ -261,3 +261,20 @@ def test_help_imports_no_torch():
     imported = {line.rsplit("|", 1)[-1].strip() for line in run.stderr.splitlines()}
     assert "vilalign.cli" in imported and "usage: vilalign" in run.stdout
     assert not {m.split(".")[0] for m in imported} & set(HEAVY)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "{file}", "--set", "grid.seedz=[1]"], "grid.seedz: unknown field"),
+        (["tune", "{file}", "--set", "tune.n_trials=0"], "tune.n_trials: Input should be"),
+        (["demo", "--set", "analysis.n_samples=2"], "analysis.n_samples: Input should be"),
+        (["demo", "--set", "output_dir=x"], "--set output_dir: use --output-dir"),
+    ],
+)
+def test_set_reaches_the_experiment_file(argv, message, tmp_path, capsys):
+    """--set on run / tune / demo changes the experiment that is validated (and run)."""
+    file = tmp_path / "e.yaml"
+    file.write_text("name: e\n")
+    assert main([a.replace("{file}", str(file)) for a in argv]) == 2
+    assert message in capsys.readouterr().err
