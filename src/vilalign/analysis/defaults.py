@@ -7,8 +7,7 @@ library's own default without loading torch; the library reads them from here to
 
 from __future__ import annotations
 
-#: The measures ``vilalign analyse`` and :class:`~vilalign.analysis.pipeline.AlignmentSpec`
-#: compute when none are named.
+#: What ``vilalign analyse`` (and an alignment spec that names none) measures.
 DEFAULT_MEASURES = (
     "cosine",
     "cka_linear",
