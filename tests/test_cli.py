@@ -50,7 +50,7 @@ def test_analyse_writes_a_tidy_table(tmp_path, capsys):
             "cka_linear,mutual_knn",
             "--views",
             "cls",
-            "--run-dir",
+            "--output-dir",
             str(tmp_path),
             "--permutations",
             "0",
@@ -66,6 +66,48 @@ def test_analyse_writes_a_tidy_table(tmp_path, capsys):
     assert matrix.shape == (6, 6)
 
 
+def _analyse_on(device: str, tmp_path, monkeypatch, caplog) -> str:
+    """`vilalign analyze` (the alias) with the old --run-dir and --set model.*; returns the
+    device the model sat on when the library measured it."""
+    import pandas as pd
+
+    import vilalign.analysis.pipeline as pipeline
+
+    seen = []
+    measure = pipeline.run_alignment
+
+    def spy(model, *args, **kwargs):
+        seen.append(next(model.parameters()).device)
+        return measure(model, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_alignment", spy)
+    args = ["analyze", "--preset", "tiny", "--set", "model.depth=2",
+            "--set", "model.coattention_layers=[1]", "--device", device, "--no-progress",
+            "--n-samples", "16", "--batch-size", "16", "--measures", "cka_linear",
+            "--views", "cls", "--run-dir", str(tmp_path)]  # fmt: skip
+    assert main(args) == 0
+    table = pd.read_csv(tmp_path / "alignment.csv")
+    assert list(table.layer) == ["fusion.0", "fusion.1"]  # --set model.depth=2
+    assert list(table.layer_kind) == ["self_attention", "coattention"]
+    assert any("--run-dir is deprecated" in r.getMessage() for r in caplog.records)
+    (where,) = seen
+    return where.type
+
+
+def test_analyze_runs_on_the_device_asked_for(tmp_path, monkeypatch, caplog):
+    assert _analyse_on("cpu", tmp_path, monkeypatch, caplog) == "cpu"
+
+
+@pytest.mark.gpu
+def test_analyse_moves_the_model_to_cuda(tmp_path, monkeypatch, caplog):
+    assert _analyse_on("cuda", tmp_path, monkeypatch, caplog) == "cuda"
+
+
+def test_info_applies_set_to_the_preset(capsys):
+    assert main(["info", "--preset", "tiny", "--set", "model.depth=6"]) == 0
+    assert "fusion layer 5:" in capsys.readouterr().out
+
+
 def test_analyse_unknown_measure_fails_naming_it(tmp_path, capsys):
     args = [
         "analyse",
@@ -75,24 +117,11 @@ def test_analyse_unknown_measure_fails_naming_it(tmp_path, capsys):
         "8",
         "--measures",
         "ckaa",
-        "--run-dir",
+        "--output-dir",
         str(tmp_path),
     ]
     assert main(args) == 2
     assert "unknown measure 'ckaa'" in capsys.readouterr().err
-
-
-def test_set_overrides_parse_yaml_values():
-    from vilalign.commands.training import parse_overrides
-
-    got = parse_overrides(["train.epochs=2", "model.coattention_layers=[1]", "data.name=easyvqa"])
-    assert got == {
-        "train": {"epochs": 2},
-        "model": {"coattention_layers": [1]},
-        "data": {"name": "easyvqa"},
-    }
-    with pytest.raises(ValueError, match="KEY=VALUE"):
-        parse_overrides(["train.epochs"])
 
 
 def test_finetune_command_runs_and_reports(tmp_path, capsys):
@@ -106,8 +135,11 @@ def test_finetune_command_runs_and_reports(tmp_path, capsys):
         [
             "finetune",
             str(config),
-            "--run-dir",
+            "--output-dir",
             str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--no-progress",
             "--set",
             "model.depth=2",
             "--set",
@@ -126,9 +158,11 @@ def test_finetune_command_runs_and_reports(tmp_path, capsys):
     assert run.info.status == "FINISHED" and run.data.tags["stage"] == "finetune"
     assert {"test/accuracy", "val/accuracy", "train/loss"} <= set(run.data.metrics)
     assert run.data.params["config.model.depth"] == "2"
+    assert run.data.params["config.train.device"] == "cpu"  # --device, as the run file's field
+    assert run.data.params["config.train.progress"] == "false"
     assert "metrics.png" in {a.path for a in client.list_artifacts(run.info.run_id)}
     # the same folder again without --resume is refused, and the recorded run stays finished
-    again = ["finetune", str(config), "--run-dir", str(tmp_path / "run")]
+    again = ["finetune", str(config), "--output-dir", str(tmp_path / "run")]
     assert main(again) == 2
     assert "already holds a run" in capsys.readouterr().err
     assert client.get_run(run.info.run_id).info.status == "FINISHED"
@@ -142,9 +176,12 @@ def test_pretrain_without_tracking_writes_files_only(tmp_path, capsys):
         "train: {batch_size: 8, epochs: 1, max_steps: 1, progress: false}\n"
     )
     run_dir = tmp_path / "runs" / "pt"
-    assert main(["pretrain", str(config), "--run-dir", str(run_dir), "--no-tracking"]) == 0
+    assert main(["pretrain", str(config), "--output-dir", str(run_dir), "--no-tracking"]) == 0
     assert (run_dir / "metrics.jsonl").is_file()
     assert not (tmp_path / "runs" / "mlflow.db").exists()
+    # report --output-dir DIR writes DIR/report.html
+    assert main(["report", str(run_dir), "--output-dir", str(tmp_path / "pages")]) == 0
+    assert (tmp_path / "pages" / "report.html").is_file()
 
 
 def test_finetune_bad_field_in_run_file(tmp_path, capsys):
@@ -166,7 +203,7 @@ def test_attention_command_writes_entropies_and_bertviz(tmp_path, capsys):
             "8",
             "--batch-size",
             "8",
-            "--run-dir",
+            "--output-dir",
             str(tmp_path),
         ]
     )
@@ -179,7 +216,7 @@ def test_attention_command_writes_entropies_and_bertviz(tmp_path, capsys):
 
 
 def test_attention_command_names_a_bertviz_sample_out_of_range(tmp_path, capsys):
-    args = ["attention", "--preset", "tiny", "--n-samples", "4", "--run-dir", str(tmp_path)]
+    args = ["attention", "--preset", "tiny", "--n-samples", "4", "--output-dir", str(tmp_path)]
     assert main([*args, "--bertviz-sample", "4"]) == 2
     assert "--bertviz-sample: 4 is not one of the 4 samples" in capsys.readouterr().err
     assert not (tmp_path / "attention_entropy.csv").exists()  # checked before any work
@@ -195,15 +232,18 @@ def test_explain_command_writes_overlays_and_names_unknown_ids(tmp_path, capsys)
             "test-3",
             "--method",
             "relevancy",
-            "--run-dir",
+            "--output-dir",
             str(tmp_path),
         ]
     )
     assert code == 0
     assert (tmp_path / "test-3_relevancy.png").is_file()
     assert (tmp_path / "relevancy.html").is_file()
-    assert main(["explain", "--preset", "tiny", "--ids", "nope", "--run-dir", str(tmp_path)]) == 2
-    assert "not in the dataset: ['nope']" in capsys.readouterr().err
+    assert (
+        main(["explain", "--preset", "tiny", "--ids", "nope", "--output-dir", str(tmp_path)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "not in the dataset: ['nope']" in err and "vilalign data ids" in err
 
 
 def test_a_run_that_fails_is_marked_failed_in_the_store(tmp_path, monkeypatch):
@@ -216,7 +256,7 @@ def test_a_run_that_fails_is_marked_failed_in_the_store(tmp_path, monkeypatch):
     config = tmp_path / "ft.yaml"
     config.write_text("preset: tiny\ntask: easyvqa\ndata: {name: easyvqa}\n")
     with pytest.raises(RuntimeError, match="out of memory"):
-        main(["finetune", str(config), "--run-dir", str(tmp_path / "run")])
+        main(["finetune", str(config), "--output-dir", str(tmp_path / "run")])
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -232,7 +272,7 @@ def test_analyse_averages_each_images_captions(tmp_path):
     root = write_flickr_karpathy(tmp_path / "flickr")
     args = ["analyse", "--preset", "tiny", "--dataset", "flickr30k_karpathy", "--root",
             str(root), "--split", "test", "--n-samples", "40", "--views", "cls",
-            "--measures", "cka_linear", "--run-dir", str(tmp_path / "out"),
+            "--measures", "cka_linear", "--output-dir", str(tmp_path / "out"),
             "--captions", "average"]  # fmt: skip
     assert main(args) == 0
     table = pd.read_csv(tmp_path / "out" / "alignment.csv")

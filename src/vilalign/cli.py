@@ -1,7 +1,8 @@
 """The ``vilalign`` command: a thin layer over the library.
 
 Each sub-command parses its arguments, calls library functions, and prints a short
-summary. Nothing here computes anything the library cannot do on its own.
+summary. Nothing here computes anything the library cannot do on its own. Building the
+parser imports no torch (see vilalign.commands), so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 
 from vilalign import __version__
@@ -19,44 +21,60 @@ vilalign: ViLBERT-style two-stream vision-language transformers, and layer-wise
 measures of how their text and image streams align.
 
 Start with `vilalign demo` (CPU, a few minutes, uses the easy-VQA data shipped by the
-easy-vqa package). Every command explains itself with --help.
+easy-vqa package). Every command explains itself with --help; the options that several
+commands share mean the same on each: --output-dir, --set KEY=VALUE, --device, --threads,
+--no-progress, -v.
 """
+
+logger = logging.getLogger("vilalign")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from vilalign.commands import add_verbose, register
+
     parser = argparse.ArgumentParser(
         prog="vilalign",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"vilalign {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    add_verbose(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    from vilalign.commands import register
-
     register(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _configure_logging(verbose: bool) -> None:
     # Under torchrun only rank 0 logs progress; the other ranks report warnings and errors.
     quiet = int(os.environ.get("RANK", "0")) != 0
     logging.basicConfig(
-        level=logging.WARNING if quiet else logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    # Deprecated spellings warn while parsing, before logging is set up: keep the
+    # warnings and log them as one line each once it is.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FutureWarning)
+        args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    for warning in caught:
+        logger.warning("%s", warning.message)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
-    from vilalign.config import ConfigError
+    from vilalign.commands import apply_threads
 
     try:
+        apply_threads(args)
         return args.handler(args)
-    except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
+    # ValueError covers ConfigError and pydantic's ValidationError; OSError covers missing,
+    # unreadable or occupied files and bad image files (BadImageError).
+    except (ValueError, OSError) as err:
         if args.verbose:  # the traceback, for bug reports
             raise
         print(f"vilalign {args.command}: error: {err}", file=sys.stderr)

@@ -20,19 +20,10 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from vilalign.analysis.defaults import DEFAULT_MEASURES
 from vilalign.config import StrictModel
 from vilalign.data.config import DataConfig
 
-#: What ``vilalign analyse`` measures unless told otherwise.
-DEFAULT_MEASURES = (
-    "cosine",
-    "cka_linear",
-    "cka_unbiased",
-    "svcca",
-    "mutual_knn",
-    "cknna",
-    "knn_jaccard",
-)
 #: The layer×layer matrix's measure when no pooled measure is requested.
 FALLBACK_HEATMAP = "cka_linear"
 POOLED_VIEWS = ("cls", "mean")

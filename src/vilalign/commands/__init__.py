@@ -1,13 +1,35 @@
-"""Sub-commands of ``vilalign``: modules with ``add_parser(subparsers)`` (one or more commands)."""
+"""Sub-commands of ``vilalign`` and the options they share.
+
+Each command is a module with ``add_parser(subparsers)`` (one or more commands). An option
+that means the same thing on several commands (``--output-dir``, ``--set``, ``--device``,
+``--threads``, ``--no-progress``, ``-v``) is declared here, once; a command only says which
+ones it takes. Building the parsers must stay light (argparse, pathlib, yaml, the pydantic
+config module): ``vilalign --help`` imports no torch, so library imports live inside the
+handlers and in the helpers at the bottom of this file.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from vilalign.data import DataConfig
 
 # Order = order in `vilalign --help`.
 COMMANDS = (
-    "demo", "training", "run", "tune", "analyse", "attention", "explain", "report", "info", "cache",
+    "demo", "training", "run", "tune", "analyse", "attention", "explain", "report", "info",
+    "data", "cache",
 )  # fmt: skip
 
 
@@ -16,35 +38,283 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         importlib.import_module(f"vilalign.commands.{name}").add_parser(subparsers)
 
 
+# ---------------------------------------------------------------------------- parsers
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Ends every option's help with its default, read from the option itself, so the help
+    cannot drift from what the command does. Flags, positionals and options whose default
+    is None (their help says what happens) get nothing added."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "%(default)" in text or not action.option_strings or action.nargs == 0:
+            return text
+        if action.default in (None, argparse.SUPPRESS) or action.default == []:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def add_command(
+    sub: argparse._SubParsersAction,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    aliases: Sequence[str] = (),
+) -> argparse.ArgumentParser:
+    """A sub-command parser with the shared help format and ``-v``."""
+    p = sub.add_parser(
+        name, aliases=list(aliases), help=help, description=description,
+        formatter_class=HelpFormatter,
+    )  # fmt: skip
+    # SUPPRESS: a sub-command's default must not overwrite `vilalign -v CMD`.
+    add_verbose(p, default=argparse.SUPPRESS)
+    return p
+
+
+def add_verbose(p: argparse.ArgumentParser, default: Any = False) -> None:
+    p.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="log debug messages, and show the traceback of an error",
+    )
+
+
+class DeprecatedAlias(argparse.Action):
+    """An old spelling kept for one release: hidden from --help, still works, and warns
+    (a FutureWarning: deprecations meant for the users of an application)."""
+
+    def __init__(self, option_strings: list[str], dest: str, use: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.use = use
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        warnings.warn(
+            f"{option_string} is deprecated and will be removed in the next release; "
+            f"use {self.use}",
+            FutureWarning,
+            stacklevel=2,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def add_deprecated_alias(
+    p: argparse.ArgumentParser, flag: str, use: str, dest: str, type: Any = Path
+) -> None:
+    p.add_argument(
+        flag, action=DeprecatedAlias, use=use, dest=dest, type=type,
+        default=argparse.SUPPRESS, help=argparse.SUPPRESS,
+    )  # fmt: skip
+
+
+def add_output_dir(
+    p: argparse.ArgumentParser, default: Path | None, help: str, old: Sequence[str] = ()
+) -> None:
+    """``--output-dir DIR`` (``old``: earlier spellings, kept as deprecated aliases)."""
+    p.add_argument("--output-dir", type=Path, default=default, metavar="DIR", help=help)
+    for flag in old:
+        add_deprecated_alias(p, flag, "--output-dir", dest="output_dir")
+
+
+def add_overrides(p: argparse.ArgumentParser, target: str, example: str) -> None:
+    """``--set KEY=VALUE`` (repeatable): a field of ``target``, parsed by parse_overrides."""
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a field of {target}: dotted path = YAML value; repeatable (e.g. {example})",
+    )
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEVICE_HELP = "where the model runs: auto (CUDA when present, else the CPU), cpu, cuda, cuda:N"
+
+
+def device_name(value: str) -> str:
+    """``--device`` checked by its spelling (whether it exists is checked when used)."""
+    if not _DEVICE.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a device (use auto, cpu, cuda, cuda:N or mps)"
+        )
+    return value
+
+
+def add_device(
+    p: argparse.ArgumentParser, default: str | None = "auto", help: str = DEVICE_HELP
+) -> None:
+    p.add_argument("--device", type=device_name, default=default, metavar="DEVICE", help=help)
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"needs a number >= 1, got {number}")
+    return number
+
+
+def add_threads(
+    p: argparse.ArgumentParser,
+    help: str = "torch CPU threads; 1 is fastest on a CPU shared with other jobs "
+    "(default: torch's choice, one per core)",
+) -> None:
+    p.add_argument("--threads", type=positive_int, metavar="N", help=help)
+
+
+def add_no_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="hide progress bars"
+    )
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--preset and --baseline, shared by the commands that build a model."""
-    p.add_argument(
-        "--preset", default="tiny", help="model preset: tiny, base or minilm (default: tiny)"
-    )
+    from vilalign.config import PRESETS  # (pydantic, no torch)
+
+    p.add_argument("--preset", default="tiny", help=f"model preset: {', '.join(PRESETS)}")
+    # The names are BASELINES' keys (vilalign.model.baselines), written out because importing
+    # vilalign.model loads torch; test_info_help_names_every_baseline keeps them equal.
     p.add_argument(
         "--baseline",
         default="vilbert",
         help="vilbert, no_coattention, concat_features, random_text, single_stream, "
-        "text_only or image_only (default: vilbert)",
+        "text_only or image_only",
     )
 
 
+DATASET_HELP = "dataset name, e.g. easyvqa, hateful_memes, mmimdb, food101, vqa (`vilalign data list` shows all, with their splits)"  # noqa: E501
+ROOT_HELP = "dataset folder (not needed for easyvqa)"
+
+
 def add_source_args(p: argparse.ArgumentParser) -> None:
-    """--checkpoint or --preset, and the dataset to read: shared by the analysis commands."""
-    from pathlib import Path
+    """The model (--checkpoint or --preset, --set), the data, and where it runs: shared by
+    the analysis commands."""
+    from vilalign.config import PRESETS
 
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="a model folder written by save_pretrained")
-    src.add_argument("--preset", help="use a freshly built (untrained) model of this preset")
-    p.add_argument("--dataset", default="easyvqa", help="dataset name (default: easyvqa)")
-    p.add_argument("--root", help="dataset folder (not needed for easyvqa)")
-    p.add_argument("--split", default="test", help="split to read (default: test)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
+    src.add_argument(
+        "--checkpoint", type=Path, metavar="DIR", help="a model folder written by save_pretrained"
+    )
+    src.add_argument(
+        "--preset",
+        help=f"use a freshly built (untrained) model of this preset: {', '.join(PRESETS)}",
+    )
+    add_overrides(p, "the --preset's model config", "--set model.depth=2")
+    p.add_argument("--dataset", default="easyvqa", help=DATASET_HELP)
+    p.add_argument("--root", help=ROOT_HELP)
+    p.add_argument("--split", default="test", help="split to read")
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, metavar="N", help="samples per forward pass"
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the untrained --preset model's weights and of the statistics' draws",
+    )
+    add_device(p)
+    add_threads(p)
+    add_no_progress(p)
 
 
-def load_source(args: argparse.Namespace, num_labels: int = 0):
-    """(model, tokenizer, run name) from --checkpoint (with its saved tokenizer) or --preset.
+# ---------------------------------------------------------------------------- helpers
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["train.epochs=2", "model.depth=2"]`` → nested dict with YAML-parsed values."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ValueError(f"--set {key}: {raw!r} is not a YAML value ({err})") from None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {key}: {part!r} is already set to a value")
+        node[parts[-1]] = value
+    return out
+
+
+def run_file_overrides(
+    args: argparse.Namespace, train_paths: Sequence[str], progress: bool = True
+) -> dict[str, Any]:
+    """--set, plus --device (and --no-progress when ``progress``) as the ``device`` /
+    ``progress`` fields of the train section(s) of the file (``train_paths``: their dotted
+    paths, e.g. ``["train"]`` in a run file); an explicit --set wins."""
+    items = []
+    for train in train_paths:
+        if getattr(args, "device", None) is not None:
+            check_device(args.device)
+            items.append(f"{train}.device={args.device}")
+        if progress and not getattr(args, "progress", True):
+            items.append(f"{train}.progress=false")
+    return parse_overrides([*items, *args.overrides])
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """--threads, for every command that has it (before any work)."""
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def check_device(name: str) -> torch.device:
+    """--device on this machine: 'auto' is CUDA when present, else the CPU; asking for a GPU
+    that is not there is an error naming it (not a failure deep inside torch)."""
+    import torch
+
+    from vilalign.train.loop import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: no CUDA device here (use --device cpu or auto)")
+        if (device.index or 0) >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: MPS is not available here")
+    return device
+
+
+def model_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """The ``model.*`` fields of --set, for a preset's model config; any other is an error."""
+    overrides = parse_overrides(items)
+    other = sorted(set(overrides) - {"model"})
+    if other:
+        raise ValueError(f"--set {other[0]}: only the preset's model.* fields can be set here")
+    model = overrides.get("model", {})
+    if not isinstance(model, dict):
+        raise ValueError("--set model: set its fields, e.g. --set model.depth=2")
+    return model
+
+
+def load_source(
+    args: argparse.Namespace, device: torch.device | None = None, num_labels: int = 0
+) -> tuple[nn.Module, Any, str]:
+    """(model on ``device`` (default: --device), tokenizer, run name) from --checkpoint (with
+    its saved tokenizer) or --preset (with --set model.* applied).
 
     A --preset model gets a fresh task head with ``num_labels`` outputs (0: none).
     """
@@ -54,11 +324,16 @@ def load_source(args: argparse.Namespace, num_labels: int = 0):
     from vilalign.model import build_model, load_pretrained, load_tokenizer
     from vilalign.model.checkpoint import TOKENIZER_DIR
 
+    device = device or check_device(args.device)
     torch.manual_seed(args.seed)
     if args.checkpoint is None:
-        model = build_model(model_config(args.preset, num_labels=num_labels))
+        fields = {"num_labels": num_labels, **model_overrides(args.overrides)}
+        cfg = model_config(args.preset, **fields)
+        model = build_model(cfg).to(device)
         return model, load_tokenizer(model.config.text), f"{args.preset}-untrained"
-    model = load_pretrained(args.checkpoint)
+    if args.overrides:
+        raise ValueError("--set: a --checkpoint's model is fixed; --set model.* needs --preset")
+    model = load_pretrained(args.checkpoint).to(device)
     tok_dir = args.checkpoint / TOKENIZER_DIR
     if tok_dir.is_dir():
         from transformers import AutoTokenizer
@@ -67,9 +342,28 @@ def load_source(args: argparse.Namespace, num_labels: int = 0):
     return model, load_tokenizer(model.config.text), args.checkpoint.name
 
 
-def evaluation_dataset(args: argparse.Namespace, model):
-    """The dataset named by --dataset/--root/--split with the evaluation transform."""
-    from vilalign.analysis.pipeline import evaluation_dataset as build
+def data_config(args: argparse.Namespace, **fields: Any) -> DataConfig:
+    """The DataConfig of --dataset/--root (and ``fields``); an error is one line naming the
+    option."""
+    from pydantic import ValidationError
+
     from vilalign.data import DataConfig
 
-    return build(model, DataConfig(name=args.dataset, root=args.root), args.split)
+    cache = {"progress": getattr(args, "progress", True)}
+    data = {"name": args.dataset, "root": args.root, "cache": cache, **fields}
+    try:
+        return DataConfig(**data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""  # "": a rule across fields
+        option = {"name": "--dataset", "root": "--root"}.get(field, "--dataset/--root")
+        message = first["msg"].removeprefix("Value error, ")
+        got = f" (got {first['input']!r})" if field else ""
+        raise ValueError(f"{option}: {message}{got}") from None
+
+
+def evaluation_dataset(args: argparse.Namespace, model: nn.Module) -> Any:
+    """The dataset named by --dataset/--root/--split with the evaluation transform."""
+    from vilalign.analysis.pipeline import evaluation_dataset as build
+
+    return build(model, data_config(args), args.split)

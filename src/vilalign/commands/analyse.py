@@ -5,46 +5,71 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vilalign.commands import add_source_args, load_source
+from vilalign.commands import (
+    add_command,
+    add_output_dir,
+    add_source_args,
+    check_device,
+    data_config,
+    load_source,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from vilalign.analysis.align import DEFAULT_MEASURES
+    from vilalign.analysis.defaults import DEFAULT_MEASURES  # plain data: no torch
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "analyse",
+        aliases=("analyze",),
         help="measure text-image alignment layer by layer",
         description=(
             "Run a model once over N samples of a dataset, collect each fusion layer's text "
             "and image representations (and the encoders'), and compare them with alignment "
             "measures. Writes alignment.csv/.parquet and the layer x layer matrix into "
-            "--run-dir and prints a compact table."
+            "--output-dir and prints a compact table. Under torchrun each process collects "
+            "its share of the samples."
         ),
     )
     add_source_args(p)
-    p.add_argument("--n-samples", type=int, default=500, help="samples to collect (default 500)")
+    p.add_argument(
+        "--n-samples", type=positive_int, default=500, metavar="N", help="samples to collect"
+    )
     p.add_argument("--views", default="cls,mean", help="comma list of cls, mean, tokens")
     p.add_argument(
         "--measures",
-        default=",".join(DEFAULT_MEASURES),
-        help="comma list of measure names (default: %(default)s)",
+        default=", ".join(DEFAULT_MEASURES),
+        help="comma list of measure names (an unknown name lists the known ones)",
     )
-    p.add_argument("--permutations", type=int, default=0, help="permutation-null size (p-values)")
-    p.add_argument("--resamples", type=int, default=0, help="bootstrap resamples (intervals)")
+    p.add_argument(
+        "--permutations",
+        type=int,
+        default=0,
+        metavar="N",
+        help="permutation-null size (p-values); 0: none",
+    )
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="bootstrap resamples (intervals); 0: none",
+    )
     p.add_argument(
         "--captions",
         choices=("each", "average"),
         default="each",
         help="several captions per image (coco_karpathy, flickr30k_karpathy): measure each "
-        "caption as a sample, or average each image's representations first (default: each)",
+        "caption as a sample, or average each image's representations first",
     )
     p.add_argument(
         "--caption",
         type=int,
-        default=None,
-        help="read only caption number N of each image (one sample per image)",
+        metavar="N",
+        help="read only caption number N of each image (one sample per image; default: all)",
     )
-    p.add_argument("--run-dir", type=Path, default=Path("runs/analyse"), help="output folder")
+    add_output_dir(p, Path("runs/analyse"), "output folder", old=("--run-dir",))
     p.set_defaults(handler=run)
 
 
@@ -56,14 +81,14 @@ def run(args: argparse.Namespace) -> int:
     from vilalign import distributed as dist
     from vilalign.analysis.align import RunInfo
     from vilalign.analysis.pipeline import AlignmentSpec, run_alignment
-    from vilalign.data import DataConfig
 
-    # torchrun: each rank collects its share of the samples (on cuda:LOCAL_RANK), rank 0
-    # writes and prints.
-    dist.init_distributed()
-    model, tokenizer, run_name = load_source(args)
+    # torchrun: each rank collects its share of the samples (on cuda:LOCAL_RANK unless
+    # --device cpu), rank 0 writes and prints.
+    check_device(args.device)  # a GPU that is not there: a clear error, before any work
+    device = dist.init_distributed(args.device)
+    model, tokenizer, run_name = load_source(args, device)
     spec = AlignmentSpec(
-        data=DataConfig(name=args.dataset, root=args.root, caption=args.caption),
+        data=data_config(args, caption=args.caption),
         split=args.split,
         n_samples=args.n_samples,
         views=_split(args.views),
@@ -77,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
         captions=args.captions,
     )
     info = RunInfo(run=run_name, seed=args.seed, dataset=args.dataset)
-    result = run_alignment(model, tokenizer, spec, info, out_dir=args.run_dir)
+    result = run_alignment(
+        model, tokenizer, spec, info, out_dir=args.output_dir, progress=args.progress
+    )
     main = dist.is_main_process()
     dist.cleanup()
     if not main:

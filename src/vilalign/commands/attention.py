@@ -5,11 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vilalign.commands import add_source_args, evaluation_dataset, load_source
+from vilalign.commands import (
+    add_command,
+    add_output_dir,
+    add_source_args,
+    evaluation_dataset,
+    load_source,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "attention",
         help="attention entropy per head and direction; co- vs self-attention focus test",
         description=(
@@ -18,13 +26,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "image->text; normalised by log of the real key count), test whether "
             "co-attention heads have lower entropy than self-attention heads (one-sided "
             "Mann-Whitney U and permutation test on head means), and export one sample's "
-            "attention as a bertviz HTML page. Writes into --run-dir."
+            "attention as a bertviz HTML page. Writes into --output-dir."
         ),
     )
     add_source_args(p)
-    p.add_argument("--n-samples", type=int, default=256, help="samples to read (default 256)")
-    p.add_argument("--bertviz-sample", type=int, default=0, help="sample shown in the HTML view")
-    p.add_argument("--run-dir", type=Path, default=Path("runs/attention"), help="output folder")
+    p.add_argument(
+        "--n-samples", type=positive_int, default=256, metavar="N", help="samples to read"
+    )
+    p.add_argument(
+        "--bertviz-sample",
+        type=int,
+        metavar="I",
+        default=0,
+        help="sample shown in the HTML view (its position among the samples read)",
+    )
+    add_output_dir(p, Path("runs/attention"), "output folder", old=("--run-dir",))
     p.set_defaults(handler=run)
 
 
@@ -51,19 +67,19 @@ def run(args: argparse.Namespace) -> int:
     collate = Collator(tokenizer, max_length=model.config.text.max_length)
     loader = DataLoader(subset, batch_size=args.batch_size, collate_fn=collate)
     frame = attention_entropy(model, loader)
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    files = [args.run_dir / "attention_entropy.csv", args.run_dir / "attention_heads.csv"]
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    files = [args.output_dir / "attention_entropy.csv", args.output_dir / "attention_heads.csv"]
     frame.to_csv(files[0], index=False)
     head_means(frame).to_csv(files[1], index=False)
     if frame.layer_kind.nunique() > 1:
         print(compare_coattention_focus(frame).summary())
         by_layer = compare_by_layer(frame)
-        files.append(args.run_dir / "attention_focus_by_layer.csv")
+        files.append(args.output_dir / "attention_focus_by_layer.csv")
         by_layer.to_csv(files[-1], index=False)
     else:
         print("only one kind of layer: no co- vs self-attention comparison")
     batch = collate([subset[args.bertviz_sample]])
-    files.append(export_bertviz(model, batch, args.run_dir / "attention.html", tokenizer))
+    files.append(export_bertviz(model, batch, args.output_dir / "attention.html", tokenizer))
     for path in files:
         print(f"wrote {path}")
     return 0

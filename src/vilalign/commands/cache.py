@@ -6,9 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
+from vilalign.commands import add_command, add_deprecated_alias
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "cache",
         help="list or delete the preprocessed-image caches",
         description="Every dataset × image size × limit gets a cache folder of decoded, resized "
@@ -17,7 +20,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "least recently used first. Caches of an earlier format ('old') are never read again; "
         "'incomplete' ones are builds a crash left behind.",
     )
-    p.add_argument("--dir", type=Path, default=None, help="cache folder (default: as above)")
+    # --cache-dir, not --output-dir: the folder holds what every run reads (data.cache.dir
+    # in a run file), and this command only lists or deletes in it.
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="cache folder (default: $VILALIGN_CACHE, else $XDG_CACHE_HOME/vilalign, else "
+        "~/.cache/vilalign)",
+    )
+    add_deprecated_alias(p, "--dir", "--cache-dir", "cache_dir")
     which = p.add_mutually_exclusive_group()
     which.add_argument(
         "--older-than",
@@ -34,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.older_than is not None and args.older_than < 0:
         raise ValueError(f"--older-than: needs a number of days >= 0, got {args.older_than}")
-    root = args.dir or default_cache_dir()
+    root = args.cache_dir or default_cache_dir()
     entries = list_caches(root)
     if args.clear or args.older_than is not None:
         cutoff = time.time() - 86400 * (args.older_than or 0)

@@ -6,9 +6,21 @@ import argparse
 import time
 from pathlib import Path
 
+from vilalign.commands import (
+    add_command,
+    add_device,
+    add_no_progress,
+    add_output_dir,
+    add_overrides,
+    add_threads,
+    run_file_overrides,
+)
+from vilalign.commands.run import DEVICE_HELP, TRAIN_PATHS
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "demo",
         help="pretrain, fine-tune with/without co-attention, analyse, report (CPU, minutes)",
         description=(
@@ -20,8 +32,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "configs/demo.yaml, for `vilalign run`."
         ),
     )
-    p.add_argument("--output-dir", type=Path, default=Path("runs/demo"))
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_output_dir(p, Path("runs/demo"), "output folder")
+    add_overrides(p, "the demo's experiment (configs/demo.yaml)", "--set grid.seeds=[0,1]")
+    add_device(p, None, DEVICE_HELP)
+    add_threads(
+        p,
+        "torch CPU threads while the demo runs (default: 1, the demo's own: on a shared CPU "
+        "more threads spin against each other)",
+    )
+    add_no_progress(p)
     p.set_defaults(handler=run)
 
 
@@ -29,8 +48,15 @@ def run(args: argparse.Namespace) -> int:
     from vilalign.experiments.demo import run_demo
 
     start = time.perf_counter()
+    overrides = run_file_overrides(args, TRAIN_PATHS, progress=False)  # (see `vilalign run`)
+    # run_demo's own arguments share its keyword space with the experiment's fields
+    own = {"output_dir": "--output-dir", "threads": "--threads", "progress": "--no-progress"}
+    clash = sorted(own.keys() & overrides.keys())
+    if clash:
+        raise ValueError(f"--set {clash[0]}: use {own[clash[0]]}")
+    settings = {"threads": args.threads} if args.threads else {}  # default: the demo's (1)
     print(f"vilalign demo: writing to {args.output_dir}/ (a few minutes on a CPU)")
-    result = run_demo(args.output_dir, progress=not args.no_progress)
+    result = run_demo(args.output_dir, progress=args.progress, **settings, **overrides)
     print()
     print(result.table.to_string(index=False))
     print()

@@ -5,27 +5,42 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vilalign.commands import add_source_args, evaluation_dataset, load_source
+from vilalign.commands import (
+    add_command,
+    add_output_dir,
+    add_source_args,
+    check_device,
+    evaluation_dataset,
+    load_source,
+)
 
 METHODS = ("relevancy", "gradcam", "integrated_gradients")
+IDS_HELP = (
+    "comma list of sample ids, as the dataset's reader names them: easyvqa <split>-<n> "
+    "(test-0: question 0 of the test split), easyvqa_captions <split>-img<image>-<k>, "
+    "hateful_memes the 'id' of the .jsonl line, mmimdb the movie id, food101 the image file "
+    "name, vqa the question_id, coco_karpathy / flickr30k_karpathy <imgid>#<caption>. "
+    "`vilalign data ids DATASET SPLIT` lists them"
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "explain",
         help="attribute predictions to words and image patches",
         description=(
             "For the samples named by --ids, attribute the predicted (or --target) class to "
             "the text tokens and image patches: bi-modal relevancy (Chefer et al. 2021), "
             "Grad-CAM on patch states, integrated gradients (captum). Writes a heat-map PNG "
-            "over each image and an HTML page of coloured tokens into --run-dir."
+            "over each image and an HTML page of coloured tokens into --output-dir."
         ),
     )
     add_source_args(p)
-    p.add_argument("--ids", required=True, help="comma list of sample ids to explain")
+    p.add_argument("--ids", required=True, help=IDS_HELP)
     p.add_argument("--method", default="relevancy", help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--target", type=int, help="class to explain (default: the predicted one)")
-    p.add_argument("--run-dir", type=Path, default=Path("runs/explain"), help="output folder")
+    add_output_dir(p, Path("runs/explain"), "output folder", old=("--run-dir",))
     p.set_defaults(handler=run)
 
 
@@ -40,7 +55,10 @@ def find_samples(dataset, ids: list[str]) -> list[int]:
     missing = [i for i in ids if i not in known]
     if missing:
         example = ", ".join(list(known)[:3])
-        raise ValueError(f"--ids: not in the dataset: {missing} (ids look like: {example})")
+        raise ValueError(
+            f"--ids: not in the dataset: {missing} (ids look like: {example}; "
+            "`vilalign data ids DATASET SPLIT` lists them)"
+        )
     return [known[i] for i in ids]
 
 
@@ -52,13 +70,14 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"--method: unknown {unknown} (allowed: {', '.join(METHODS)})")
+    device = check_device(args.device)
     if args.checkpoint is None:
         # An untrained model with a fresh head: the model-randomisation reference.
-        probe, _, _ = load_source(args)
+        probe, _, _ = load_source(args, device)
         labels = getattr(evaluation_dataset(args, probe), "num_labels", 2)
-        model, tokenizer, _ = load_source(args, num_labels=labels)
+        model, tokenizer, _ = load_source(args, device, num_labels=labels)
     else:
-        model, tokenizer, _ = load_source(args)
+        model, tokenizer, _ = load_source(args, device)
     if model.head is None:
         raise ValueError("the model has no task head (num_labels=0): explain a fine-tuned model")
     dataset = evaluation_dataset(args, model)
@@ -71,12 +90,12 @@ def run(args: argparse.Namespace) -> int:
         paths = save_explanations(
             explanations,
             batch.pixel_values,
-            args.run_dir,
+            args.output_dir,
             config["mean"],
             config["std"],
             index=f"{method}.html",
         )
         for e in explanations:
             print(f"{method}: {e.id} target {e.target} (predicted {e.predicted})")
-        print(f"wrote {len(paths)} files, index {args.run_dir / f'{method}.html'}")
+        print(f"wrote {len(paths)} files, index {args.output_dir / f'{method}.html'}")
     return 0

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 
-from vilalign.commands import add_model_args
+from vilalign.commands import add_command, add_model_args, add_overrides, model_overrides
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "info",
         help="show a model's layers and parameter counts",
         description="Build a model from a preset (weights not loaded) and describe it.",
     )
     add_model_args(p)
+    add_overrides(p, "the preset's model config", "--set model.depth=6")
     p.set_defaults(handler=run)
 
 
@@ -21,7 +23,8 @@ def run(args: argparse.Namespace) -> int:
     from vilalign.config import model_config
     from vilalign.model import apply_baseline, build_model
 
-    cfg = apply_baseline(model_config(args.preset), args.baseline)
+    cfg = model_config(args.preset, **model_overrides(args.overrides))
+    cfg = apply_baseline(cfg, args.baseline)
     model = build_model(cfg, load_weights=False)
     total = sum(p.numel() for p in model.parameters())
     print(f"preset {args.preset!r}, baseline {args.baseline!r}: {total / 1e6:.2f} M parameters")

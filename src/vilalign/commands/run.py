@@ -5,9 +5,29 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vilalign.commands import (
+    add_command,
+    add_device,
+    add_no_progress,
+    add_output_dir,
+    add_overrides,
+    add_threads,
+    run_file_overrides,
+)
+
+#: Where --device goes in an experiment file (the runner's analyses follow finetune's).
+TRAIN_PATHS = ("pretrain.train", "finetune.train")
+DEVICE_HELP = (
+    "where every run of the grid trains and is analysed: auto (CUDA when present), cpu, "
+    "cuda, cuda:N; sets pretrain.train.device and finetune.train.device, which are part "
+    "of each run's config, so pass the same value when finishing a grid "
+    "(default: the file's, auto unless set)"
+)
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "run",
         help="run an experiment grid (pretrain, fine-tune, analyse; resumable)",
         description=(
@@ -19,20 +39,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("experiment", type=Path, help="experiment file (YAML or JSON)")
-    p.add_argument("--output-dir", type=Path, help="override the file's output_dir")
+    add_output_dir(p, None, "output folder (default: the file's output_dir, else runs/<name>)")
+    add_overrides(p, "the experiment file", "--set grid.seeds=[0,1] --set finetune.train.epochs=2")
+    add_device(p, None, DEVICE_HELP)
+    add_threads(p)
+    add_no_progress(p)
     p.add_argument(
         "--tracking-uri",
         help="MLflow tracking URI for the run store (default: the file's tracking.uri, "
-        "else sqlite:///<output_dir>/mlflow.db)",
+        "else sqlite:///<output folder>/mlflow.db)",
     )
     p.add_argument("--no-tracking", action="store_true", help="do not record runs in MLflow")
-    p.add_argument(
-        "--threads",
-        type=int,
-        help="torch CPU threads (1 is fastest on a CPU shared with other jobs)",
-    )
     p.add_argument("--no-report", action="store_true", help="do not write report.html")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(handler=run)
 
 
@@ -42,14 +60,13 @@ def run(args: argparse.Namespace) -> int:
     from vilalign.experiments.spec import load_experiment
     from vilalign.experiments.tracking import tracker_factory
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    exp = load_experiment(args.experiment)
+    # --no-progress hides the grid's bar, not the files' train.progress: that field is part
+    # of the config hash that names a shared pretraining run.
+    overrides = run_file_overrides(args, TRAIN_PATHS, progress=False)
+    exp = load_experiment(args.experiment, **overrides)
     out = args.output_dir or exp.resolved_output_dir()
     factory = None if args.no_tracking else tracker_factory(exp, out, args.tracking_uri)
-    result = run_experiment(exp, out, factory, progress=not args.no_progress)
+    result = run_experiment(exp, out, factory, progress=args.progress)
     print(f"{len(result.ran)} cell(s) run, {len(result.skipped)} already done, in {out}")
     if result.groups is not None and not result.groups.empty:
         print(summary_text(result.groups))

@@ -10,24 +10,29 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import yaml
+from vilalign.commands import (
+    add_command,
+    add_device,
+    add_no_progress,
+    add_output_dir,
+    add_overrides,
+    add_threads,
+    run_file_overrides,
+)
 
 logger = logging.getLogger(__name__)
 
-OVERRIDE_HELP = (
-    "override a field of the run file, dotted path = YAML value; repeatable "
-    "(e.g. --set train.epochs=2 --set model.coattention_layers=[1])"
-)
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "pretrain",
         help="pretrain on image-caption data (MLM, MIM, AP, ITC)",
         description=(
             "Pretrain a two-stream model with the objectives named in the run file "
             "(objectives: mlm/mim/ap/itc with weights). Writes config.json, metrics.jsonl/.csv, "
-            "metrics.png, checkpoints/ and model/ (the weights to fine-tune from) into RUN_DIR. "
+            "metrics.png, checkpoints/ and model/ (the weights to fine-tune from) into "
+            "--output-dir. "
             "On several GPUs: torchrun --nproc_per_node N -m vilalign pretrain RUN_FILE "
             "(see docs/runbook.md)."
         ),
@@ -35,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.set_defaults(handler=run_pretrain)
 
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "finetune",
         help="fine-tune on a downstream task",
         description=(
@@ -61,37 +67,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="run file (YAML or JSON)")
-    p.add_argument("--run-dir", type=Path, help="output folder (default: runs/<config name>)")
+    add_output_dir(p, None, "output folder (default: runs/<run file name>)", old=("--run-dir",))
     p.add_argument("--resume", action="store_true", help="continue an interrupted run exactly")
-    p.add_argument("--set", dest="overrides", action="append", default=[], help=OVERRIDE_HELP)
+    add_overrides(p, "the run file", "--set train.epochs=2 --set model.coattention_layers=[1]")
+    add_device(p, None, "where the run trains: auto (CUDA when present), cpu, cuda, cuda:N; "
+               "sets train.device (default: the run file's, auto unless set)")  # fmt: skip
+    add_threads(p)
+    add_no_progress(p)
     p.add_argument(
         "--tracking-uri",
         help="MLflow store for the run's parameters, metrics and files (default: "
-        "sqlite:///<folder above RUN_DIR>/mlflow.db; view with mlflow ui --backend-store-uri)",
+        "sqlite:///<folder above the output folder>/mlflow.db; view with mlflow ui "
+        "--backend-store-uri)",
     )
-    p.add_argument(
-        "--experiment", default="vilalign", help="MLflow experiment name (default: vilalign)"
-    )
+    p.add_argument("--experiment", default="vilalign", help="MLflow experiment name")
     p.add_argument("--no-tracking", action="store_true", help="write the run folder's files only")
 
 
-def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """``["train.epochs=2", "model.depth=2"]`` → nested dict with YAML-parsed values."""
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set: expected KEY=VALUE, got {item!r}")
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
-    return out
-
-
 def _run_dir(args: argparse.Namespace) -> Path:
-    return args.run_dir or Path("runs") / args.config.stem
+    return args.output_dir or Path("runs") / args.config.stem
 
 
 def _summary(result: Any) -> None:
@@ -146,7 +140,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from vilalign.train.config import PretrainConfig, load_run_config
     from vilalign.train.run import run_pretraining
 
-    cfg = load_run_config(args.config, PretrainConfig, **parse_overrides(args.overrides))
+    cfg = load_run_config(args.config, PretrainConfig, **run_file_overrides(args, ["train"]))
     with _tracked(args, cfg, "pretrain") as tracker:
         result = run_pretraining(cfg, _run_dir(args), resume=args.resume, tracker=tracker)
     _summary(result)
@@ -163,7 +157,7 @@ def run_finetune(args: argparse.Namespace) -> int:
     )
     from vilalign.train.run import run_finetuning, run_multitask
 
-    overrides = parse_overrides(args.overrides)
+    overrides = run_file_overrides(args, ["train"])
     multi = is_multitask_mapping(deep_merge(read_mapping(args.config), overrides))
     kind, run = (MultiTaskConfig, run_multitask) if multi else (FinetuneConfig, run_finetuning)
     cfg = load_run_config(args.config, kind, **overrides)

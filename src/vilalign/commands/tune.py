@@ -5,9 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from vilalign.commands import (
+    add_command,
+    add_device,
+    add_no_progress,
+    add_output_dir,
+    add_overrides,
+    add_threads,
+    run_file_overrides,
+)
+from vilalign.commands.run import TRAIN_PATHS
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = add_command(
+        sub,
         "tune",
         help="tune hyper-parameters with Optuna (pruning, multi-objective, resumable)",
         description=(
@@ -21,8 +33,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("experiment", type=Path, help="experiment file with a 'tune' section")
-    p.add_argument("--output-dir", type=Path, help="default: OUTPUT_DIR of the file + /tune")
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUTPUT_DIR/optuna.db)")
+    add_output_dir(p, None, "output folder (default: the file's output_dir + /tune)")
+    add_overrides(p, "the experiment file", "--set tune.n_trials=50 --set finetune.train.epochs=2")
+    add_device(
+        p,
+        None,
+        "where the trials train: auto (CUDA when present), cpu, cuda, cuda:N; sets "
+        "pretrain.train.device and finetune.train.device (default: the file's, auto unless set)",
+    )
+    add_threads(p)
+    add_no_progress(p)
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUTPUT_DIR/optuna.db)")
     p.add_argument("--n-trials", type=int, help="trials in this invocation (default: the file's)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     p.set_defaults(handler=run)
@@ -32,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
     from vilalign.experiments.spec import load_experiment
     from vilalign.experiments.tune import run_study
 
-    exp = load_experiment(args.experiment)
+    # Trials run in folders of their own, so train.progress may change between invocations.
+    exp = load_experiment(args.experiment, **run_file_overrides(args, TRAIN_PATHS))
     out = args.output_dir or exp.resolved_output_dir() / "tune"
     result = run_study(exp, out, args.storage, args.n_trials, args.timeout)
     states = {}
