@@ -14,7 +14,6 @@ normalised answers of the train split by frequency, saved with the run): for eac
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -28,6 +27,7 @@ from vilalign.data.config import CacheConfig
 from vilalign.data.files import read_json, require
 from vilalign.data.images import DataFormatError, OnBadImage
 from vilalign.data.transforms import ImageTransform
+from vilalign.io import write_json_atomic
 
 SPLITS = ("train", "val", "test-dev", "test")
 _SUBTYPE = {"train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015"}
@@ -205,7 +205,7 @@ def build_answer_vocab(root: str | Path, size: int) -> list[str]:
 
 
 def save_answer_vocab(vocab: Sequence[str], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(list(vocab), indent=0))
+    write_json_atomic(path, list(vocab), indent=0)
 
 
 def load_answer_vocab(path: str | Path) -> list[str]:
