@@ -48,7 +48,11 @@ class LayerInfo:
 
 @dataclass
 class Representations:
-    """Per layer, per stream, per view: N×D (pooled views) or N×T×D (tokens)."""
+    """Per layer, per stream, per view: N×D (pooled views) or N×T×D (tokens).
+
+    Row ``r`` is sample ``ids[r]``, showing image ``image_ids[r]`` (``Batch.image_ids``;
+    left empty, every row shows its own image).
+    """
 
     ids: list[str]
     layers: list[LayerInfo]
@@ -57,6 +61,13 @@ class Representations:
     tokens: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     text_mask: torch.Tensor | None = None  # (N, T) for the token view
     num_prefix_tokens: int = 1
+    image_ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.image_ids:
+            self.image_ids = list(self.ids)
+        if len(self.image_ids) != len(self.ids):
+            raise ValueError(f"{len(self.image_ids)} image ids for {len(self.ids)} rows")
 
     def get(self, layer: str, stream: str, view: str) -> torch.Tensor:
         """N×D for ``cls``/``mean``; N×T×D for ``tokens``. Float32 on the CPU."""
@@ -240,6 +251,7 @@ def collect(
     model.eval()
     device = device or next(unwrap(model).parameters()).device
     ids: list[str] = []
+    image_ids: list[str] = []
     text_masks: list[torch.Tensor] = []
     collector = Collector(model, views, include_encoders, store)
     bar = tqdm(total=num_samples, desc="collecting", unit="sample", disable=not progress)
@@ -258,18 +270,20 @@ def collect(
                 b.token_type_ids[:take],
             )
             ids.extend(str(i) for i in b.ids[:take])
+            image_ids.extend(str(i) for i in b.image_ids[:take])
             text_masks.append(b.attention_mask[:take].cpu())
             bar.update(take)
     bar.close()
     model.train(was_training)
     if len(ids) < num_samples:
         log.warning("collected %d samples, fewer than the %d asked for", len(ids), num_samples)
-    return _finish(store, ids, collector, views, text_masks)
+    return _finish(store, ids, image_ids, collector, views, text_masks)
 
 
 def _finish(
     store: _Store,
     ids: list[str],
+    image_ids: list[str],
     collector: Collector,
     views: Sequence[str],
     text_masks: list[torch.Tensor],
@@ -280,6 +294,7 @@ def _finish(
         layers=[info for info, _ in collector.layers],
         views=tuple(views),
         num_prefix_tokens=collector.prefix,
+        image_ids=image_ids,
     )
     for key, array in store.arrays.items():
         array = array[:n]

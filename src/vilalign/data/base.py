@@ -31,10 +31,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One sample before its image is read; ``target`` is turned into the label tensor."""
+    """One sample before its image is read; ``target`` is turned into the label tensor.
+
+    ``image_id`` is the reader's name for the image (``Sample.image_id``): records that
+    show the same image share it.
+    """
 
     id: str
     image: str  # path of the image file
+    image_id: str
     text: str
     target: Any = None
 
@@ -125,7 +130,11 @@ class ImageTextDataset(Dataset[Sample]):
 
     def _sample(self, record: Record, image: torch.Tensor) -> Sample:
         return Sample(
-            image=image, text=record.text, label=self.label_tensor(record.target), id=record.id
+            image=image,
+            text=record.text,
+            label=self.label_tensor(record.target),
+            id=record.id,
+            image_id=record.image_id,
         )
 
     def __getitem__(self, index: int) -> Sample:

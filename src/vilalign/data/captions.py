@@ -379,7 +379,8 @@ class CaptionShards(IterableDataset):
             handle_bad_image(err, self.on_bad_image, self.bad_images)
             return None
         text = raw["txt"].decode("utf-8").strip()
-        return Sample(image=image, text=text, label=None, id=str(raw["__key__"]))
+        key = str(raw["__key__"])  # one caption per image in a shard: the key names both
+        return Sample(image=image, text=text, label=None, id=key, image_id=key)
 
 
 # ---------------------------------------------------------------------- folder reader
@@ -395,9 +396,8 @@ def folder_records(root: str | Path) -> list[Record]:
         caption = path.with_suffix(".txt")
         if caption.is_file():
             key = path.relative_to(root).with_suffix("").as_posix()
-            records.append(
-                Record(id=key, image=str(path), text=caption.read_text(encoding="utf-8").strip())
-            )
+            text = caption.read_text(encoding="utf-8").strip()
+            records.append(Record(id=key, image=str(path), image_id=key, text=text))
     if not records:
         raise DataFormatError(f"{root}: no image with a same-named .txt caption")
     return records

@@ -42,9 +42,12 @@ def _load_split(split: str) -> tuple[list[str], list[str], list[int], dict[int, 
     return q, a, ids, easy_vqa.get_test_image_paths()
 
 
-def _missing_image(split: str, image_id: int) -> str:
-    # a path that does not exist, so the usual missing-file policy names it
-    return f"<easy_vqa {split} image {image_id}>.png"
+def _image(split: str, img: int, paths: dict[int, str]) -> dict[str, str]:
+    """The record fields of image ``img``: its file, and its id ``<split>-img<img>``, which
+    the image's questions and captions share."""
+    # a missing image gets a path that does not exist, so the missing-file policy names it
+    path = paths.get(img, f"<easy_vqa {split} image {img}>.png")
+    return {"image": path, "image_id": f"{split}-img{img}"}
 
 
 def question_records(split: str) -> list[Record]:
@@ -55,8 +58,9 @@ def question_records(split: str) -> list[Record]:
     for n, (q, a, img) in enumerate(zip(questions, answer_words, image_ids, strict=True)):
         if a not in index:
             raise ValueError(f"easyvqa {split} question {n}: unknown answer {a!r}")
-        path = paths.get(img, _missing_image(split, img))
-        records.append(Record(id=f"{split}-{n}", image=path, text=q, target=index[a]))
+        records.append(
+            Record(id=f"{split}-{n}", **_image(split, img, paths), text=q, target=index[a])
+        )
     return records
 
 
@@ -144,7 +148,8 @@ def caption_for(facts: dict[str, str], variant: int) -> str:
 
 
 def caption_records(split: str, captions_per_image: int = 1) -> list[Record]:
-    """``captions_per_image`` records per image, id ``<split>-img<id>-<k>``, no target."""
+    """``captions_per_image`` records per image, id ``<split>-img<id>-<k>``, image id
+    ``<split>-img<id>``, no target."""
     questions, answer_words, image_ids, paths = _load_split(split)
     pairs: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for q, a, img in zip(questions, answer_words, image_ids, strict=True):
@@ -152,11 +157,10 @@ def caption_records(split: str, captions_per_image: int = 1) -> list[Record]:
     records = []
     for img in sorted(pairs):
         facts = image_facts(pairs[img])
-        path = paths.get(img, _missing_image(split, img))
+        image = _image(split, img, paths)
         for k in range(captions_per_image):
-            records.append(
-                Record(id=f"{split}-img{img}-{k}", image=path, text=caption_for(facts, img + k))
-            )
+            text = caption_for(facts, img + k)
+            records.append(Record(id=f"{image['image_id']}-{k}", **image, text=text))
     return records
 
 

@@ -49,6 +49,7 @@ def records(root: str | Path, split: str) -> list[Record]:
             Record(
                 id=file,
                 image=str(root / "images" / split / cls / file),
+                image_id=file,
                 text=title,
                 target=_CLASS_INDEX[cls],
             )

@@ -29,10 +29,12 @@ def records(root: str | Path, split: str) -> list[Record]:
             raise DataFormatError(f"{where}: missing field 'label'")
         if label is not None and label not in (0, 1):
             raise DataFormatError(f"{where}: unknown label {label!r} (allowed: 0, 1)")
+        image = str(require(obj, "img", where))  # "img/<id>.png": the meme's image file
         out.append(
             Record(
                 id=str(require(obj, "id", where)),
-                image=str(root / require(obj, "img", where)),
+                image=str(root / image),
+                image_id=image,
                 text=str(require(obj, "text", where)),
                 target=label,
             )

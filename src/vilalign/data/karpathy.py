@@ -17,11 +17,12 @@ merged into ``train`` by default, as Karpathy's own training does: 113,287 / 5,0
 COCO images; Flickr30k has 29,000 / 1,014 / 1,000 and no restval.
 
 Samples carry the ``raw`` sentence (what a BERT tokenizer should see, not the lower-cased
-``tokens``) and the id ``"<imgid>#<j>"`` where ``j`` is the caption's position in the
-image's ``sentences``. With ``caption=None`` every caption of every image is a sample, so
-the analysis can average the representations of an image's captions (grouped by the part
-of the id before ``#``, see :mod:`vilalign.analysis.retrieval`); an integer ``caption``
-gives one sample per image with that caption.
+``tokens``), the id ``"<imgid>#<j>"`` where ``j`` is the caption's position in the
+image's ``sentences``, and the image id ``"<imgid>"``. With ``caption=None`` every caption
+of every image is a sample: alignment-prediction negatives never pair an image with
+another of its own captions, and the analysis can average the representations of an
+image's captions (grouped by image id, see :mod:`vilalign.analysis.retrieval`); an integer
+``caption`` gives one sample per image with that caption.
 """
 
 from __future__ import annotations
@@ -109,12 +110,15 @@ def _image_records(
     imgid = require(entry, "imgid", where)
     texts = _captions(entry, where, max_captions)
     if caption is None:
-        return [Record(id=f"{imgid}#{j}", image=image, text=t) for j, t in enumerate(texts)]
+        return [
+            Record(id=f"{imgid}#{j}", image=image, image_id=str(imgid), text=t)
+            for j, t in enumerate(texts)
+        ]
     if caption >= len(texts):
         raise DataFormatError(
             f"{where}: image {imgid} has {len(texts)} caption(s), no caption {caption}"
         )
-    return [Record(id=f"{imgid}#{caption}", image=image, text=texts[caption])]
+    return [Record(id=f"{imgid}#{caption}", image=image, image_id=str(imgid), text=texts[caption])]
 
 
 def _entries(path: Path, images: list[Any], wanted: set[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -188,7 +192,7 @@ def _check_unique(recs: list[Record], path: Path) -> None:
     seen: set[str] = set()
     for r in recs:
         if r.id in seen:
-            raise DataFormatError(f"{path}: field 'imgid' repeats ({r.id.split('#')[0]})")
+            raise DataFormatError(f"{path}: field 'imgid' repeats ({r.image_id})")
         seen.add(r.id)
 
 
@@ -219,8 +223,8 @@ class KarpathyCaptions(ImageTextDataset):
 
     @property
     def images(self) -> list[str]:
-        """The image part of every sample id, each once, in order."""
-        return list(dict.fromkeys(r.id.rsplit("#", 1)[0] for r in self.records))
+        """The image id of every sample, each once, in order."""
+        return list(dict.fromkeys(r.image_id for r in self.records))
 
 
 def karpathy_dataset(

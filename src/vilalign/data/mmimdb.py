@@ -52,6 +52,7 @@ def _record(root: Path, movie_id: str, ignored: Counter[str]) -> Record:
     return Record(
         id=movie_id,
         image=str(root / "dataset" / f"{movie_id}.jpeg"),
+        image_id=movie_id,  # one poster per movie
         text=max(plots, key=len),
         target=target,
     )

@@ -15,12 +15,23 @@ class Sample:
     ``image`` is a float tensor C×H×W already normalised for the image encoder; ``label``
     is task-specific (class index, multi-hot vector, soft VQA targets, or None for
     caption data); ``id`` is unique within the dataset and stable across runs.
+
+    ``image_id`` names the image the sample shows, set by its reader: samples with the
+    same ``image_id`` show the same image (the five captions of a COCO image, the
+    questions about one easy-VQA image). Alignment-prediction negatives, retrieval and
+    caption averaging read it; nothing parses ``id`` for it. Left out (None), the sample
+    is the only one showing its image and ``id`` stands for it.
     """
 
     image: torch.Tensor
     text: str
     label: torch.Tensor | None
     id: str
+    image_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.image_id is None:
+            self.image_id = self.id
 
 
 @dataclass
@@ -33,11 +44,16 @@ class Batch:
     pixel_values: torch.Tensor  # (B, C, H, W) float
     labels: torch.Tensor | None = None
     ids: list[str] = field(default_factory=list)
+    image_ids: list[str] = field(default_factory=list)  # per row: Sample.image_id (default: ids)
     # Pretraining extras, filled by the pretraining collator.
     mlm_labels: torch.Tensor | None = None  # (B, T) long, -100 where not predicted
     mim_mask: torch.Tensor | None = None  # (B, P) bool, True = patch masked
     ap_labels: torch.Tensor | None = None  # (B,) long, 1 = caption belongs to image
     extras: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.image_ids:  # rows of a hand-made batch each show their own image
+            self.image_ids = list(self.ids)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """A copy with every tensor (also inside ``extras``) on ``device``."""

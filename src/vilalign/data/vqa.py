@@ -233,11 +233,12 @@ def records(root: str | Path, split: str, vocab: Sequence[str]) -> list[Record]:
                     f"{annotations_file(root, split)}: no annotation for question_id {qid}"
                 )
             target = soft_targets(answers[qid], index)
-        image = image_path(root, split, require(q, "image_id", where))
+        image_id = require(q, "image_id", where)  # the COCO image: several questions each
         out.append(
             Record(
                 id=str(qid),
-                image=str(image),
+                image=str(image_path(root, split, image_id)),
+                image_id=str(image_id),
                 text=str(require(q, "question", where)),
                 target=target,
             )

@@ -339,11 +339,12 @@ def gather_representations(reps: R, total: int) -> R:
     """
     if not is_distributed():
         return reps
-    per_rank = all_gather_object(list(reps.ids))
-    ids = [r[j] for j in range(len(per_rank[0])) for r in per_rank][:total]
+    per_rank = all_gather_object(list(zip(reps.ids, reps.image_ids, strict=True)))
+    rows = [r[j] for j in range(len(per_rank[0])) for r in per_rank][:total]
     return dataclasses.replace(
         reps,
-        ids=ids,
+        ids=[sample for sample, _ in rows],
+        image_ids=[image for _, image in rows],
         pooled={k: gather_in_order(v.contiguous(), total) for k, v in reps.pooled.items()},
         tokens={k: gather_in_order(v.contiguous(), total) for k, v in reps.tokens.items()},
         text_mask=None if reps.text_mask is None else gather_in_order(reps.text_mask, total),

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,6 @@ from transformers import PreTrainedTokenizerBase
 from vilalign.config import ConfigError
 from vilalign.data import SPLITS, Collator, DataConfig, build_dataset, build_transform
 from vilalign.data.masking import PretrainingCollator
-from vilalign.data.types import Sample
 from vilalign.model import VilbertModel, build_model, load_tokenizer, save_pretrained
 from vilalign.model.encoders import build_vit, image_data_config
 from vilalign.train import checkpoint as ckpt
@@ -353,12 +351,6 @@ def holdout(
     return subsets
 
 
-def caption_image_key(sample: Sample) -> str:
-    """The image a caption sample shows: ids ``<split>-img<id>-<k>`` share ``<split>-img<id>``."""
-    match = re.match(r"^(.*-img\d+)-\d+$", sample.id)
-    return match.group(1) if match else sample.id
-
-
 def pretraining_collator(
     cfg: PretrainConfig, model: VilbertModel, tokenizer: PreTrainedTokenizerBase
 ) -> PretrainingCollator:
@@ -378,8 +370,7 @@ def pretraining_collator(
         mim_pattern=obj.mim.pattern,
         ap_negative_ratio=obj.ap.negative_ratio if obj.ap.weight + obj.itc.weight > 0 else 0.0,
         mlm_on_negatives=obj.mlm.on_negatives,
-        seed=cfg.train.seed,
-        image_key=caption_image_key,
+        seed=cfg.train.seed,  # negatives: from other images, by Sample.image_id
     )
 
 
