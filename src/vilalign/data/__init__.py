@@ -47,11 +47,13 @@ from vilalign.data.registry import (
     SPLITS,
     build_dataset,
     build_image_transform,
+    dataset_info,
+    dataset_names,
     is_train_split,
     register_dataset,
 )
 from vilalign.data.transforms import ImageTransform, build_transform
-from vilalign.data.types import Batch, Sample
+from vilalign.data.types import Batch, DatasetInfo, Sample, TaskInfo
 from vilalign.data.vqa import (
     VQAv2,
     load_answer_vocab,
@@ -73,6 +75,7 @@ __all__ = [
     "Collator",
     "DataConfig",
     "DataFormatError",
+    "DatasetInfo",
     "DownloadReport",
     "EasyVQA",
     "EasyVQACaptions",
@@ -84,11 +87,14 @@ __all__ = [
     "MMIMDb",
     "Record",
     "Sample",
+    "TaskInfo",
     "VQAv2",
     "build_dataset",
     "build_image_transform",
     "build_transform",
     "caption_key",
+    "dataset_info",
+    "dataset_names",
     "decode_image",
     "default_cache_dir",
     "download_conceptual_captions",

@@ -12,10 +12,11 @@ import re
 from collections import defaultdict
 
 from vilalign.data.base import ImageTextDataset, Record
-from vilalign.data.config import CacheConfig
+from vilalign.data.config import CacheConfig, DataConfig
 from vilalign.data.images import OnBadImage
+from vilalign.data.registry import register_dataset
 from vilalign.data.transforms import ImageTransform
-from vilalign.data.types import Sample
+from vilalign.data.types import DatasetInfo, Sample, TaskInfo
 
 SPLITS = ("train", "test")
 SHAPES = ("circle", "rectangle", "triangle")
@@ -64,10 +65,17 @@ def question_records(split: str) -> list[Record]:
     return records
 
 
+@register_dataset
 class EasyVQA(ImageTextDataset):
     """easy-VQA questions as a 13-way classification (label: long scalar)."""
 
-    num_labels = 13
+    info = DatasetInfo(
+        name="easyvqa",
+        splits=SPLITS,
+        num_labels=13,  # len(answers()), the lines of the package's answers.txt
+        task=TaskInfo(loss="multiclass", monitor="accuracy"),
+        needs_root=False,  # shipped inside the easy-vqa package
+    )
 
     def __init__(
         self,
@@ -81,6 +89,10 @@ class EasyVQA(ImageTextDataset):
         super().__init__(
             f"easyvqa-{split}", question_records(split), transform, on_bad_image, cache, limit
         )
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, split: str, transform: ImageTransform) -> EasyVQA:
+        return cls(split, transform, **cfg.reader_options())
 
 
 # ---------------------------------------------------------------------- captions
@@ -175,11 +187,15 @@ def caption_key(sample: Sample) -> str:
     return " ".join(sorted(w for w in words if w in SHAPES or w in COLORS))
 
 
+@register_dataset
 class EasyVQACaptions(ImageTextDataset):
     """easy-VQA images with captions built from their Q/A pairs (pretraining data).
 
-    For alignment prediction use :func:`caption_key` as the negatives' image key.
+    Alignment-prediction negatives come from other images (``Sample.image_id``); for
+    negatives that also never say the same thing, use :func:`caption_key` as the key.
     """
+
+    info = DatasetInfo(name="easyvqa_captions", splits=SPLITS, needs_root=False)
 
     def __init__(
         self,
@@ -199,3 +215,8 @@ class EasyVQACaptions(ImageTextDataset):
             cache,
             limit,
         )
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, split: str, transform: ImageTransform) -> EasyVQACaptions:
+        options = cfg.reader_options()
+        return cls(split, transform, captions_per_image=cfg.captions_per_image, **options)

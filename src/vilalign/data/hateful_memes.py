@@ -13,6 +13,8 @@ from pathlib import Path
 from vilalign.data.base import Record, SplitDataset
 from vilalign.data.files import read_jsonl, require
 from vilalign.data.images import DataFormatError
+from vilalign.data.registry import register_dataset
+from vilalign.data.types import DatasetInfo, TaskInfo
 
 SPLITS = ("train", "dev_seen", "dev_unseen", "test_seen", "test_unseen")
 
@@ -42,10 +44,14 @@ def records(root: str | Path, split: str) -> list[Record]:
     return out
 
 
+@register_dataset
 class HatefulMemes(SplitDataset):
     """Hateful Memes: meme image + its overlaid text, binary label (long scalar)."""
 
-    num_labels = 2
-
-    prefix = "hateful_memes"
+    info = DatasetInfo(
+        name="hateful_memes",
+        splits=SPLITS,
+        num_labels=2,
+        task=TaskInfo(loss="binary", monitor="auroc"),  # the challenge's metric
+    )
     read_records = staticmethod(records)

@@ -30,9 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from torch.utils.data import Dataset
+from typing import Any, ClassVar
 
 from vilalign.data.base import ImageTextDataset, Record
 from vilalign.data.config import CacheConfig, DataConfig
@@ -40,6 +38,7 @@ from vilalign.data.files import read_json, require
 from vilalign.data.images import DataFormatError, OnBadImage
 from vilalign.data.registry import register_dataset
 from vilalign.data.transforms import ImageTransform
+from vilalign.data.types import DatasetInfo
 
 logger = logging.getLogger(__name__)
 
@@ -201,7 +200,10 @@ class KarpathyCaptions(ImageTextDataset):
 
     ``annotations`` is the JSON file, ``root`` the image folder (see the module docstring).
     ``len(self.images)`` is the number of images; ``len(self)`` the number of samples.
+    Registered by name through its subclasses, one per ``source`` (a key of ``FILES``).
     """
+
+    source: ClassVar[str]
 
     def __init__(
         self,
@@ -221,38 +223,43 @@ class KarpathyCaptions(ImageTextDataset):
         name = dataset or Path(annotations).stem.removeprefix("dataset_")
         super().__init__(f"{name}-{split}", recs, transform, on_bad_image, cache, limit)
 
+    @classmethod
+    def from_config(
+        cls, cfg: DataConfig, split: str, transform: ImageTransform
+    ) -> KarpathyCaptions:
+        """``<cfg.root>/dataset_<source>.json`` with images under ``cfg.root``: restval
+        merged into train, the first 5 captions, every caption or caption ``cfg.caption``
+        (other modes: construct :class:`KarpathyCaptions`)."""
+        root = Path(cfg.root or ".")
+        return cls(
+            root / FILES[cls.source],
+            root,
+            split,
+            transform,
+            caption=cfg.caption,
+            dataset=cls.source,
+            **cfg.reader_options(),
+        )
+
     @property
     def images(self) -> list[str]:
         """The image id of every sample, each once, in order."""
         return list(dict.fromkeys(r.image_id for r in self.records))
 
 
-def karpathy_dataset(
-    dataset: str, cfg: DataConfig, split: str, transform: ImageTransform, **options: Any
-) -> KarpathyCaptions:
-    """``<cfg.root>/dataset_<dataset>.json`` with images under ``cfg.root``: every caption,
-    or caption number ``cfg.caption`` of each image."""
-    root = Path(cfg.root or ".")
-    return KarpathyCaptions(
-        root / FILES[dataset],
-        root,
-        split,
-        transform,
-        dataset=dataset,
-        on_bad_image=cfg.on_bad_image,
-        cache=cfg.cache,
-        limit=cfg.limit,
-        **{"caption": cfg.caption, **options},
-    )
+@register_dataset
+class CocoKarpathy(KarpathyCaptions):
+    """MS-COCO in Karpathy's split by name (``data.name: coco_karpathy``):
+    ``<root>/dataset_coco.json``, images under ``root``."""
+
+    info = DatasetInfo(name="coco_karpathy", splits=SPLITS, several_captions=True)
+    source = "coco"
 
 
-# By name: restval merged into train, the first 5 captions, every caption or data.caption;
-# other modes via KarpathyCaptions.
-@register_dataset("coco_karpathy", SPLITS)
-def _coco(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
-    return karpathy_dataset("coco", cfg, split, transform)
+@register_dataset
+class Flickr30kKarpathy(KarpathyCaptions):
+    """Flickr30k in Karpathy's split by name (``data.name: flickr30k_karpathy``):
+    ``<root>/dataset_flickr30k.json``, images under ``root`` (either layout)."""
 
-
-@register_dataset("flickr30k_karpathy", SPLITS)
-def _flickr30k(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
-    return karpathy_dataset("flickr30k", cfg, split, transform)
+    info = DatasetInfo(name="flickr30k_karpathy", splits=SPLITS, several_captions=True)
+    source = "flickr30k"

@@ -20,6 +20,8 @@ import torch
 from vilalign.data.base import Record, SplitDataset
 from vilalign.data.files import read_json, require
 from vilalign.data.images import DataFormatError
+from vilalign.data.registry import register_dataset
+from vilalign.data.types import DatasetInfo, TaskInfo
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +70,16 @@ def records(root: str | Path, split: str) -> list[Record]:
     return out
 
 
+@register_dataset
 class MMIMDb(SplitDataset):
     """MM-IMDb: poster + longest plot, 23-genre multi-hot label (float)."""
 
-    num_labels = len(GENRES)
-
-    prefix = "mmimdb"
+    info = DatasetInfo(
+        name="mmimdb",
+        splits=SPLITS,
+        num_labels=len(GENRES),
+        task=TaskInfo(loss="multilabel", monitor="f1_micro"),
+    )
     read_records = staticmethod(records)
 
     def label_tensor(self, target: Any) -> torch.Tensor:

@@ -1,11 +1,71 @@
-"""The two contracts every dataset and every consumer share: ``Sample`` and ``Batch``."""
+"""The contracts every dataset and every consumer share: what a dataset declares about
+itself (:class:`DatasetInfo`, :class:`TaskInfo`), what it yields (:class:`Sample`) and
+what the model and the objectives consume (:class:`Batch`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
+
+# How a supervised dataset's labels are scored; vilalign.train maps each kind to its loss
+# and metrics (the data package knows no losses).
+LossKind = Literal["multiclass", "binary", "multilabel", "soft"]
+LOSS_KINDS: tuple[str, ...] = get_args(LossKind)
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A dataset's supervised task, as data.
+
+    ``loss``: multiclass (class index), binary (0/1, one logit), multilabel (multi-hot)
+    or soft (scores in [0, 1] per answer, VQA); ``monitor``: the validation metric whose
+    best value picks the checkpoint (a name the loss kind's metrics report), higher
+    better unless ``monitor_mode="min"``.
+    """
+
+    loss: LossKind
+    monitor: str
+    monitor_mode: Literal["min", "max"] = "max"
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSS_KINDS:
+            raise ValueError(f"loss: unknown loss kind {self.loss!r} (allowed: {LOSS_KINDS})")
+        if self.monitor_mode not in ("min", "max"):
+            raise ValueError(f"monitor_mode: {self.monitor_mode!r} is not 'min' or 'max'")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset says about itself, once, beside its reader (see ``register_dataset``).
+
+    ``splits``: the split names as the community uses them, the training split first.
+    ``num_labels``: label classes (None: no labels, or known only from the data, as VQA's
+    answer vocabulary). ``task``: the supervised task (None: caption data, pretraining
+    only). ``needs_root``: read from a folder given as ``data.root`` (easy-VQA ships in its
+    package). ``several_captions``: several captions per image, one selectable with
+    ``data.caption``. ``streaming``: an endless stream whose captions do not repeat (the
+    collator then keeps no text cache).
+    """
+
+    name: str
+    splits: tuple[str, ...]
+    num_labels: int | None = None
+    task: TaskInfo | None = None
+    needs_root: bool = True
+    several_captions: bool = False
+    streaming: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.name or not self.splits:
+            raise ValueError(f"dataset {self.name!r}: needs a name and at least one split")
+        if self.num_labels is not None and self.num_labels < 1:
+            raise ValueError(f"dataset {self.name!r}: num_labels must be >= 1 or None")
+
+    @property
+    def train_split(self) -> str:
+        return self.splits[0]
 
 
 @dataclass

@@ -27,6 +27,7 @@ from transformers import PreTrainedTokenizerBase
 
 from vilalign.config import ConfigError
 from vilalign.data import SPLITS, Collator, DataConfig, build_dataset, build_transform
+from vilalign.data.registry import dataset_info
 from vilalign.data.masking import PretrainingCollator
 from vilalign.model import VilbertModel, build_model, load_tokenizer, save_pretrained
 from vilalign.model.encoders import build_vit, image_data_config
@@ -360,7 +361,7 @@ def pretraining_collator(
     obj = cfg.objectives
     # Streamed captions (CC3M) never repeat within a worker's epoch: remembering their
     # token ids would only grow every worker's memory (KBs per caption, up to its cap).
-    text_cache = {"text_cache_size": 0} if cfg.data.name == "captions_shards" else {}
+    text_cache = {"text_cache_size": 0} if dataset_info(cfg.data.name).streaming else {}
     return PretrainingCollator(
         Collator(tokenizer, max_length=cfg.model.text.max_length, **text_cache),
         tokenizer,
