@@ -12,6 +12,11 @@ Typical use (``model.image_data_config`` is the image encoder's timm data config
 Pretraining captions from easy-VQA: ``DataConfig(name="easyvqa_captions")``; from
 Conceptual Captions: :func:`download_conceptual_captions`, then
 ``DataConfig(name="captions_shards", root="cc/{00000..00331}.tar")``.
+
+A new dataset is one class that declares itself (``info = DatasetInfo(...)``: name,
+splits, label count, task) and builds itself (``from_config``), decorated with
+:func:`register_dataset`; see :mod:`vilalign.data.registry`. Every sample names the
+image it shows (``Sample.image_id``), which negatives, retrieval and caption averaging use.
 """
 
 from vilalign.data.base import ImageTextDataset, Record

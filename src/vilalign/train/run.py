@@ -27,8 +27,8 @@ from transformers import PreTrainedTokenizerBase
 
 from vilalign.config import ConfigError
 from vilalign.data import SPLITS, Collator, DataConfig, build_dataset, build_transform
-from vilalign.data.registry import dataset_info
 from vilalign.data.masking import PretrainingCollator
+from vilalign.data.registry import dataset_info
 from vilalign.model import VilbertModel, build_model, load_tokenizer, save_pretrained
 from vilalign.model.encoders import build_vit, image_data_config
 from vilalign.train import checkpoint as ckpt
