@@ -2,7 +2,7 @@
 
 Every import counts, also one inside a function (a lazy import is still a dependency):
 the model knows nothing of training or analysis, the analysis nothing of training, the
-neutral modules (configuration, process groups) nothing of any package above them, and
+neutral modules (configuration, process groups, file writes) nothing of any package above them, and
 no library code imports the command line.
 """
 
@@ -24,6 +24,8 @@ FORBIDDEN = {
                         "vilalign.experiments"},
     "vilalign.distributed": {"vilalign.data", "vilalign.model", "vilalign.train",
                              "vilalign.analysis", "vilalign.experiments"},
+    "vilalign.io": {"vilalign.config", "vilalign.data", "vilalign.model", "vilalign.train",
+                    "vilalign.analysis", "vilalign.experiments", "vilalign.distributed"},
     "vilalign.data": {"vilalign.train", "vilalign.analysis", "vilalign.experiments"},
     "vilalign.model": {"vilalign.train", "vilalign.analysis", "vilalign.experiments"},
     "vilalign.analysis": {"vilalign.train", "vilalign.experiments"},

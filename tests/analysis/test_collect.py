@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -160,3 +162,12 @@ def test_alignment_table_is_tidy_and_matches_direct_measures(setup):
     assert matrix.loc["fusion.1", "fusion.1"] == pytest.approx(direct)
     with pytest.raises(ValueError, match="unknown measure 'ckaa'"):
         alignment_table(reps, ["ckaa"], progress=False)
+
+
+def test_rows_carry_the_image_ids_of_their_batches(setup):
+    model, batches = setup
+    shown = [replace(b, image_ids=[f"img{int(i[1:]) // 2}" for i in b.ids]) for b in batches]
+    reps = collect(model, shown, num_samples=5, progress=False)
+    assert reps.image_ids == ["img0", "img0", "img1", "img1", "img2"]
+    # a hand-made batch without image ids: every row shows its own image
+    assert collect(model, batches, num_samples=4, progress=False).image_ids == reps.ids[:4]

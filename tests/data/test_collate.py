@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -78,3 +80,13 @@ def test_text_cache_gives_the_tokenizer_output(tokenizer, padding):
         for key, value in got.items():
             assert value.dtype == torch.long and torch.equal(value, want[key]), key
     assert len(collator._cache) == 3  # bounded
+
+
+def test_the_batch_names_the_image_of_every_row(tokenizer):
+    """Sample.image_id, set by the reader, travels into Batch.image_ids (a sample that
+    names none shows its own image: its id stands for it)."""
+    two = [replace(s, image_id="img7") for s in samples(["a", "b"])]
+    batch = Collator(tokenizer)([*two, *samples(["c"], labels=False)])
+    assert batch.ids == ["s0", "s1", "s0"] and batch.image_ids == ["img7", "img7", "s0"]
+    moved = batch.to("cpu")
+    assert moved.image_ids == batch.image_ids

@@ -65,7 +65,7 @@ def test_loader_batches(cached, tokenizer):
 
 
 def test_captions_from_question_answer_pairs(cached, data_config):
-    cfg, _ = cached
+    cfg, ds = cached
     caps_cfg = DataConfig(
         **{**cfg.model_dump(), "name": "easyvqa_captions", "captions_per_image": 2}
     )
@@ -76,6 +76,10 @@ def test_captions_from_question_answer_pairs(cached, data_config):
     pairs = [(x, y) for x, y, i in zip(q, a, ids, strict=True) if i == 0]
     facts = image_facts(pairs)
     assert caps[0].text == caption_for(facts, 0) and caps[0].id == "test-img0-0"
+    # both captions of image 0 show it, as do its questions
+    assert caps[0].image_id == caps[1].image_id == "test-img0" != caps[2].image_id
+    about_0 = [ds["test"][n].image_id for n, i in enumerate(ids) if i == 0]
+    assert about_0 and set(about_0) == {"test-img0"}
     assert facts["shape"] in caps[0].text and facts["color"] in caps[0].text
     # two phrasings of the same content share a key, so neither is the other's negative
     key = " ".join(sorted([facts["color"], facts["shape"]]))

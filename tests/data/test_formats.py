@@ -31,7 +31,7 @@ def test_hateful_memes(tmp_path, data_config, cache):
         ds = load("hateful_memes", root, split, data_config, tmp_path, cache)
         assert len(ds) == count
         for s in ds:
-            assert s.text == f"meme text {s.id}"
+            assert s.text == f"meme text {s.id}" and s.image_id == f"img/{s.id}.png"
             assert_matches(s.image, f"hm{s.id}", data_config)
             assert (s.label is None) == split.startswith("test")
     train = load("hateful_memes", root, "train", data_config, tmp_path, cache)
@@ -45,6 +45,7 @@ def test_mmimdb(tmp_path, data_config):
         assert [s.id for s in ds] == ids
         for s in ds:
             assert s.text == f"the longest plot of movie {s.id}"  # the longest plot
+            assert s.image_id == s.id  # one poster per movie
             assert_matches(s.image, f"mm{s.id}", data_config)
             want = [g for g in formats.MMIMDB_GENRES[s.id] if g in GENRES]
             assert s.label.dtype == torch.float32 and s.label.shape == (23,)
@@ -62,7 +63,7 @@ def test_food101(tmp_path, data_config):
         ds = load("food101", root, split, data_config, tmp_path)
         assert len(ds) == len(rows)
         for s, (file, title, cls) in zip(ds, rows, strict=True):
-            assert (s.id, s.text, CLASSES[int(s.label)]) == (file, title, cls)
+            assert (s.id, s.image_id, s.text, CLASSES[int(s.label)]) == (file, file, title, cls)
             assert_matches(s.image, f"food{file}", data_config)
 
 
@@ -99,7 +100,7 @@ def test_vqa(tmp_path, data_config):
     got = {vocab[i]: float(q1.label[i]) for i in q1.label.nonzero().flatten()}
     assert got == pytest.approx({"2": 1.0, "dog": 0.9, "red": 0.6, "blue": 0.3})
     for s, (qid, image_id, question, _, _) in zip(train, formats.VQA_TRAIN, strict=True):
-        assert (s.id, s.text) == (str(qid), question)
+        assert (s.id, s.text, s.image_id) == (str(qid), question, str(image_id))
         assert_matches(s.image, f"cocotrain2014{image_id}", data_config)
     # val uses the train vocabulary; a smaller vocabulary keeps the most frequent answers
     val = load("vqa", root, "val", data_config, tmp_path, vqa_answer_vocab_size=2)

@@ -88,7 +88,7 @@ def check_samples(ds, key: str, data_config) -> None:
     """Every sample's text is its id's caption and its image is its id's image."""
     for s in ds:
         imgid, j = (int(p) for p in s.id.split("#"))
-        assert s.text == caption(imgid, j) and s.label is None
+        assert s.text == caption(imgid, j) and s.label is None and s.image_id == str(imgid)
         assert_matches(s.image, f"{key}{imgid}", data_config)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vilalign.train.tasks import TASKS, FinetuneTask, task_loss
+from vilalign.data.types import LOSS_KINDS
+from vilalign.train.tasks import SCORING, TASKS, FinetuneTask, task_loss
 
 
 def test_multiclass_accuracy():
@@ -51,3 +52,13 @@ def test_unknown_task_names_the_choices(make_config):
 
     with pytest.raises(ValueError, match="easyvqa"):
         FinetuneTask(build_model(make_config()), "imagenet")
+
+
+def test_every_loss_kind_a_dataset_may_declare_has_a_loss_and_metrics():
+    assert set(SCORING) == set(LOSS_KINDS)
+    assert {name: spec.loss for name, spec in TASKS.items()} == {
+        "easyvqa": "multiclass", "food101": "multiclass", "hateful_memes": "binary",
+        "mmimdb": "multilabel", "vqa": "soft",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="unknown loss kind 'hinge'"):
+        task_loss("hinge", torch.zeros(2, 2), torch.zeros(2))  # type: ignore[arg-type]

@@ -12,8 +12,9 @@ from vilalign.config import ConfigError, model_config
 from vilalign.model import build_model, save_pretrained
 from vilalign.train.config import FinetuneConfig, PretrainConfig, load_run_config
 from vilalign.train.run import (
-    caption_image_key,
+    build_splits,
     load_encoder_weights,
+    pretraining_collator,
     run_finetuning,
     run_pretraining,
 )
@@ -100,11 +101,70 @@ def test_config_errors_name_the_field(tmp_path):
     assert cfg.model.fusion == "sum" and cfg.model.text.max_length == 24 and cfg.train.epochs == 3
 
 
-def test_caption_image_key():
-    from vilalign.data.types import Sample
+def _ap_only(data: dict) -> tuple[PretrainConfig, object, object]:
+    """A config with alignment prediction alone (no MLM/MIM: the texts stay readable),
+    and the run's own collator and tokenizer for it."""
+    from vilalign.model import load_tokenizer
 
-    def key(sample_id: str) -> str:
-        return caption_image_key(Sample(None, "", None, sample_id))
+    cfg = PretrainConfig(
+        model=SMALL_MODEL,
+        data=data,
+        objectives={"mlm": {"weight": 0}, "mim": {"weight": 0}, "ap": {"weight": 1}},
+    )
+    model = build_model(cfg.model.model_copy(update={"num_labels": 0}))
+    tokenizer = load_tokenizer(cfg.model.text)
+    return cfg, pretraining_collator(cfg, model, tokenizer), tokenizer
 
-    assert key("train-img12-0") == key("train-img12-1") == "train-img12"
-    assert key("train-7") == "train-7"
+
+def _negatives(collator, tokenizer, samples, epoch: int) -> dict[int, int]:
+    """{row: index of the sample whose caption it got} for the AP negatives of one draw."""
+    collator.set_epoch(epoch)
+    batch = collator(samples)
+    texts = tokenizer.batch_decode(batch.input_ids, skip_special_tokens=True)
+    source = {s.text.lower(): j for j, s in enumerate(samples)}
+    return {i: source[texts[i]] for i in range(len(samples)) if batch.ap_labels[i] == 0}
+
+
+def test_negatives_never_take_another_caption_of_the_same_image(tmp_path):
+    """Karpathy ids ('391895#3'): in a 2-image × 5-caption batch no alignment-prediction
+    negative is another caption of the same image (keyed by sample id, 4,474 of 10,091
+    were)."""
+    from tests.data.test_karpathy import write_coco
+
+    root = write_coco(tmp_path / "coco")
+    data = {"name": "coco_karpathy", "root": str(root), "cache": {"enabled": False}}
+    cfg, collator, tokenizer = _ap_only(data)
+    train = build_splits(cfg).train.dataset  # (the subset's dataset: every sample)
+    samples = [s for s in train if s.image_id in ("0", "1")]
+    assert [s.id for s in samples] == [f"{i}#{j}" for i in (0, 1) for j in range(5)]
+    negatives = same_image = 0
+    for epoch in range(1000):
+        for row, j in _negatives(collator, tokenizer, samples, epoch).items():
+            negatives += 1
+            same_image += samples[row].image_id == samples[j].image_id
+    assert negatives > 4000 and same_image == 0
+    # the property is testable: keyed by sample id, about 4 in 9 negatives are false
+    collator.image_key = lambda s: s.id
+    by_id = [
+        samples[row].image_id == samples[j].image_id
+        for epoch in range(200)
+        for row, j in _negatives(collator, tokenizer, samples, epoch).items()
+    ]
+    assert 0.35 < sum(by_id) / len(by_id) < 0.55
+
+
+def test_easyvqa_caption_negatives_are_unchanged(tmp_path):
+    """The demo pretrains on easy-VQA captions: image ids must draw exactly the negatives
+    the id-parsing key drew (recorded from it, seed 0, two captions per image)."""
+    cfg, collator, tokenizer = _ap_only(
+        {"name": "easyvqa_captions", "captions_per_image": 2, "limit": 16,
+         "cache": {"enabled": False}}
+    )  # fmt: skip
+    samples = [build_splits(cfg).test[i] for i in range(16)]
+    assert [s.image_id for s in samples] == [f"test-img{i // 2}" for i in range(16)]
+    recorded = {
+        0: {0: 3, 1: 14, 3: 11, 4: 3, 5: 7, 6: 0, 8: 0, 9: 7, 12: 9, 13: 14, 14: 11, 15: 12},
+        1: {0: 4, 3: 6, 7: 3, 8: 1, 9: 14, 10: 1, 14: 12},
+    }
+    for epoch, expected in recorded.items():
+        assert _negatives(collator, tokenizer, samples, epoch) == expected

@@ -49,7 +49,11 @@ class LayerInfo:
 
 @dataclass
 class Representations:
-    """Per layer, per stream, per view: N×D (pooled views) or N×T×D (tokens)."""
+    """Per layer, per stream, per view: N×D (pooled views) or N×T×D (tokens).
+
+    Row ``r`` is sample ``ids[r]``, showing image ``image_ids[r]`` (``Batch.image_ids``;
+    left empty, every row shows its own image).
+    """
 
     ids: list[str]
     layers: list[LayerInfo]
@@ -58,6 +62,13 @@ class Representations:
     tokens: dict[tuple[str, str], torch.Tensor] = field(default_factory=dict)
     text_mask: torch.Tensor | None = None  # (N, T) for the token view
     num_prefix_tokens: int = 1
+    image_ids: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.image_ids:
+            self.image_ids = list(self.ids)
+        if len(self.image_ids) != len(self.ids):
+            raise ValueError(f"{len(self.image_ids)} image ids for {len(self.ids)} rows")
 
     def get(self, layer: str, stream: str, view: str) -> torch.Tensor:
         """N×D for ``cls``/``mean``; N×T×D for ``tokens``. Float32 on the CPU."""
@@ -241,6 +252,7 @@ def collect(
     model.eval()
     device = device or next(unwrap(model).parameters()).device
     ids: list[str] = []
+    image_ids: list[str] = []
     text_masks: list[torch.Tensor] = []
     collector = Collector(model, views, include_encoders, store)
     bar = tqdm(total=num_samples, desc="collecting", unit="sample", disable=not progress)
@@ -259,18 +271,20 @@ def collect(
                 b.token_type_ids[:take],
             )
             ids.extend(str(i) for i in b.ids[:take])
+            image_ids.extend(str(i) for i in b.image_ids[:take])
             text_masks.append(b.attention_mask[:take].cpu())
             bar.update(take)
     bar.close()
     model.train(was_training)
     if len(ids) < num_samples:
         log.warning("collected %d samples, fewer than the %d asked for", len(ids), num_samples)
-    return _finish(store, ids, collector, views, text_masks)
+    return _finish(store, ids, image_ids, collector, views, text_masks)
 
 
 def _finish(
     store: _Store,
     ids: list[str],
+    image_ids: list[str],
     collector: Collector,
     views: Sequence[str],
     text_masks: list[torch.Tensor],
@@ -281,6 +295,7 @@ def _finish(
         layers=[info for info, _ in collector.layers],
         views=tuple(views),
         num_prefix_tokens=collector.prefix,
+        image_ids=image_ids,
     )
     for key, array in store.arrays.items():
         array = array[:n]
@@ -300,17 +315,18 @@ def gather_representations(reps: Representations, total: int) -> Representations
     """Per-rank representations → the whole set's (a no-op in a single process).
 
     Each rank collected its :class:`~vilalign.distributed.RankShard` positions of the
-    first ``total`` samples; every view (pooled N×D, token N×T×D, the text mask) and the
-    ids come back in sampler order on every rank, so the alignment measures see the same
-    N samples as one process.
+    first ``total`` samples; every view (pooled N×D, token N×T×D, the text mask), the
+    ids and the image ids come back in sampler order on every rank, so the alignment
+    measures see the same N samples as one process.
     """
     if not dist.is_distributed():
         return reps
-    per_rank = dist.all_gather_object(list(reps.ids))
-    ids = [r[j] for j in range(len(per_rank[0])) for r in per_rank][:total]
+    per_rank = dist.all_gather_object(list(zip(reps.ids, reps.image_ids, strict=True)))
+    rows = [r[j] for j in range(len(per_rank[0])) for r in per_rank][:total]
     return replace(
         reps,
-        ids=ids,
+        ids=[sample for sample, _ in rows],
+        image_ids=[image for _, image in rows],
         pooled={k: dist.gather_in_order(v.contiguous(), total) for k, v in reps.pooled.items()},
         tokens={k: dist.gather_in_order(v.contiguous(), total) for k, v in reps.tokens.items()},
         text_mask=None if reps.text_mask is None else dist.gather_in_order(reps.text_mask, total),

@@ -22,10 +22,10 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from vilalign import distributed as dist
 from vilalign.analysis.align import RunInfo, alignment_table, layer_matrix
 from vilalign.analysis.collect import Representations, collect, gather_representations
-from vilalign.analysis.report import write_atomic
 from vilalign.analysis.retrieval import average_representations
 from vilalign.analysis.spec import AlignmentSpec
 from vilalign.data import Collator, DataConfig, build_dataset, build_transform
+from vilalign.io import write_atomic
 from vilalign.model.checkpoint import unwrap
 
 log = logging.getLogger(__name__)

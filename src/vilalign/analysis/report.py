@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
+from vilalign.io import safe_name, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -93,24 +93,6 @@ def make_table(rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
     if frame.empty:
         frame = pd.DataFrame(columns=list(COLUMNS))
     return validate_table(frame)
-
-
-def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``.
-
-    Why: a run killed while a table is written must leave the old file or none, never a
-    truncated one that a resumed run (which does not redo a checkpointed epoch's
-    analysis) and the summaries would read as whole.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
@@ -232,7 +214,7 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 def safe_filename(text: str) -> str:
     """A file-name-safe version of a measure or view name."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "plot"
+    return safe_name(text, fallback="plot")
 
 
 # --------------------------------------------------------------------------- plots

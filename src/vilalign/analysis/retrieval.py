@@ -51,12 +51,6 @@ DIRECTIONS = ("t2i", "i2t")
 # ---------------------------------------------------------------------- grouping by image
 
 
-def image_key(sample_id: str) -> str:
-    """The image part of a sample id: ``"391895#3"`` → ``"391895"``; ids without ``#``
-    (one caption per image) are their own image."""
-    return sample_id.rsplit("#", 1)[0]
-
-
 @dataclass(frozen=True)
 class CaptionGroups:
     """Which image each row (caption) belongs to, images in order of first appearance."""
@@ -70,10 +64,11 @@ class CaptionGroups:
         return torch.bincount(self.caption_image, minlength=len(self.images))
 
 
-def caption_groups(ids: Sequence[str]) -> CaptionGroups:
-    """Group sample ids by :func:`image_key` (rows of one image need not be adjacent)."""
+def caption_groups(image_ids: Sequence[str]) -> CaptionGroups:
+    """Group rows by the image they show (``Representations.image_ids``; rows of one image
+    need not be adjacent)."""
     index: dict[str, int] = {}
-    rows = [index.setdefault(image_key(i), len(index)) for i in ids]
+    rows = [index.setdefault(i, len(index)) for i in image_ids]
     return CaptionGroups(list(index), torch.tensor(rows, dtype=torch.long))
 
 
@@ -93,9 +88,9 @@ def averaged_captions(
 ) -> tuple[torch.Tensor, list[str]]:
     """One ``stream`` representation per image: the mean over its captions' rows.
 
-    Returns (I×D, image keys in order of first appearance in ``reps.ids``).
+    Returns (I×D, image ids in order of first appearance in ``reps.image_ids``).
     """
-    groups = caption_groups(reps.ids)
+    groups = caption_groups(reps.image_ids)
     return average_over_images(reps.get(layer, stream, view), groups), groups.images
 
 
@@ -103,15 +98,16 @@ def average_representations(reps: Representations) -> Representations:
     """One row per image: each pooled view of both streams averaged over the image's
     caption rows (through co-attention the image stream depends on the caption too).
 
-    The ids become the image keys. Token states (different lengths) are not averaged:
+    The ids become the image ids. Token states (different lengths) are not averaged:
     ask for pooled views only.
     """
     if reps.tokens:
         raise ValueError("averaging captions: token states cannot be averaged; drop 'tokens'")
-    groups = caption_groups(reps.ids)
+    groups = caption_groups(reps.image_ids)
     pooled = {key: average_over_images(reps.get(*key), groups) for key in reps.pooled}
     return Representations(
         ids=list(groups.images),
+        image_ids=list(groups.images),
         layers=reps.layers,
         views=reps.views,
         pooled=pooled,
@@ -230,19 +226,19 @@ def recall_at_k(
 def retrieval_recall(
     text: torch.Tensor,
     image: torch.Tensor,
-    ids: Sequence[str],
+    image_ids: Sequence[str],
     ks: Sequence[int] = DEFAULT_KS,
     average_captions: bool = False,
     ties: Ties = "expected",
 ) -> dict[str, float]:
-    """Recall from paired rows (row r: caption ``ids[r]`` with its image), by cosine.
+    """Recall from paired rows (row r: a caption with its image ``image_ids[r]``), by cosine.
 
-    Rows of one image (same :func:`image_key`) are merged: the image side is the mean of
+    Rows of one image (same image id) are merged: the image side is the mean of
     its rows (identical rows for a text-independent image stream); the text side keeps
     one query per caption, or with ``average_captions`` the mean of each image's
     captions (one text per image, a square problem).
     """
-    groups = caption_groups(ids)
+    groups = caption_groups(image_ids)
     images = average_over_images(image, groups)
     if average_captions:
         return recall_at_k(
@@ -280,7 +276,7 @@ def retrieval_table(
                     image.shape[1],
                 )
                 continue
-            values = retrieval_recall(text, image, reps.ids, ks, average_captions, ties)
+            values = retrieval_recall(text, image, reps.image_ids, ks, average_captions, ties)
             rows += [
                 _row(info, layer.name, layer.kind, view, name + suffix, value)
                 for name, value in values.items()

@@ -7,7 +7,6 @@ so nothing here touches pyplot's global state or needs a display.
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,13 +17,15 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from vilalign.io import safe_name as file_name
+
 if TYPE_CHECKING:
     from vilalign.analysis.attribution import Explanation
 
 
 def safe_name(text: str) -> str:
     """A file-name-safe form of a sample id."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "sample"
+    return file_name(text, fallback="sample")
 
 
 def denormalise(

@@ -12,6 +12,11 @@ Typical use (``model.image_data_config`` is the image encoder's timm data config
 Pretraining captions from easy-VQA: ``DataConfig(name="easyvqa_captions")``; from
 Conceptual Captions: :func:`download_conceptual_captions`, then
 ``DataConfig(name="captions_shards", root="cc/{00000..00331}.tar")``.
+
+A new dataset is one class that declares itself (``info = DatasetInfo(...)``: name,
+splits, label count, task) and builds itself (``from_config``), decorated with
+:func:`register_dataset`; see :mod:`vilalign.data.registry`. Every sample names the
+image it shows (``Sample.image_id``), which negatives, retrieval and caption averaging use.
 """
 
 from vilalign.data.base import ImageTextDataset, Record
@@ -47,11 +52,13 @@ from vilalign.data.registry import (
     SPLITS,
     build_dataset,
     build_image_transform,
+    dataset_info,
+    dataset_names,
     is_train_split,
     register_dataset,
 )
 from vilalign.data.transforms import ImageTransform, build_transform
-from vilalign.data.types import Batch, Sample
+from vilalign.data.types import Batch, DatasetInfo, Sample, TaskInfo
 from vilalign.data.vqa import (
     VQAv2,
     load_answer_vocab,
@@ -73,6 +80,7 @@ __all__ = [
     "Collator",
     "DataConfig",
     "DataFormatError",
+    "DatasetInfo",
     "DownloadReport",
     "EasyVQA",
     "EasyVQACaptions",
@@ -84,11 +92,14 @@ __all__ = [
     "MMIMDb",
     "Record",
     "Sample",
+    "TaskInfo",
     "VQAv2",
     "build_dataset",
     "build_image_transform",
     "build_transform",
     "caption_key",
+    "dataset_info",
+    "dataset_names",
     "decode_image",
     "default_cache_dir",
     "download_conceptual_captions",

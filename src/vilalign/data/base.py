@@ -21,20 +21,25 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from vilalign.data.cache import ImageCache, open_or_build
-from vilalign.data.config import CacheConfig
+from vilalign.data.config import CacheConfig, DataConfig
 from vilalign.data.images import BadImageError, BadImageLog, OnBadImage, load_image
 from vilalign.data.transforms import ImageTransform
-from vilalign.data.types import Sample
+from vilalign.data.types import DatasetInfo, Sample
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class Record:
-    """One sample before its image is read; ``target`` is turned into the label tensor."""
+    """One sample before its image is read; ``target`` is turned into the label tensor.
+
+    ``image_id`` is the reader's name for the image (``Sample.image_id``): records that
+    show the same image share it.
+    """
 
     id: str
     image: str  # path of the image file
+    image_id: str
     text: str
     target: Any = None
 
@@ -47,7 +52,12 @@ class ImageTextDataset(Dataset[Sample]):
     ``"skip"`` every image is checked here (by the cache build, else by decoding it) and
     samples with bad images are dropped; ``bad_images`` lists them and ``skipped`` counts
     the dropped samples.
+
+    A registered subclass declares itself in ``info`` (see
+    :func:`vilalign.data.registry.register_dataset`) and builds itself in ``from_config``.
     """
+
+    info: ClassVar[DatasetInfo]
 
     def __init__(
         self,
@@ -116,6 +126,18 @@ class ImageTextDataset(Dataset[Sample]):
 
     # ------------------------------------------------------------------ samples
 
+    @property
+    def num_labels(self) -> int:
+        """The label count the class declares (``info.num_labels``).
+
+        Caption data has none, and then no such attribute (AttributeError, so ``hasattr``
+        is False), as callers that size a task head from the data expect.
+        """
+        n = getattr(getattr(self, "info", None), "num_labels", None)
+        if n is None:
+            raise AttributeError(f"{type(self).__name__} has no labels (info.num_labels)")
+        return n
+
     def label_tensor(self, target: Any) -> torch.Tensor | None:
         """The label of one record; readers with compact targets override this."""
         return None if target is None else torch.as_tensor(target)
@@ -125,7 +147,11 @@ class ImageTextDataset(Dataset[Sample]):
 
     def _sample(self, record: Record, image: torch.Tensor) -> Sample:
         return Sample(
-            image=image, text=record.text, label=self.label_tensor(record.target), id=record.id
+            image=image,
+            text=record.text,
+            label=self.label_tensor(record.target),
+            id=record.id,
+            image_id=record.image_id,
         )
 
     def __getitem__(self, index: int) -> Sample:
@@ -156,11 +182,10 @@ class ImageTextDataset(Dataset[Sample]):
 class SplitDataset(ImageTextDataset):
     """A published dataset under ``root`` with named splits.
 
-    Subclasses name themselves (``prefix``) and say how to read a split's records
-    (``read_records(root, split)``); loading, caching and bad-image handling are shared.
+    Subclasses declare themselves (``info``: name, splits, labels, task) and say how to
+    read a split's records (``read_records(root, split)``); loading, caching, bad-image
+    handling and building from a config are shared.
     """
-
-    prefix: ClassVar[str]
 
     @staticmethod
     def read_records(root: str | Path, split: str) -> list[Record]:
@@ -175,5 +200,9 @@ class SplitDataset(ImageTextDataset):
         cache: CacheConfig | None = None,
         limit: int | None = None,
     ) -> None:
-        records = self.read_records(root, split)
-        super().__init__(f"{self.prefix}-{split}", records, transform, on_bad_image, cache, limit)
+        name, records = f"{self.info.name}-{split}", self.read_records(root, split)
+        super().__init__(name, records, transform, on_bad_image, cache, limit)
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, split: str, transform: ImageTransform) -> SplitDataset:
+        return cls(cfg.root, split, transform, **cfg.reader_options())  # type: ignore[arg-type]

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from vilalign.data.images import BadImageError, OnBadImage, load_image
 from vilalign.data.transforms import ImageTransform
+from vilalign.io import atomic_dir
 
 logger = logging.getLogger(__name__)
 
@@ -207,10 +208,8 @@ def _build(
     workers: int,
     progress: bool,
 ) -> None:
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    # another builder that finished first (a crashed lock, a second machine) wins: use theirs
+    with atomic_dir(folder, if_exists="keep") as tmp:
         keys, bad, shape = _write_rows(
             tmp / ARRAY_FILE, paths, transform, workers, progress, on_bad_image
         )
@@ -222,13 +221,6 @@ def _build(
             "bad": bad,
         }
         (tmp / INDEX_FILE).write_text(json.dumps(index))
-        try:
-            os.replace(tmp, folder)
-        except OSError:  # another process finished the same cache first: use theirs
-            if not (folder / INDEX_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write_rows(

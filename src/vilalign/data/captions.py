@@ -29,7 +29,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vilalign.data.base import ImageTextDataset, Record
-from vilalign.data.config import CacheConfig
+from vilalign.data.config import CacheConfig, DataConfig
 from vilalign.data.images import (
     BadImageError,
     BadImageLog,
@@ -38,8 +38,9 @@ from vilalign.data.images import (
     decode_image,
     handle_bad_image,
 )
+from vilalign.data.registry import register_dataset
 from vilalign.data.transforms import ImageTransform
-from vilalign.data.types import Sample
+from vilalign.data.types import DatasetInfo, Sample
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,13 @@ class DownloadReport:
     @property
     def failures(self) -> int:
         return self.failed_to_download + self.failed_to_resize
+
+    def summary(self) -> str:
+        return (
+            f"{self.successes} images in {len(self.shards)} shards; {self.failed_to_download} "
+            f"failed to download, {self.failed_to_resize} failed to decode/resize "
+            f"({self.reasons})"
+        )
 
 
 def _tsv_to_parquet(tsv: Path, out: Path) -> tuple[Path, int, str]:
@@ -187,15 +195,7 @@ def download_conceptual_captions(
         distributor="multiprocessing",
     )
     report = read_download_report(out)
-    logger.info(
-        "conceptual captions: %d images in %d shards; %d failed to download, %d "
-        "failed to decode/resize (%s)",
-        report.successes,
-        len(report.shards),
-        report.failed_to_download,
-        report.failed_to_resize,
-        report.reasons,
-    )
+    logger.info("conceptual captions: %s", report.summary())
     return report
 
 
@@ -272,6 +272,7 @@ def _buffer_shuffle(items: Iterator[Any], size: int, rng: random.Random) -> Iter
     yield from buf
 
 
+@register_dataset
 class CaptionShards(IterableDataset):
     """WebDataset shards of (image, caption) → :class:`Sample` stream (label None).
 
@@ -288,6 +289,8 @@ class CaptionShards(IterableDataset):
     ``on_bad_image``; skips are counted in ``bad_images`` of the process that read them
     and logged by it at the end of each pass.
     """
+
+    info = DatasetInfo(name="captions_shards", splits=("train",), streaming=True)
 
     def __init__(
         self,
@@ -311,6 +314,18 @@ class CaptionShards(IterableDataset):
         self.epoch_length = epoch_length
         self.epoch = 0
         self.bad_images = BadImageLog()
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, split: str, transform: ImageTransform) -> CaptionShards:
+        # streaming: no cache (img2dataset already resized the images), no limit
+        return cls(
+            cfg.root,  # type: ignore[arg-type]  (info.needs_root: the config has one)
+            transform,
+            shuffle_buffer=cfg.shuffle_buffer,
+            seed=cfg.seed,
+            on_bad_image=cfg.on_bad_image,
+            epoch_length=cfg.epoch_length,
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -379,7 +394,8 @@ class CaptionShards(IterableDataset):
             handle_bad_image(err, self.on_bad_image, self.bad_images)
             return None
         text = raw["txt"].decode("utf-8").strip()
-        return Sample(image=image, text=text, label=None, id=str(raw["__key__"]))
+        key = str(raw["__key__"])  # one caption per image in a shard: the key names both
+        return Sample(image=image, text=text, label=None, id=key, image_id=key)
 
 
 # ---------------------------------------------------------------------- folder reader
@@ -395,16 +411,18 @@ def folder_records(root: str | Path) -> list[Record]:
         caption = path.with_suffix(".txt")
         if caption.is_file():
             key = path.relative_to(root).with_suffix("").as_posix()
-            records.append(
-                Record(id=key, image=str(path), text=caption.read_text(encoding="utf-8").strip())
-            )
+            text = caption.read_text(encoding="utf-8").strip()
+            records.append(Record(id=key, image=str(path), image_id=key, text=text))
     if not records:
         raise DataFormatError(f"{root}: no image with a same-named .txt caption")
     return records
 
 
+@register_dataset
 class CaptionFolder(ImageTextDataset):
     """A folder of image + ``.txt`` caption pairs (label None), cached like any dataset."""
+
+    info = DatasetInfo(name="captions_folder", splits=("train",))
 
     def __init__(
         self,
@@ -422,3 +440,7 @@ class CaptionFolder(ImageTextDataset):
             cache,
             limit,
         )
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, split: str, transform: ImageTransform) -> CaptionFolder:
+        return cls(cfg.root, transform, **cfg.reader_options())  # type: ignore[arg-type]

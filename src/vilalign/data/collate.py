@@ -117,4 +117,5 @@ class Collator:
             pixel_values=stack_images([s.image for s in kept]),  # (B, C, H, W)
             labels=torch.stack(labels) if all(x is not None for x in labels) else None,
             ids=[s.id for s in kept],
+            image_ids=[s.image_id for s in kept],
         )

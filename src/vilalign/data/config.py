@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from vilalign.config import StrictModel
-
-DatasetName = Literal[
-    "hateful_memes",
-    "mmimdb",
-    "food101",
-    "vqa",
-    "easyvqa",
-    "easyvqa_captions",
-    "captions_folder",
-    "captions_shards",
-    "coco_karpathy",
-    "flickr30k_karpathy",
-]
 
 
 class CacheConfig(StrictModel):
@@ -66,7 +53,9 @@ class AugmentConfig(StrictModel):
 class DataConfig(StrictModel):
     """One dataset: its name, files, and how its images are read."""
 
-    name: DatasetName = "easyvqa"
+    name: str = Field(
+        "easyvqa", description="A registered dataset (vilalign.data.registry.dataset_names())."
+    )
     root: str | None = Field(
         None,
         description="Dataset folder (for captions_shards: a shard pattern such as "
@@ -101,11 +90,29 @@ class DataConfig(StrictModel):
     )
     seed: int = 0
 
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str) -> str:
+        from vilalign.data.registry import dataset_info  # (the registry imports this module)
+
+        dataset_info(name)  # an unknown name raises, naming the registered ones
+        return name
+
     @model_validator(mode="after")
     def _check_root(self) -> DataConfig:
-        if self.root is None and self.name not in ("easyvqa", "easyvqa_captions"):
+        from vilalign.data.registry import dataset_info, dataset_names
+
+        info = dataset_info(self.name)
+        if self.root is None and info.needs_root:
             raise ValueError(f"root: dataset {self.name!r} needs a root folder")
-        if self.caption is not None and not self.name.endswith("_karpathy"):
-            raise ValueError(f"caption: only the Karpathy caption sets have several per "
-                             f"image, not {self.name!r}")  # fmt: skip
+        if self.caption is not None and not info.several_captions:
+            several = [n for n in dataset_names() if dataset_info(n).several_captions]
+            raise ValueError(
+                f"caption: only the Karpathy caption sets and others with several captions "
+                f"per image ({', '.join(several)}) pick one; {self.name!r} has one"
+            )
         return self
+
+    def reader_options(self) -> dict[str, Any]:
+        """The keyword arguments every map-style reader takes (``ImageTextDataset``)."""
+        return {"on_bad_image": self.on_bad_image, "cache": self.cache, "limit": self.limit}

@@ -12,10 +12,11 @@ import re
 from collections import defaultdict
 
 from vilalign.data.base import ImageTextDataset, Record
-from vilalign.data.config import CacheConfig
+from vilalign.data.config import CacheConfig, DataConfig
 from vilalign.data.images import OnBadImage
+from vilalign.data.registry import register_dataset
 from vilalign.data.transforms import ImageTransform
-from vilalign.data.types import Sample
+from vilalign.data.types import DatasetInfo, Sample, TaskInfo
 
 SPLITS = ("train", "test")
 SHAPES = ("circle", "rectangle", "triangle")
@@ -42,9 +43,12 @@ def _load_split(split: str) -> tuple[list[str], list[str], list[int], dict[int, 
     return q, a, ids, easy_vqa.get_test_image_paths()
 
 
-def _missing_image(split: str, image_id: int) -> str:
-    # a path that does not exist, so the usual missing-file policy names it
-    return f"<easy_vqa {split} image {image_id}>.png"
+def _image(split: str, img: int, paths: dict[int, str]) -> dict[str, str]:
+    """The record fields of image ``img``: its file, and its id ``<split>-img<img>``, which
+    the image's questions and captions share."""
+    # a missing image gets a path that does not exist, so the missing-file policy names it
+    path = paths.get(img, f"<easy_vqa {split} image {img}>.png")
+    return {"image": path, "image_id": f"{split}-img{img}"}
 
 
 def question_records(split: str) -> list[Record]:
@@ -55,15 +59,23 @@ def question_records(split: str) -> list[Record]:
     for n, (q, a, img) in enumerate(zip(questions, answer_words, image_ids, strict=True)):
         if a not in index:
             raise ValueError(f"easyvqa {split} question {n}: unknown answer {a!r}")
-        path = paths.get(img, _missing_image(split, img))
-        records.append(Record(id=f"{split}-{n}", image=path, text=q, target=index[a]))
+        records.append(
+            Record(id=f"{split}-{n}", **_image(split, img, paths), text=q, target=index[a])
+        )
     return records
 
 
+@register_dataset
 class EasyVQA(ImageTextDataset):
     """easy-VQA questions as a 13-way classification (label: long scalar)."""
 
-    num_labels = 13
+    info = DatasetInfo(
+        name="easyvqa",
+        splits=SPLITS,
+        num_labels=13,  # len(answers()), the lines of the package's answers.txt
+        task=TaskInfo(loss="multiclass", monitor="accuracy"),
+        needs_root=False,  # shipped inside the easy-vqa package
+    )
 
     def __init__(
         self,
@@ -77,6 +89,10 @@ class EasyVQA(ImageTextDataset):
         super().__init__(
             f"easyvqa-{split}", question_records(split), transform, on_bad_image, cache, limit
         )
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, split: str, transform: ImageTransform) -> EasyVQA:
+        return cls(split, transform, **cfg.reader_options())
 
 
 # ---------------------------------------------------------------------- captions
@@ -144,7 +160,8 @@ def caption_for(facts: dict[str, str], variant: int) -> str:
 
 
 def caption_records(split: str, captions_per_image: int = 1) -> list[Record]:
-    """``captions_per_image`` records per image, id ``<split>-img<id>-<k>``, no target."""
+    """``captions_per_image`` records per image, id ``<split>-img<id>-<k>``, image id
+    ``<split>-img<id>``, no target."""
     questions, answer_words, image_ids, paths = _load_split(split)
     pairs: dict[int, list[tuple[str, str]]] = defaultdict(list)
     for q, a, img in zip(questions, answer_words, image_ids, strict=True):
@@ -152,11 +169,10 @@ def caption_records(split: str, captions_per_image: int = 1) -> list[Record]:
     records = []
     for img in sorted(pairs):
         facts = image_facts(pairs[img])
-        path = paths.get(img, _missing_image(split, img))
+        image = _image(split, img, paths)
         for k in range(captions_per_image):
-            records.append(
-                Record(id=f"{split}-img{img}-{k}", image=path, text=caption_for(facts, img + k))
-            )
+            text = caption_for(facts, img + k)
+            records.append(Record(id=f"{image['image_id']}-{k}", **image, text=text))
     return records
 
 
@@ -171,11 +187,15 @@ def caption_key(sample: Sample) -> str:
     return " ".join(sorted(w for w in words if w in SHAPES or w in COLORS))
 
 
+@register_dataset
 class EasyVQACaptions(ImageTextDataset):
     """easy-VQA images with captions built from their Q/A pairs (pretraining data).
 
-    For alignment prediction use :func:`caption_key` as the negatives' image key.
+    Alignment-prediction negatives come from other images (``Sample.image_id``); for
+    negatives that also never say the same thing, use :func:`caption_key` as the key.
     """
+
+    info = DatasetInfo(name="easyvqa_captions", splits=SPLITS, needs_root=False)
 
     def __init__(
         self,
@@ -195,3 +215,8 @@ class EasyVQACaptions(ImageTextDataset):
             cache,
             limit,
         )
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, split: str, transform: ImageTransform) -> EasyVQACaptions:
+        options = cfg.reader_options()
+        return cls(split, transform, captions_per_image=cfg.captions_per_image, **options)

@@ -13,6 +13,8 @@ from pathlib import Path
 from vilalign.data.base import Record, SplitDataset
 from vilalign.data.files import read_csv_rows
 from vilalign.data.images import DataFormatError
+from vilalign.data.registry import register_dataset
+from vilalign.data.types import DatasetInfo, TaskInfo
 
 SPLITS = ("train", "test")
 CLASSES = (
@@ -49,6 +51,7 @@ def records(root: str | Path, split: str) -> list[Record]:
             Record(
                 id=file,
                 image=str(root / "images" / split / cls / file),
+                image_id=file,
                 text=title,
                 target=_CLASS_INDEX[cls],
             )
@@ -56,10 +59,14 @@ def records(root: str | Path, split: str) -> list[Record]:
     return out
 
 
+@register_dataset
 class Food101(SplitDataset):
     """UPMC Food-101: food photo + web page title, 101-way label (long scalar)."""
 
-    num_labels = len(CLASSES)
-
-    prefix = "food101"
+    info = DatasetInfo(
+        name="food101",
+        splits=SPLITS,
+        num_labels=len(CLASSES),
+        task=TaskInfo(loss="multiclass", monitor="accuracy"),
+    )
     read_records = staticmethod(records)

@@ -13,6 +13,8 @@ from pathlib import Path
 from vilalign.data.base import Record, SplitDataset
 from vilalign.data.files import read_jsonl, require
 from vilalign.data.images import DataFormatError
+from vilalign.data.registry import register_dataset
+from vilalign.data.types import DatasetInfo, TaskInfo
 
 SPLITS = ("train", "dev_seen", "dev_unseen", "test_seen", "test_unseen")
 
@@ -29,10 +31,12 @@ def records(root: str | Path, split: str) -> list[Record]:
             raise DataFormatError(f"{where}: missing field 'label'")
         if label is not None and label not in (0, 1):
             raise DataFormatError(f"{where}: unknown label {label!r} (allowed: 0, 1)")
+        image = str(require(obj, "img", where))  # "img/<id>.png": the meme's image file
         out.append(
             Record(
                 id=str(require(obj, "id", where)),
-                image=str(root / require(obj, "img", where)),
+                image=str(root / image),
+                image_id=image,
                 text=str(require(obj, "text", where)),
                 target=label,
             )
@@ -40,10 +44,14 @@ def records(root: str | Path, split: str) -> list[Record]:
     return out
 
 
+@register_dataset
 class HatefulMemes(SplitDataset):
     """Hateful Memes: meme image + its overlaid text, binary label (long scalar)."""
 
-    num_labels = 2
-
-    prefix = "hateful_memes"
+    info = DatasetInfo(
+        name="hateful_memes",
+        splits=SPLITS,
+        num_labels=2,
+        task=TaskInfo(loss="binary", monitor="auroc"),  # the challenge's metric
+    )
     read_records = staticmethod(records)

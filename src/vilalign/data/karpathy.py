@@ -17,11 +17,12 @@ merged into ``train`` by default, as Karpathy's own training does: 113,287 / 5,0
 COCO images; Flickr30k has 29,000 / 1,014 / 1,000 and no restval.
 
 Samples carry the ``raw`` sentence (what a BERT tokenizer should see, not the lower-cased
-``tokens``) and the id ``"<imgid>#<j>"`` where ``j`` is the caption's position in the
-image's ``sentences``. With ``caption=None`` every caption of every image is a sample, so
-the analysis can average the representations of an image's captions (grouped by the part
-of the id before ``#``, see :mod:`vilalign.analysis.retrieval`); an integer ``caption``
-gives one sample per image with that caption.
+``tokens``), the id ``"<imgid>#<j>"`` where ``j`` is the caption's position in the
+image's ``sentences``, and the image id ``"<imgid>"``. With ``caption=None`` every caption
+of every image is a sample: alignment-prediction negatives never pair an image with
+another of its own captions, and the analysis can average the representations of an
+image's captions (grouped by image id, see :mod:`vilalign.analysis.retrieval`); an integer
+``caption`` gives one sample per image with that caption.
 """
 
 from __future__ import annotations
@@ -29,9 +30,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-from torch.utils.data import Dataset
+from typing import Any, ClassVar
 
 from vilalign.data.base import ImageTextDataset, Record
 from vilalign.data.config import CacheConfig, DataConfig
@@ -39,6 +38,7 @@ from vilalign.data.files import read_json, require
 from vilalign.data.images import DataFormatError, OnBadImage
 from vilalign.data.registry import register_dataset
 from vilalign.data.transforms import ImageTransform
+from vilalign.data.types import DatasetInfo
 
 logger = logging.getLogger(__name__)
 
@@ -109,12 +109,15 @@ def _image_records(
     imgid = require(entry, "imgid", where)
     texts = _captions(entry, where, max_captions)
     if caption is None:
-        return [Record(id=f"{imgid}#{j}", image=image, text=t) for j, t in enumerate(texts)]
+        return [
+            Record(id=f"{imgid}#{j}", image=image, image_id=str(imgid), text=t)
+            for j, t in enumerate(texts)
+        ]
     if caption >= len(texts):
         raise DataFormatError(
             f"{where}: image {imgid} has {len(texts)} caption(s), no caption {caption}"
         )
-    return [Record(id=f"{imgid}#{caption}", image=image, text=texts[caption])]
+    return [Record(id=f"{imgid}#{caption}", image=image, image_id=str(imgid), text=texts[caption])]
 
 
 def _entries(path: Path, images: list[Any], wanted: set[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -188,7 +191,7 @@ def _check_unique(recs: list[Record], path: Path) -> None:
     seen: set[str] = set()
     for r in recs:
         if r.id in seen:
-            raise DataFormatError(f"{path}: field 'imgid' repeats ({r.id.split('#')[0]})")
+            raise DataFormatError(f"{path}: field 'imgid' repeats ({r.image_id})")
         seen.add(r.id)
 
 
@@ -197,7 +200,10 @@ class KarpathyCaptions(ImageTextDataset):
 
     ``annotations`` is the JSON file, ``root`` the image folder (see the module docstring).
     ``len(self.images)`` is the number of images; ``len(self)`` the number of samples.
+    Registered by name through its subclasses, one per ``source`` (a key of ``FILES``).
     """
+
+    source: ClassVar[str]
 
     def __init__(
         self,
@@ -217,38 +223,43 @@ class KarpathyCaptions(ImageTextDataset):
         name = dataset or Path(annotations).stem.removeprefix("dataset_")
         super().__init__(f"{name}-{split}", recs, transform, on_bad_image, cache, limit)
 
+    @classmethod
+    def from_config(
+        cls, cfg: DataConfig, split: str, transform: ImageTransform
+    ) -> KarpathyCaptions:
+        """``<cfg.root>/dataset_<source>.json`` with images under ``cfg.root``: restval
+        merged into train, the first 5 captions, every caption or caption ``cfg.caption``
+        (other modes: construct :class:`KarpathyCaptions`)."""
+        root = Path(cfg.root or ".")
+        return cls(
+            root / FILES[cls.source],
+            root,
+            split,
+            transform,
+            caption=cfg.caption,
+            dataset=cls.source,
+            **cfg.reader_options(),
+        )
+
     @property
     def images(self) -> list[str]:
-        """The image part of every sample id, each once, in order."""
-        return list(dict.fromkeys(r.id.rsplit("#", 1)[0] for r in self.records))
+        """The image id of every sample, each once, in order."""
+        return list(dict.fromkeys(r.image_id for r in self.records))
 
 
-def karpathy_dataset(
-    dataset: str, cfg: DataConfig, split: str, transform: ImageTransform, **options: Any
-) -> KarpathyCaptions:
-    """``<cfg.root>/dataset_<dataset>.json`` with images under ``cfg.root``: every caption,
-    or caption number ``cfg.caption`` of each image."""
-    root = Path(cfg.root or ".")
-    return KarpathyCaptions(
-        root / FILES[dataset],
-        root,
-        split,
-        transform,
-        dataset=dataset,
-        on_bad_image=cfg.on_bad_image,
-        cache=cfg.cache,
-        limit=cfg.limit,
-        **{"caption": cfg.caption, **options},
-    )
+@register_dataset
+class CocoKarpathy(KarpathyCaptions):
+    """MS-COCO in Karpathy's split by name (``data.name: coco_karpathy``):
+    ``<root>/dataset_coco.json``, images under ``root``."""
+
+    info = DatasetInfo(name="coco_karpathy", splits=SPLITS, several_captions=True)
+    source = "coco"
 
 
-# By name: restval merged into train, the first 5 captions, every caption or data.caption;
-# other modes via KarpathyCaptions.
-@register_dataset("coco_karpathy", SPLITS)
-def _coco(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
-    return karpathy_dataset("coco", cfg, split, transform)
+@register_dataset
+class Flickr30kKarpathy(KarpathyCaptions):
+    """Flickr30k in Karpathy's split by name (``data.name: flickr30k_karpathy``):
+    ``<root>/dataset_flickr30k.json``, images under ``root`` (either layout)."""
 
-
-@register_dataset("flickr30k_karpathy", SPLITS)
-def _flickr30k(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
-    return karpathy_dataset("flickr30k", cfg, split, transform)
+    info = DatasetInfo(name="flickr30k_karpathy", splits=SPLITS, several_captions=True)
+    source = "flickr30k"

@@ -149,8 +149,9 @@ def batch_generator(seed: int, epoch: int, ids: Sequence[str]) -> torch.Generato
 class PretrainingCollator:
     """Wrap a collate function: AP negatives on the samples, then MLM and MIM masks on the batch.
 
-    ``image_key`` names the image a sample shows (default: its id); a negative caption is
-    never taken from a sample with the same key. Set a rate to 0 / None to switch a
+    ``image_key`` names the image a sample shows (default: ``Sample.image_id``, set by the
+    reader); a negative caption is never taken from a sample with the same key, so another
+    caption of the same image is never drawn as a "negative". Set a rate to 0 / None to switch a
     corruption off. Call :meth:`set_epoch` before each epoch so every epoch draws new masks.
     """
 
@@ -176,7 +177,7 @@ class PretrainingCollator:
         self.mlm_on_negatives = mlm_on_negatives
         self.seed = seed
         self.epoch = 0
-        self.image_key = image_key or _sample_id
+        self.image_key = image_key or _image_id
         self.mask_token_id = int(tokenizer.mask_token_id)
         self.special_ids = sorted(set(tokenizer.all_special_ids))
         vocab = torch.arange(len(tokenizer))
@@ -223,5 +224,5 @@ class PretrainingCollator:
         )
 
 
-def _sample_id(sample: Sample) -> str:
-    return sample.id
+def _image_id(sample: Sample) -> str:
+    return str(sample.image_id)

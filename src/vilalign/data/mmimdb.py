@@ -20,6 +20,8 @@ import torch
 from vilalign.data.base import Record, SplitDataset
 from vilalign.data.files import read_json, require
 from vilalign.data.images import DataFormatError
+from vilalign.data.registry import register_dataset
+from vilalign.data.types import DatasetInfo, TaskInfo
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ def _record(root: Path, movie_id: str, ignored: Counter[str]) -> Record:
     return Record(
         id=movie_id,
         image=str(root / "dataset" / f"{movie_id}.jpeg"),
+        image_id=movie_id,  # one poster per movie
         text=max(plots, key=len),
         target=target,
     )
@@ -67,12 +70,16 @@ def records(root: str | Path, split: str) -> list[Record]:
     return out
 
 
+@register_dataset
 class MMIMDb(SplitDataset):
     """MM-IMDb: poster + longest plot, 23-genre multi-hot label (float)."""
 
-    num_labels = len(GENRES)
-
-    prefix = "mmimdb"
+    info = DatasetInfo(
+        name="mmimdb",
+        splits=SPLITS,
+        num_labels=len(GENRES),
+        task=TaskInfo(loss="multilabel", monitor="f1_micro"),
+    )
     read_records = staticmethod(records)
 
     def label_tensor(self, target: Any) -> torch.Tensor:

@@ -14,7 +14,6 @@ normalised answers of the train split by frequency, saved with the run): for eac
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -24,10 +23,13 @@ from typing import Any
 import torch
 
 from vilalign.data.base import ImageTextDataset, Record
-from vilalign.data.config import CacheConfig
+from vilalign.data.config import CacheConfig, DataConfig
 from vilalign.data.files import read_json, require
 from vilalign.data.images import DataFormatError, OnBadImage
+from vilalign.data.registry import register_dataset
 from vilalign.data.transforms import ImageTransform
+from vilalign.data.types import DatasetInfo, TaskInfo
+from vilalign.io import write_json_atomic
 
 SPLITS = ("train", "val", "test-dev", "test")
 _SUBTYPE = {"train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015"}
@@ -205,7 +207,7 @@ def build_answer_vocab(root: str | Path, size: int) -> list[str]:
 
 
 def save_answer_vocab(vocab: Sequence[str], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(list(vocab), indent=0))
+    write_json_atomic(path, list(vocab), indent=0)
 
 
 def load_answer_vocab(path: str | Path) -> list[str]:
@@ -233,11 +235,12 @@ def records(root: str | Path, split: str, vocab: Sequence[str]) -> list[Record]:
                     f"{annotations_file(root, split)}: no annotation for question_id {qid}"
                 )
             target = soft_targets(answers[qid], index)
-        image = image_path(root, split, require(q, "image_id", where))
+        image_id = require(q, "image_id", where)  # the COCO image: several questions each
         out.append(
             Record(
                 id=str(qid),
-                image=str(image),
+                image=str(image_path(root, split, image_id)),
+                image_id=str(image_id),
                 text=str(require(q, "question", where)),
                 target=target,
             )
@@ -245,8 +248,14 @@ def records(root: str | Path, split: str, vocab: Sequence[str]) -> list[Record]:
     return out
 
 
+@register_dataset
 class VQAv2(ImageTextDataset):
     """VQA v2: COCO image + question, soft target over the answer vocabulary (float)."""
+
+    # num_labels: the answer vocabulary's size, known once it is built or loaded
+    info = DatasetInfo(
+        name="vqa", splits=SPLITS, task=TaskInfo(loss="soft", monitor="vqa_accuracy")
+    )
 
     def __init__(
         self,
@@ -264,15 +273,29 @@ class VQAv2(ImageTextDataset):
         elif isinstance(answer_vocab, (str, Path)):
             answer_vocab = load_answer_vocab(answer_vocab)
         self.answer_vocab = list(answer_vocab)
-        self.num_labels = len(self.answer_vocab)
         super().__init__(
-            f"vqa-{split}",
+            f"{self.info.name}-{split}",
             records(root, split, self.answer_vocab),
             transform,
             on_bad_image,
             cache,
             limit,
         )
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, split: str, transform: ImageTransform) -> VQAv2:
+        return cls(
+            cfg.root,  # type: ignore[arg-type]  (info.needs_root: the config has one)
+            split,
+            transform,
+            answer_vocab=cfg.vqa_answer_vocab,
+            vocab_size=cfg.vqa_answer_vocab_size,
+            **cfg.reader_options(),
+        )
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.answer_vocab)
 
     def label_tensor(self, target: Any) -> torch.Tensor | None:
         if target is None:

@@ -42,6 +42,7 @@ from vilalign.analysis.pipeline import (
     analysis_loader,
 )
 from vilalign.experiments.spec import Cell, ExperimentConfig, expand_grid
+from vilalign.io import write_json_atomic
 from vilalign.model import load_pretrained, load_tokenizer
 from vilalign.train import checkpoint as ckpt
 from vilalign.train.loop import EpochCallback
@@ -199,7 +200,7 @@ def run_cell(
         "focus": focus.get("summary"),
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    ckpt.write_json_atomic(cell_dir / DONE_FILE, done)
+    write_json_atomic(cell_dir / DONE_FILE, done)
     return done
 
 
@@ -258,7 +259,7 @@ def run_experiment(
     """Run every cell not yet done, then write the summary tables."""
     out = Path(out_dir) if out_dir is not None else exp.resolved_output_dir()
     out.mkdir(parents=True, exist_ok=True)
-    ckpt.write_json_atomic(out / EXPERIMENT_FILE, json.loads(exp.model_dump_json()))
+    write_json_atomic(out / EXPERIMENT_FILE, json.loads(exp.model_dump_json()))
     cells = expand_grid(exp)
     result = ExperimentResult(out, cells)
     for cell in tqdm(cells, desc="cells", unit="cell", disable=not progress):

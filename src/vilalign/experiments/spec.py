@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from vilalign.config import (
     read_mapping,
     validate,
 )
+from vilalign.io import safe_name
 from vilalign.model import BASELINES
 from vilalign.train.config import FinetuneConfig, PretrainConfig
 
@@ -396,7 +396,7 @@ def cell_key(labels: Mapping[str, str]) -> str:
         "seed": "s",
     }
     parts = [f"{prefix.get(axis, axis + '-')}{label}" for axis, label in labels.items()]
-    return re.sub(r"[^A-Za-z0-9+.=-]+", "_", "_".join(parts)).strip("_")
+    return safe_name("_".join(parts), keep="+.=-")
 
 
 def config_hash(cfg: Any) -> str:

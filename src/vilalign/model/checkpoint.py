@@ -9,8 +9,6 @@ interrupted save never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_model, save_model
@@ -18,6 +16,7 @@ from torch import nn
 from transformers import BertConfig, PreTrainedTokenizerBase
 
 from vilalign.config import ModelConfig, validate
+from vilalign.io import write_atomic, write_text_atomic
 from vilalign.model.vilbert import VilbertModel, build_model
 
 WEIGHTS = "model.safetensors"
@@ -37,13 +36,6 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def save_pretrained(
     model: nn.Module, directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None
 ) -> Path:
@@ -53,12 +45,9 @@ def save_pretrained(
         raise TypeError(f"save_pretrained expects a VilbertModel, got {type(model).__name__}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS}.")
-    os.close(fd)
-    save_model(model, tmp)
-    os.replace(tmp, directory / WEIGHTS)
-    _atomic_write_text(directory / CONFIG, model.config.model_dump_json(indent=2))
-    _atomic_write_text(directory / TEXT_CONFIG, model.text_encoder.config.to_json_string())
+    write_atomic(directory / WEIGHTS, lambda tmp: save_model(model, str(tmp)))
+    write_text_atomic(directory / CONFIG, model.config.model_dump_json(indent=2))
+    write_text_atomic(directory / TEXT_CONFIG, model.text_encoder.config.to_json_string())
     if tokenizer is not None:
         tokenizer.save_pretrained(directory / TOKENIZER_DIR)
     return directory

@@ -17,10 +17,8 @@ checkpoint and pointer intact and loadable.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from torch import nn
 
+from vilalign.io import OLD_PREFIX, TEMP_PREFIX, atomic_dir, write_atomic, write_json_atomic
 from vilalign.model.checkpoint import unwrap
 
 WEIGHTS = "weights.safetensors"
@@ -84,33 +83,6 @@ def _as_tuple(value: Any) -> Any:
 # ---------------------------------------------------------------------------- files
 
 
-def _fsync_dir(path: Path) -> None:
-    # Make the rename itself durable; not every platform can open a directory.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 def save_checkpoint(
     directory: str | Path, step: int, module: nn.Module, state: dict[str, Any]
 ) -> Path:
@@ -120,31 +92,13 @@ def save_checkpoint(
     keys carry no ``_orig_mod.`` prefix. ``state`` holds everything else (see module doc).
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     name = checkpoint_name(step)
-    tmp = Path(tempfile.mkdtemp(dir=directory, prefix=f".tmp-{name}-"))
-    try:
-        save_model(unwrap(module), str(tmp / WEIGHTS))
+    with atomic_dir(directory / name) as tmp:  # saving a step again replaces it
+        # (through write_atomic: safetensors alone would make the file 0600)
+        write_atomic(tmp / WEIGHTS, lambda t: save_model(unwrap(module), str(t)))
         torch.save(state, tmp / STATE)
-        _replace_dir(tmp, directory / name)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     write_json_atomic(directory / f"{LATEST}.json", {"name": name, "step": step})
     return directory / name
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Rename ``src`` to ``dst``; an existing ``dst`` (same step saved again) is swapped out."""
-    if dst.exists():
-        old = dst.with_name(f".old-{dst.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
-    _fsync_dir(dst.parent)
 
 
 def mark_best(directory: str | Path, step: int, metric: str, value: float) -> None:
@@ -172,7 +126,7 @@ def prune(directory: str | Path) -> None:
     directory = Path(directory)
     keep = {p["name"] for w in (LATEST, BEST) if (p := read_pointer(directory, w)) is not None}
     for path in directory.iterdir():
-        stale = path.name.startswith((".tmp-", ".old-")) or (
+        stale = path.name.startswith((TEMP_PREFIX, OLD_PREFIX)) or (
             path.name.startswith("step-") and path.name not in keep
         )
         if stale and path.is_dir():

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +29,8 @@ from vilalign import distributed as dist
 from vilalign.config import ConfigError, ModelConfig
 from vilalign.data import SPLITS, Collator, DataConfig, build_dataset, build_transform
 from vilalign.data.masking import PretrainingCollator
-from vilalign.data.types import Sample
+from vilalign.data.registry import dataset_info
+from vilalign.io import write_json_atomic
 from vilalign.model import VilbertModel, build_model, load_tokenizer, save_pretrained
 from vilalign.model.encoders import build_vit, image_data_config
 from vilalign.train import checkpoint as ckpt
@@ -283,7 +283,7 @@ def _prepare_run_dir(cfg: PresetModelConfig, run_dir: str | Path, resume: bool) 
             logger.warning("resume: the config differs from the one saved in %s", path)
     if dist.is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
-        ckpt.write_json_atomic(path, resolved)
+        write_json_atomic(path, resolved)
     dist.barrier()
     return run_dir
 
@@ -350,12 +350,6 @@ def holdout(
     return subsets
 
 
-def caption_image_key(sample: Sample) -> str:
-    """The image a caption sample shows: ids ``<split>-img<id>-<k>`` share ``<split>-img<id>``."""
-    match = re.match(r"^(.*-img\d+)-\d+$", sample.id)
-    return match.group(1) if match else sample.id
-
-
 def pretraining_collator(
     cfg: PretrainConfig, model: VilbertModel, tokenizer: PreTrainedTokenizerBase
 ) -> PretrainingCollator:
@@ -365,7 +359,7 @@ def pretraining_collator(
     obj = cfg.objectives
     # Streamed captions (CC3M) never repeat within a worker's epoch: remembering their
     # token ids would only grow every worker's memory (KBs per caption, up to its cap).
-    text_cache = {"text_cache_size": 0} if cfg.data.name == "captions_shards" else {}
+    text_cache = {"text_cache_size": 0} if dataset_info(cfg.data.name).streaming else {}
     return PretrainingCollator(
         Collator(tokenizer, max_length=cfg.model.text.max_length, **text_cache),
         tokenizer,
@@ -375,8 +369,7 @@ def pretraining_collator(
         mim_pattern=obj.mim.pattern,
         ap_negative_ratio=obj.ap.negative_ratio if obj.ap.weight + obj.itc.weight > 0 else 0.0,
         mlm_on_negatives=obj.mlm.on_negatives,
-        seed=cfg.train.seed,
-        image_key=caption_image_key,
+        seed=cfg.train.seed,  # negatives: from other images, by Sample.image_id
     )
 
 
@@ -432,4 +425,4 @@ def _write_results(
         "last_epoch": fit.history[-1] if fit.history else {},
         "test": test,
     }
-    ckpt.write_json_atomic(run_dir / RESULTS_FILE, results)
+    write_json_atomic(run_dir / RESULTS_FILE, results)

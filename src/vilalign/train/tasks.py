@@ -3,12 +3,14 @@
 A task is an ``nn.Module`` that holds the model and its task-specific heads, so the loop
 optimises, checkpoints and compiles one module and knows nothing of the model:
 ``task(batch) -> StepResult`` and ``task.metrics(outputs) -> {name: value}``.
-Fine-tuning tasks are data (:data:`TASKS`), not one class per dataset.
+Fine-tuning tasks are data, not one class per dataset: each dataset declares its task
+(``DatasetInfo.task``: a loss kind and the metric to monitor) and :data:`TASKS` reads
+the declarations, giving each loss kind its loss and metrics (:data:`SCORING`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
@@ -16,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vilalign.data.types import Batch
+from vilalign.data.registry import info_view
+from vilalign.data.types import Batch, DatasetInfo, LossKind
 from vilalign.model.heads import fused_size
 from vilalign.train import metrics as M
 from vilalign.train.config import ObjectivesConfig
@@ -68,22 +71,48 @@ class Task(nn.Module):
 
 # ---------------------------------------------------------------------------- fine-tuning
 
-LossKind = Literal["multiclass", "binary", "multilabel", "soft"]
+MetricFn = Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels.long().reshape(-1))
+
+
+def _binary(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits.reshape(-1), labels.float().reshape(-1))
+
+
+def _multilabel(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, labels.float())
+
+
+def _soft(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # As in the bottom-up VQA models: BCE summed over answers, averaged over questions.
+    return F.binary_cross_entropy_with_logits(logits, labels.float()) * logits.shape[1]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What training does with one loss kind a dataset declares: its loss and metrics."""
+
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    metrics: MetricFn
+
+
+# One row per vilalign.data.types.LossKind (a test keeps the two equal).
+SCORING: dict[str, Scoring] = {
+    "multiclass": Scoring(_cross_entropy, M.multiclass_metrics),
+    "binary": Scoring(_binary, M.binary_metrics),
+    "multilabel": Scoring(_multilabel, M.multilabel_metrics),
+    "soft": Scoring(_soft, M.vqa_metrics),
+}
 
 
 def task_loss(kind: LossKind, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The loss of a fine-tuning head, in float32 whatever the autocast dtype."""
-    logits = logits.float()
-    if kind == "multiclass":
-        return F.cross_entropy(logits, labels.long().reshape(-1))
-    if kind == "binary":
-        return F.binary_cross_entropy_with_logits(logits.reshape(-1), labels.float().reshape(-1))
-    if kind == "multilabel":
-        return F.binary_cross_entropy_with_logits(logits, labels.float())
-    if kind == "soft":
-        # As in the bottom-up VQA models: BCE summed over answers, averaged over questions.
-        return F.binary_cross_entropy_with_logits(logits, labels.float()) * logits.shape[1]
-    raise ValueError(f"unknown loss kind {kind!r}")
+    if kind not in SCORING:
+        raise ValueError(f"unknown loss kind {kind!r} (allowed: {', '.join(SCORING)})")
+    return SCORING[kind].loss(logits.float(), labels)
 
 
 @dataclass(frozen=True)
@@ -91,19 +120,25 @@ class TaskSpec:
     """A fine-tuning task as data: loss, metric function, label count, metric to monitor."""
 
     loss: LossKind
-    metric_fn: Callable[[torch.Tensor, torch.Tensor], dict[str, float]]
+    metric_fn: MetricFn
     num_labels: int | None  # None: from the data (VQA's answer vocabulary)
     monitor: str
     monitor_mode: Literal["min", "max"] = "max"
 
 
-TASKS: dict[str, TaskSpec] = {
-    "hateful_memes": TaskSpec("binary", M.binary_metrics, 1, "auroc"),
-    "mmimdb": TaskSpec("multilabel", M.multilabel_metrics, 23, "f1_micro"),
-    "food101": TaskSpec("multiclass", M.multiclass_metrics, 101, "accuracy"),
-    "vqa": TaskSpec("soft", M.vqa_metrics, None, "vqa_accuracy"),
-    "easyvqa": TaskSpec("multiclass", M.multiclass_metrics, 13, "accuracy"),
-}
+def _spec(info: DatasetInfo) -> TaskSpec | None:
+    """The task a dataset declares (``info.task``), with training's loss and metrics."""
+    if info.task is None:
+        return None
+    scoring = SCORING[info.task.loss]
+    return TaskSpec(
+        info.task.loss, scoring.metrics, info.num_labels, info.task.monitor, info.task.monitor_mode
+    )
+
+
+# {dataset name: TaskSpec} for every registered dataset that declares a task; derived from
+# the registry on each look-up, so a dataset registered later is a task too.
+TASKS: Mapping[str, TaskSpec] = info_view(_spec)
 
 
 def task_spec(name: str) -> TaskSpec:
