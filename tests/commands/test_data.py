@@ -33,7 +33,8 @@ def test_data_list_shows_every_dataset_with_its_splits(capsys):
     assert main(["data", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == list(SPLITS)
-    assert "easyvqa" in lines[0] and lines[0].endswith("train, test")
+    easyvqa = next(line for line in lines if line.split()[0] == "easyvqa")
+    assert easyvqa.endswith("train, test")
 
 
 def test_data_ids_of_a_dataset_in_a_folder(tmp_path, capsys):
