@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -90,6 +98,12 @@ class ModelConfig(StrictModel):
         default_factory=lambda: [1, 3],
         description="Indices (0-based) of fusion layers that are co-attention blocks.",
     )
+    fusion_layers: list[str] | None = Field(
+        None,
+        description="The kind of every fusion layer, bottom to top (any registered kind: "
+        "coattention, self_attention, single_stream, ...); replaces depth and "
+        "coattention_layers. None: from variant, depth and coattention_layers.",
+    )
     coattention_size: int = Field(
         128, gt=0, description="Width of the co-attention queries/keys/values (bi_hidden)."
     )
@@ -112,7 +126,7 @@ class ModelConfig(StrictModel):
     @model_validator(mode="after")
     def _check_layers(self) -> ModelConfig:
         bad = [i for i in self.coattention_layers if not 0 <= i < self.depth]
-        if bad and self.variant == "vilbert":
+        if bad and self.variant == "vilbert" and self.fusion_layers is None:
             raise ValueError(
                 f"coattention_layers: {bad} outside 0..{self.depth - 1} (depth={self.depth})"
             )
@@ -127,22 +141,51 @@ class ModelConfig(StrictModel):
                 f"coattention_size: {self.coattention_size} is not divisible by "
                 f"num_heads={self.num_heads}"
             )
+        self._check_fusion_layers()
         return self
+
+    def _check_fusion_layers(self) -> None:
+        if not self.fusion_layers:
+            return
+        if self.variant in UNFUSED_VARIANTS:
+            raise ValueError(
+                f"fusion_layers: variant {self.variant!r} has no fusion layers, got "
+                f"{self.fusion_layers}"
+            )
+        from vilalign.model.fusion import fusion_layer_type  # (the model imports this module)
+
+        for kind in self.fusion_layers:
+            fusion_layer_type(kind)  # an unknown kind fails here, naming the known ones
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_fusion_layers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset, ``fusion_layers`` is left out of config.json: a config that does not use it
+        # reads and hashes as before it existed (experiment folders keep their keys).
+        data = handler(self)
+        if self.fusion_layers is None:
+            data.pop("fusion_layers", None)
+        return data
 
     @property
     def layer_kinds(self) -> list[str]:
-        """For each fusion layer: 'coattention', 'self_attention' or 'single_stream'."""
+        """The kind of every fusion layer (names defined in :mod:`vilalign.model.coattention`)."""
+        from vilalign.model.coattention import COATTENTION, SELF_ATTENTION, SINGLE_STREAM
+
         if self.variant in UNFUSED_VARIANTS:
             return []
+        if self.fusion_layers is not None:
+            return list(self.fusion_layers)
         if self.variant == "single_stream":
-            return ["single_stream"] * self.depth
+            return [SINGLE_STREAM] * self.depth
         coattn = set(self.coattention_layers) if self.variant == "vilbert" else set()
-        return ["coattention" if i in coattn else "self_attention" for i in range(self.depth)]
+        return [COATTENTION if i in coattn else SELF_ATTENTION for i in range(self.depth)]
 
     @property
     def fusion_layer_kinds(self) -> list[bool]:
         """For each fusion layer, whether it is a co-attention block."""
-        return [kind == "coattention" for kind in self.layer_kinds]
+        from vilalign.model.coattention import COATTENTION
+
+        return [kind == COATTENTION for kind in self.layer_kinds]
 
 
 #: Variants without fusion layers (``depth`` is ignored for them).

@@ -194,6 +194,7 @@ def attention_analysis(
         compare_coattention_focus,
         head_means,
     )
+    from vilalign.model.coattention import COATTENTION, SELF_ATTENTION
 
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = attention_entropy(model, loader, max_batches=max_batches)
@@ -201,7 +202,7 @@ def attention_analysis(
     means.to_csv(out_dir / "entropy_heads.csv", index=False)
     summary: dict[str, Any] = {}
     kinds = set(means["layer_kind"])
-    if {"coattention", "self"} <= kinds:
+    if {COATTENTION, SELF_ATTENTION} <= kinds:
         result = compare_coattention_focus(frame, n_resamples=999)
         summary = result.as_row()
     (out_dir / "focus.json").write_text(json.dumps(summary, indent=2, default=float))

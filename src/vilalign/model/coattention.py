@@ -1,6 +1,7 @@
-"""Fusion layers: the ViLBERT co-attention block and the per-stream self-attention layer.
+"""The built-in fusion layer types: ViLBERT's co-attention block, the per-stream self-attention
+layer and the ViLT-style single-stream layer (see :mod:`vilalign.model.fusion` for the contract).
 
-Both take and return ``(text, image)`` so the model stacks them in any order. Layout
+All take and return ``(text, image)`` so the model stacks them in any order. Layout
 follows vilbert-multi-task's ``BertConnectionLayer``: each stream's queries attend to
 the other stream's keys/values (both directions computed from the states *before*
 either is updated), then residual + LayerNorm, then a per-stream feed-forward with
@@ -10,12 +11,40 @@ both directions' attention maps are returned.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from vilalign.model.attention import MultiHeadAttention
+from vilalign.model.fusion import (
+    IMAGE,
+    JOINT,
+    TEXT,
+    Attentions,
+    FusionLayer,
+    declare_directions,
+    register_fusion_layer,
+    split_joint,
+)
 
-Attentions = dict[str, torch.Tensor]
+if TYPE_CHECKING:
+    from vilalign.config import ModelConfig
+
+# The layer kinds: the one place each name is spelt.
+COATTENTION = "coattention"
+SELF_ATTENTION = "self_attention"
+SINGLE_STREAM = "single_stream"
+
+__all__ = [
+    "COATTENTION",
+    "SELF_ATTENTION",
+    "SINGLE_STREAM",
+    "Attentions",
+    "CoAttentionLayer",
+    "SelfAttentionLayer",
+    "SingleStreamLayer",
+]
 
 
 class FeedForward(nn.Module):
@@ -61,11 +90,41 @@ class AttentionSublayer(nn.Module):
         return self.norm(queries + self.dropout(out)), weights
 
 
-class SelfAttentionLayer(nn.Module):
+class _TwoStreamLayer(FusionLayer):
+    """An attention sublayer per stream (``attend``), then a feed-forward per stream."""
+
+    def _add_feed_forwards(
+        self, text_dim: int, image_dim: int, ffn_ratio: float, dropout: float
+    ) -> None:
+        # Created after the attention sublayers: the parameter (and RNG) order of checkpoints.
+        self.text_ffn = FeedForward(text_dim, int(text_dim * ffn_ratio), dropout)
+        self.image_ffn = FeedForward(image_dim, int(image_dim * ffn_ratio), dropout)
+
+    def attend(
+        self, text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
+        """Both streams after attention, and the weights in the order of ``directions``."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    def forward(
+        self,
+        text: torch.Tensor,
+        image: torch.Tensor,
+        text_mask: torch.Tensor,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, Attentions | None]:
+        text, image, weights = self.attend(text, image, text_mask, need_weights)
+        attn = dict(zip(self.directions, weights, strict=True)) if need_weights else None
+        return self.text_ffn(text), self.image_ffn(image), attn
+
+
+@register_fusion_layer
+class SelfAttentionLayer(_TwoStreamLayer):
     """One transformer layer per stream; the streams do not see each other."""
 
-    is_coattention = False
-    kind = "self_attention"
+    kind = SELF_ATTENTION
+    title = "self-attention"
+    directions = declare_directions(text_self=(TEXT, TEXT), image_self=(IMAGE, IMAGE))
 
     def __init__(
         self,
@@ -83,27 +142,28 @@ class SelfAttentionLayer(nn.Module):
         self.image_attn = AttentionSublayer(
             image_dim, image_dim, image_dim, heads, dropout, attn_dropout
         )
-        self.text_ffn = FeedForward(text_dim, int(text_dim * ffn_ratio), dropout)
-        self.image_ffn = FeedForward(image_dim, int(image_dim * ffn_ratio), dropout)
+        self._add_feed_forwards(text_dim, image_dim, ffn_ratio, dropout)
 
-    def forward(
-        self,
-        text: torch.Tensor,
-        image: torch.Tensor,
-        text_mask: torch.Tensor,
-        need_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, Attentions | None]:
+    @classmethod
+    def from_config(cls, config: ModelConfig, text_dim: int, image_dim: int) -> SelfAttentionLayer:
+        c = config
+        return cls(text_dim, image_dim, c.num_heads, c.ffn_ratio, c.dropout, c.attention_dropout)
+
+    def attend(
+        self, text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
         text, w_text = self.text_attn(text, text, text_mask, need_weights)
         image, w_image = self.image_attn(image, image, None, need_weights)
-        attn = {"text_self": w_text, "image_self": w_image} if need_weights else None
-        return self.text_ffn(text), self.image_ffn(image), attn
+        return text, image, [w_text, w_image]
 
 
-class CoAttentionLayer(nn.Module):
+@register_fusion_layer
+class CoAttentionLayer(_TwoStreamLayer):
     """Text queries attend to image keys/values and image queries to text keys/values."""
 
-    is_coattention = True
-    kind = "coattention"
+    kind = COATTENTION
+    title = "co-attention"
+    directions = declare_directions(text_to_image=(TEXT, IMAGE), image_to_text=(IMAGE, TEXT))
 
     def __init__(
         self,
@@ -122,32 +182,42 @@ class CoAttentionLayer(nn.Module):
         self.image_to_text = AttentionSublayer(
             image_dim, text_dim, hidden, heads, dropout, attn_dropout
         )
-        self.text_ffn = FeedForward(text_dim, int(text_dim * ffn_ratio), dropout)
-        self.image_ffn = FeedForward(image_dim, int(image_dim * ffn_ratio), dropout)
+        self._add_feed_forwards(text_dim, image_dim, ffn_ratio, dropout)
 
-    def forward(
-        self,
-        text: torch.Tensor,
-        image: torch.Tensor,
-        text_mask: torch.Tensor,
-        need_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, Attentions | None]:
+    @classmethod
+    def from_config(cls, config: ModelConfig, text_dim: int, image_dim: int) -> CoAttentionLayer:
+        c = config
+        return cls(
+            text_dim,
+            image_dim,
+            c.coattention_size,
+            c.num_heads,
+            c.ffn_ratio,
+            c.dropout,
+            c.attention_dropout,
+        )
+
+    def attend(
+        self, text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
         # Both directions read the pre-update states (vilbert BertBiAttention).
         new_text, w_ti = self.text_to_image(text, image, None, need_weights)
         new_image, w_it = self.image_to_text(image, text, text_mask, need_weights)
-        attn = {"text_to_image": w_ti, "image_to_text": w_it} if need_weights else None
-        return self.text_ffn(new_text), self.image_ffn(new_image), attn
+        return new_text, new_image, [w_ti, w_it]
 
 
-class SingleStreamLayer(nn.Module):
+@register_fusion_layer
+class SingleStreamLayer(FusionLayer):
     """ViLT-style: one transformer layer over the concatenated text tokens and patches.
 
-    Both parts must already have the same width. Returns the text part and the image
-    part separately so analysis treats them as the two streams.
+    Both parts must already have the same width (the ``single_stream`` variant projects the
+    image stream). Returns the text part and the image part separately so analysis treats
+    them as the two streams; its one attention map is over the joint sequence.
     """
 
-    is_coattention = False
-    kind = "single_stream"
+    kind = SINGLE_STREAM
+    title = "single-stream"
+    directions = declare_directions(joint=(JOINT, JOINT))
 
     def __init__(
         self, dim: int, heads: int, ffn_ratio: float, dropout: float, attn_dropout: float
@@ -156,6 +226,16 @@ class SingleStreamLayer(nn.Module):
         self.attn = AttentionSublayer(dim, dim, dim, heads, dropout, attn_dropout)
         self.ffn = FeedForward(dim, int(dim * ffn_ratio), dropout)
 
+    @classmethod
+    def from_config(cls, config: ModelConfig, text_dim: int, image_dim: int) -> SingleStreamLayer:
+        if text_dim != image_dim:
+            raise ValueError(
+                f"fusion layer {SINGLE_STREAM!r} needs both streams at one width, got text "
+                f"{text_dim} and image {image_dim} (variant 'single_stream' projects the image)"
+            )
+        c = config
+        return cls(text_dim, c.num_heads, c.ffn_ratio, c.dropout, c.attention_dropout)
+
     def forward(
         self,
         text: torch.Tensor,
@@ -163,12 +243,11 @@ class SingleStreamLayer(nn.Module):
         text_mask: torch.Tensor,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, Attentions | None]:
-        T = text.shape[1]
-        joint = torch.cat([text, image], dim=1)  # (B, T + Pi, D)
+        joint = torch.cat([text, image], dim=1)  # (B, T + I, D)
         image_mask = text_mask.new_ones(image.shape[:2])
         joint, weights = self.attn(
             joint, joint, torch.cat([text_mask, image_mask], 1), need_weights
         )
-        joint = self.ffn(joint)
-        attn = {"joint": weights} if need_weights else None
-        return joint[:, :T], joint[:, T:], attn
+        parts = split_joint(self.ffn(joint), text.shape[1], dim=1)
+        attn = {JOINT: weights} if need_weights else None
+        return parts[TEXT], parts[IMAGE], attn
