@@ -75,7 +75,9 @@ class VilbertModel(nn.Module):
             )
             self.modality_embeddings = nn.Embedding(2, text_dim)
             image_dim = text_dim
-        for name, dim in (("text", text_dim), ("image", image_dim)):
+        #: Widths of the two streams the fusion layers (and the objectives) see.
+        self.stream_widths = {TEXT: text_dim, IMAGE: image_dim}
+        for name, dim in self.stream_widths.items():
             if config.layer_kinds and dim % config.num_heads:
                 raise ValueError(
                     f"num_heads: {config.num_heads} does not divide the {name} stream width {dim}"
