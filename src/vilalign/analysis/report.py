@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from vilalign.model.coattention import COATTENTION
+
 log = logging.getLogger(__name__)
 
 COLUMNS: tuple[str, ...] = (
@@ -43,7 +45,6 @@ COLUMNS: tuple[str, ...] = (
 _TEXT = ("run", "dataset", "layer", "layer_kind", "view", "measure")
 _FLOAT = ("value", "ci_low", "ci_high", "p_value")
 _OPTIONAL = ("ci_low", "ci_high", "p_value")  # filled with NaN by make_table
-COATTENTION = "coattention"
 
 NullBand = Mapping[str, tuple[float, float]] | pd.DataFrame
 

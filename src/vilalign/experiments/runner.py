@@ -45,6 +45,7 @@ from vilalign.analysis.pipeline import (
 from vilalign.analysis.report import write_atomic
 from vilalign.experiments.spec import Cell, ExperimentConfig, expand_grid
 from vilalign.model import load_pretrained, load_tokenizer
+from vilalign.model.coattention import COATTENTION, SELF_ATTENTION
 from vilalign.train import checkpoint as ckpt
 from vilalign.train.loop import EpochCallback, EpochContext
 from vilalign.train.run import RESULTS_FILE, run_finetuning, run_pretraining
@@ -194,7 +195,6 @@ def attention_analysis(
         compare_coattention_focus,
         head_means,
     )
-    from vilalign.model.coattention import COATTENTION, SELF_ATTENTION
 
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = attention_entropy(model, loader, max_batches=max_batches)
