@@ -101,7 +101,7 @@ class ModelConfig(StrictModel):
     fusion_layers: list[str] | None = Field(
         None,
         description="The kind of every fusion layer, bottom to top (any registered kind: "
-        "coattention, self_attention, single_stream, ...); replaces depth and "
+        "coattention, self_attention, single_stream, ...); sets depth and replaces "
         "coattention_layers. None: from variant, depth and coattention_layers.",
     )
     coattention_size: int = Field(
@@ -122,6 +122,14 @@ class ModelConfig(StrictModel):
         0.1, ge=0, lt=1, description="Dropout on the fused vector before the task head."
     )
     num_labels: int = Field(0, ge=0, description="Task-head outputs; 0: no task head.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _depth_follows_fusion_layers(cls, data: Any) -> Any:
+        layers = data.get("fusion_layers") if isinstance(data, dict) else None
+        if isinstance(layers, list | tuple):
+            data = {**data, "depth": len(layers)}  # the one place the layers are counted
+        return data
 
     @model_validator(mode="after")
     def _check_layers(self) -> ModelConfig:

@@ -15,6 +15,7 @@ from vilalign.data.types import Batch
 from vilalign.model import (
     FUSION_LAYERS,
     FusionLayer,
+    apply_baseline,
     build_model,
     load_pretrained,
     register_fusion_layer,
@@ -106,6 +107,15 @@ def test_an_unknown_kind_or_a_kind_on_an_unfused_variant_is_an_error_naming_it()
         small(fusion_layers=["mystery"])
     with pytest.raises(ConfigError, match="variant 'text_only' has no fusion layers"):
         small(variant="text_only", fusion_layers=[COATTENTION])
+
+
+def test_fusion_layers_set_the_depth_and_the_baselines_replace_them():
+    cfg = small(fusion_layers=[COATTENTION, COATTENTION, SELF_ATTENTION])
+    assert cfg.depth == 3 and cfg.layer_kinds == [COATTENTION, COATTENTION, SELF_ATTENTION]
+    assert apply_baseline(cfg, "no_coattention").layer_kinds == [SELF_ATTENTION] * 3
+    assert apply_baseline(cfg, "single_stream").layer_kinds == [SINGLE_STREAM] * 3
+    assert apply_baseline(cfg, "text_only").layer_kinds == []
+    assert apply_baseline(cfg, "random_text").layer_kinds == cfg.layer_kinds
 
 
 def test_an_unset_fusion_layers_is_not_written(tmp_path):

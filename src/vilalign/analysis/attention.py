@@ -345,6 +345,36 @@ def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray
     return np.mean(x, axis=axis) - np.mean(y, axis=axis)
 
 
+def _resampled(
+    co: np.ndarray,
+    self_: np.ndarray,
+    n_resamples: int,
+    confidence: float,
+    rng: np.random.Generator,
+) -> tuple[Any, Any]:
+    """The permutation test (one-sided) and the percentile bootstrap of mean(co) − mean(self),
+    in that order from one generator."""
+    groups = (co, self_)
+    perm = stats.permutation_test(
+        groups,
+        _mean_difference,
+        alternative="less",
+        n_resamples=n_resamples,
+        vectorized=True,
+        rng=rng,
+    )
+    boot = stats.bootstrap(
+        groups,
+        _mean_difference,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        rng=rng,
+    )
+    return perm, boot
+
+
 def compare_groups(
     co: np.ndarray,
     self_: np.ndarray,
@@ -371,24 +401,7 @@ def compare_groups(
             f"and {len(self_)} self-attention heads"
         )
     mw = stats.mannwhitneyu(co, self_, alternative="less")
-    rng = np.random.default_rng(seed)
-    perm = stats.permutation_test(
-        (co, self_),
-        _mean_difference,
-        alternative="less",
-        n_resamples=n_resamples,
-        vectorized=True,
-        rng=rng,
-    )
-    boot = stats.bootstrap(
-        (co, self_),
-        _mean_difference,
-        n_resamples=n_resamples,
-        confidence_level=confidence,
-        method="percentile",
-        vectorized=True,
-        rng=rng,
-    )
+    perm, boot = _resampled(co, self_, n_resamples, confidence, np.random.default_rng(seed))
     # U counts pairs with co > self (ties ½), so 1 − U/(n1·n2) = P(co < self).
     prob_lower = 1.0 - float(mw.statistic) / (len(co) * len(self_))
     return FocusComparison(

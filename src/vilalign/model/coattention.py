@@ -11,7 +11,9 @@ both directions' attention maps are returned.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -23,6 +25,7 @@ from vilalign.model.fusion import (
     TEXT,
     Attentions,
     FusionLayer,
+    FusionOutput,
     declare_directions,
     register_fusion_layer,
     split_joint,
@@ -91,20 +94,50 @@ class AttentionSublayer(nn.Module):
 
 
 class _TwoStreamLayer(FusionLayer):
-    """An attention sublayer per stream (``attend``), then a feed-forward per stream."""
+    """One attention sublayer per direction, then a feed-forward per stream.
 
-    def _add_feed_forwards(
-        self, text_dim: int, image_dim: int, ffn_ratio: float, dropout: float
+    Each stream is the query of one direction; every direction reads the states from
+    before the layer (vilbert's BertBiAttention computes both co-attention directions from
+    the pre-update states), in the order ``directions`` lists them. A sublayer projects to
+    ``hidden`` (None: its query stream's width).
+    """
+
+    #: direction -> attribute name of its sublayer, where they differ (the checkpoint keys).
+    sublayer_names: ClassVar[Mapping[str, str]] = MappingProxyType({})
+
+    def __init__(
+        self,
+        text_dim: int,
+        image_dim: int,
+        heads: int,
+        ffn_ratio: float,
+        dropout: float,
+        attn_dropout: float,
+        *,
+        hidden: int | None = None,
     ) -> None:
-        # Created after the attention sublayers: the parameter (and RNG) order of checkpoints.
+        super().__init__()
+        dims = {TEXT: text_dim, IMAGE: image_dim}
+        # Sublayers in direction order, then the feed-forwards: the parameter (and RNG)
+        # order of every checkpoint so far.
+        for direction, (q, k) in self.directions.items():
+            sublayer = AttentionSublayer(
+                dims[q], dims[k], hidden or dims[q], heads, dropout, attn_dropout
+            )
+            self.add_module(self.sublayer_names.get(direction, direction), sublayer)
         self.text_ffn = FeedForward(text_dim, int(text_dim * ffn_ratio), dropout)
         self.image_ffn = FeedForward(image_dim, int(image_dim * ffn_ratio), dropout)
 
-    def attend(
-        self, text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor, need_weights: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
-        """Both streams after attention, and the weights in the order of ``directions``."""
-        raise NotImplementedError  # pragma: no cover - abstract
+    @classmethod
+    def from_config(cls, config: ModelConfig, text_dim: int, image_dim: int) -> _TwoStreamLayer:
+        c, hidden = config, cls.hidden_size(config)
+        args = (c.num_heads, c.ffn_ratio, c.dropout, c.attention_dropout)
+        return cls(text_dim, image_dim, *args, hidden=hidden)
+
+    @classmethod
+    def hidden_size(cls, config: ModelConfig) -> int | None:
+        """The width queries, keys and values are projected to (None: the query stream's)."""
+        return None
 
     def forward(
         self,
@@ -112,10 +145,14 @@ class _TwoStreamLayer(FusionLayer):
         image: torch.Tensor,
         text_mask: torch.Tensor,
         need_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, Attentions | None]:
-        text, image, weights = self.attend(text, image, text_mask, need_weights)
-        attn = dict(zip(self.directions, weights, strict=True)) if need_weights else None
-        return self.text_ffn(text), self.image_ffn(image), attn
+    ) -> FusionOutput:
+        states = {TEXT: text, IMAGE: image}
+        key_masks = {TEXT: text_mask, IMAGE: None}  # every image token is real
+        new, attn = {}, {}
+        for direction, (q, k) in self.directions.items():
+            sublayer = getattr(self, self.sublayer_names.get(direction, direction))
+            new[q], attn[direction] = sublayer(states[q], states[k], key_masks[k], need_weights)
+        return self.text_ffn(new[TEXT]), self.image_ffn(new[IMAGE]), attn if need_weights else None
 
 
 @register_fusion_layer
@@ -125,85 +162,21 @@ class SelfAttentionLayer(_TwoStreamLayer):
     kind = SELF_ATTENTION
     title = "self-attention"
     directions = declare_directions(text_self=(TEXT, TEXT), image_self=(IMAGE, IMAGE))
-
-    def __init__(
-        self,
-        text_dim: int,
-        image_dim: int,
-        heads: int,
-        ffn_ratio: float,
-        dropout: float,
-        attn_dropout: float,
-    ) -> None:
-        super().__init__()
-        self.text_attn = AttentionSublayer(
-            text_dim, text_dim, text_dim, heads, dropout, attn_dropout
-        )
-        self.image_attn = AttentionSublayer(
-            image_dim, image_dim, image_dim, heads, dropout, attn_dropout
-        )
-        self._add_feed_forwards(text_dim, image_dim, ffn_ratio, dropout)
-
-    @classmethod
-    def from_config(cls, config: ModelConfig, text_dim: int, image_dim: int) -> SelfAttentionLayer:
-        c = config
-        return cls(text_dim, image_dim, c.num_heads, c.ffn_ratio, c.dropout, c.attention_dropout)
-
-    def attend(
-        self, text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor, need_weights: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
-        text, w_text = self.text_attn(text, text, text_mask, need_weights)
-        image, w_image = self.image_attn(image, image, None, need_weights)
-        return text, image, [w_text, w_image]
+    sublayer_names = MappingProxyType({"text_self": "text_attn", "image_self": "image_attn"})
 
 
 @register_fusion_layer
 class CoAttentionLayer(_TwoStreamLayer):
-    """Text queries attend to image keys/values and image queries to text keys/values."""
+    """Text queries attend to image keys/values and image queries to text keys/values,
+    at the width ``coattention_size`` (vilbert's bi_hidden)."""
 
     kind = COATTENTION
     title = "co-attention"
     directions = declare_directions(text_to_image=(TEXT, IMAGE), image_to_text=(IMAGE, TEXT))
 
-    def __init__(
-        self,
-        text_dim: int,
-        image_dim: int,
-        hidden: int,
-        heads: int,
-        ffn_ratio: float,
-        dropout: float,
-        attn_dropout: float,
-    ) -> None:
-        super().__init__()
-        self.text_to_image = AttentionSublayer(
-            text_dim, image_dim, hidden, heads, dropout, attn_dropout
-        )
-        self.image_to_text = AttentionSublayer(
-            image_dim, text_dim, hidden, heads, dropout, attn_dropout
-        )
-        self._add_feed_forwards(text_dim, image_dim, ffn_ratio, dropout)
-
     @classmethod
-    def from_config(cls, config: ModelConfig, text_dim: int, image_dim: int) -> CoAttentionLayer:
-        c = config
-        return cls(
-            text_dim,
-            image_dim,
-            c.coattention_size,
-            c.num_heads,
-            c.ffn_ratio,
-            c.dropout,
-            c.attention_dropout,
-        )
-
-    def attend(
-        self, text: torch.Tensor, image: torch.Tensor, text_mask: torch.Tensor, need_weights: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor | None]]:
-        # Both directions read the pre-update states (vilbert BertBiAttention).
-        new_text, w_ti = self.text_to_image(text, image, None, need_weights)
-        new_image, w_it = self.image_to_text(image, text, text_mask, need_weights)
-        return new_text, new_image, [w_ti, w_it]
+    def hidden_size(cls, config: ModelConfig) -> int | None:
+        return config.coattention_size
 
 
 @register_fusion_layer
@@ -242,7 +215,7 @@ class SingleStreamLayer(FusionLayer):
         image: torch.Tensor,
         text_mask: torch.Tensor,
         need_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, Attentions | None]:
+    ) -> FusionOutput:
         joint = torch.cat([text, image], dim=1)  # (B, T + I, D)
         image_mask = text_mask.new_ones(image.shape[:2])
         joint, weights = self.attn(

@@ -47,6 +47,8 @@ JOINT_PARTS = (TEXT, IMAGE)
 STREAMS = (TEXT, IMAGE, JOINT)
 
 Attentions = dict[str, torch.Tensor]
+#: What a fusion layer returns: the text states, the image states, the weights (or None).
+FusionOutput = tuple[torch.Tensor, torch.Tensor, Attentions | None]
 
 
 class FusionLayer(nn.Module):
@@ -61,14 +63,7 @@ class FusionLayer(nn.Module):
     def from_config(cls, config: ModelConfig, text_dim: int, image_dim: int) -> FusionLayer:
         raise NotImplementedError(f"{cls.__name__}.from_config")
 
-    def forward(
-        self,
-        text: torch.Tensor,
-        image: torch.Tensor,
-        text_mask: torch.Tensor,
-        need_weights: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor, Attentions | None]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    # forward(text, image, text_mask, need_weights=False) -> FusionOutput: see the module.
 
 
 def declare_directions(**pairs: tuple[str, str]) -> Mapping[str, tuple[str, str]]:
