@@ -9,6 +9,9 @@ number of real keys — for co-attention the *other* stream's key count — so t
 
 Weights are read from the model's explicit-attention path in eval mode: the pre-dropout
 softmax, which the model test suite shows computes the same function as the fused path.
+Which stream attends to which is what each fusion layer type declares (its ``directions``,
+see :mod:`vilalign.model.fusion`), so any registered layer type is measured; a model
+without fusion layers is refused with :class:`UnsupportedModelError`, naming the baseline.
 """
 
 from __future__ import annotations
