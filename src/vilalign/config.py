@@ -79,6 +79,16 @@ class ImageEncoderConfig(StrictModel):
     trainable_last_layers: int = Field(0, ge=0)
 
 
+#: The built-in fusion layer kinds: the names ``ModelConfig.layer_kinds``, ``fusion_layers``
+#: and every table's ``layer_kind`` column use. Defined here, in the configuration's
+#: vocabulary, because the variants below are made of them (and this module imports no
+#: package above it); the layer classes in :mod:`vilalign.model.coattention` take their
+#: ``kind`` from here. A new layer type names its own kind in its module.
+COATTENTION = "coattention"
+SELF_ATTENTION = "self_attention"
+SINGLE_STREAM = "single_stream"
+
+
 class ModelConfig(StrictModel):
     """The two-stream model: encoders, fusion layers, co-attention placement, head."""
 
@@ -153,17 +163,13 @@ class ModelConfig(StrictModel):
         return self
 
     def _check_fusion_layers(self) -> None:
-        if not self.fusion_layers:
-            return
-        if self.variant in UNFUSED_VARIANTS:
+        # Whether each kind is registered is checked where the registry lives: when the
+        # model is built, and for every cell when an experiment file is read.
+        if self.fusion_layers and self.variant in UNFUSED_VARIANTS:
             raise ValueError(
                 f"fusion_layers: variant {self.variant!r} has no fusion layers, got "
                 f"{self.fusion_layers}"
             )
-        from vilalign.model.fusion import fusion_layer_type  # (the model imports this module)
-
-        for kind in self.fusion_layers:
-            fusion_layer_type(kind)  # an unknown kind fails here, naming the known ones
 
     @model_serializer(mode="wrap")
     def _omit_unset_fusion_layers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
@@ -176,9 +182,7 @@ class ModelConfig(StrictModel):
 
     @property
     def layer_kinds(self) -> list[str]:
-        """The kind of every fusion layer (names defined in :mod:`vilalign.model.coattention`)."""
-        from vilalign.model.coattention import COATTENTION, SELF_ATTENTION, SINGLE_STREAM
-
+        """The kind of every fusion layer, bottom to top."""
         if self.variant in UNFUSED_VARIANTS:
             return []
         if self.fusion_layers is not None:
@@ -191,8 +195,6 @@ class ModelConfig(StrictModel):
     @property
     def fusion_layer_kinds(self) -> list[bool]:
         """For each fusion layer, whether it is a co-attention block."""
-        from vilalign.model.coattention import COATTENTION
-
         return [kind == COATTENTION for kind in self.layer_kinds]
 
 

@@ -12,6 +12,7 @@ from vilalign.analysis.attribution import explain
 from vilalign.analysis.collect import collect
 from vilalign.config import ConfigError, model_config
 from vilalign.data.types import Batch
+from vilalign.experiments.spec import load_experiment
 from vilalign.model import (
     FUSION_LAYERS,
     FusionLayer,
@@ -102,9 +103,14 @@ def test_a_model_is_built_from_the_registry_by_kind():
     ]
 
 
-def test_an_unknown_kind_or_a_kind_on_an_unfused_variant_is_an_error_naming_it():
-    with pytest.raises(ConfigError, match=r"'mystery' is not registered \(known: .*coattention"):
-        small(fusion_layers=["mystery"])
+def test_an_unknown_kind_or_a_kind_on_an_unfused_variant_is_an_error_naming_it(tmp_path):
+    known = r"'mystery' is not registered \(known: .*coattention"
+    with pytest.raises(ValueError, match=known):
+        build_model(small(fusion_layers=["mystery"]))
+    path = tmp_path / "exp.yaml"  # an experiment file fails when read, not mid-grid
+    path.write_text("name: x\npreset: tiny\nmodel: {fusion_layers: [coattention, mystery]}\n")
+    with pytest.raises(ConfigError, match=f"exp.yaml, cell .*model.fusion_layers: fusion layer kind {known}"):
+        load_experiment(path)
     with pytest.raises(ConfigError, match="variant 'text_only' has no fusion layers"):
         small(variant="text_only", fusion_layers=[COATTENTION])
 

@@ -30,8 +30,8 @@ import torch
 from scipy import stats
 from torch import nn
 
+from vilalign.config import COATTENTION, SELF_ATTENTION
 from vilalign.model.checkpoint import unwrap
-from vilalign.model.coattention import COATTENTION, SELF_ATTENTION
 from vilalign.model.fusion import (
     IMAGE,
     JOINT,

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from vilalign.model.coattention import COATTENTION
+from vilalign.config import COATTENTION
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from vilalign.analysis import report as R
+from vilalign.config import COATTENTION
 from vilalign.experiments.runner import (
     DONE_FILE,
     EXPERIMENT_FILE,
@@ -35,7 +36,6 @@ from vilalign.experiments.runner import (
     metric_columns,
     read_done,
 )
-from vilalign.model.coattention import COATTENTION
 
 log = logging.getLogger(__name__)
 

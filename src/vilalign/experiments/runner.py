@@ -43,9 +43,9 @@ from vilalign.analysis.pipeline import (
     run_alignment,
 )
 from vilalign.analysis.report import write_atomic
+from vilalign.config import COATTENTION, SELF_ATTENTION
 from vilalign.experiments.spec import Cell, ExperimentConfig, expand_grid
 from vilalign.model import load_pretrained, load_tokenizer
-from vilalign.model.coattention import COATTENTION, SELF_ATTENTION
 from vilalign.train import checkpoint as ckpt
 from vilalign.train.loop import EpochCallback, EpochContext
 from vilalign.train.run import RESULTS_FILE, run_finetuning, run_pretraining

@@ -30,7 +30,7 @@ from vilalign.config import (
     read_mapping,
     validate,
 )
-from vilalign.model import BASELINES
+from vilalign.model import BASELINES, fusion_layer_type
 from vilalign.train.config import FinetuneConfig, PretrainConfig
 from vilalign.train.objectives import OBJECTIVES, default_weights
 
@@ -420,7 +420,13 @@ def _make_cell(exp: ExperimentConfig, choice: dict[str, tuple[str, Any]], source
 
 def _validate_run(kind, exp, model, run, seed, where):
     data = deep_merge(run, {"preset": exp.preset, "model": model, "train": {"seed": seed}})
-    return validate(kind, data, source=f"{where} ({kind.__name__})")
+    cfg = validate(kind, data, source=f"{where} ({kind.__name__})")
+    for layer_kind in cfg.model.layer_kinds:  # the registry is the model's, not the config's
+        try:
+            fusion_layer_type(layer_kind)
+        except ValueError as err:
+            raise ConfigError(f"{where}: model.fusion_layers: {err}") from None
+    return cfg
 
 
 def cell_key(labels: Mapping[str, str]) -> str:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from vilalign.config import COATTENTION, SELF_ATTENTION, SINGLE_STREAM, ModelConfig
 from vilalign.model.attention import MultiHeadAttention
 from vilalign.model.fusion import (
     IMAGE,
@@ -31,14 +32,8 @@ from vilalign.model.fusion import (
     split_joint,
 )
 
-if TYPE_CHECKING:
-    from vilalign.config import ModelConfig
-
-# The layer kinds: the one place each name is spelt.
-COATTENTION = "coattention"
-SELF_ATTENTION = "self_attention"
-SINGLE_STREAM = "single_stream"
-
+# The kinds' names are configuration vocabulary (vilalign.config), re-exported here with
+# the classes that carry them.
 __all__ = [
     "COATTENTION",
     "SELF_ATTENTION",

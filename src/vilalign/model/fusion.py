@@ -9,9 +9,10 @@ type in any order (timm passes a block class; we look one up by its kind name):
 Every type says what it is, and the analyses (attention entropy, relevancy, bertviz,
 collection) read that instead of knowing the types:
 
-- ``kind``: its name, e.g. ``"coattention"``. The name is defined once, as a constant next
-  to the class, and is what ``ModelConfig.layer_kinds``, ``VilbertOutput.layer_kinds`` and
-  every table's ``layer_kind`` column say.
+- ``kind``: its name, e.g. ``"coattention"``: what ``ModelConfig.layer_kinds``,
+  ``fusion_layers``, ``VilbertOutput.layer_kinds`` and every table's ``layer_kind`` column
+  say. Each name is spelt once: the built-in kinds in :mod:`vilalign.config` (the variants
+  are made of them, and the config imports nothing above it), a new type's in its module.
 - ``directions``: ``{direction: (query stream, key stream)}``, the keys of the attention
   dict it returns (each weight map ``(B, H, Q, K)``). A stream is ``text``, ``image`` or
   ``joint``: the text tokens (padded to the batch's text length) followed by the image
@@ -42,8 +43,6 @@ TEXT = "text"
 IMAGE = "image"
 #: The concatenated sequence of a single-stream layer: the text tokens, then the image tokens.
 JOINT = "joint"
-#: The parts of a joint sequence, in order.
-JOINT_PARTS = (TEXT, IMAGE)
 STREAMS = (TEXT, IMAGE, JOINT)
 
 Attentions = dict[str, torch.Tensor]

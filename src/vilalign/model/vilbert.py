@@ -9,8 +9,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from vilalign.config import ModelConfig
-from vilalign.model.coattention import COATTENTION
+from vilalign.config import COATTENTION, ModelConfig
 from vilalign.model.encoders import (
     ImageEncoder,
     build_image_encoder,
