@@ -109,7 +109,8 @@ def test_an_unknown_kind_or_a_kind_on_an_unfused_variant_is_an_error_naming_it(t
         build_model(small(fusion_layers=["mystery"]))
     path = tmp_path / "exp.yaml"  # an experiment file fails when read, not mid-grid
     path.write_text("name: x\npreset: tiny\nmodel: {fusion_layers: [coattention, mystery]}\n")
-    with pytest.raises(ConfigError, match=f"exp.yaml, cell .*model.fusion_layers: fusion layer kind {known}"):
+    where = "exp.yaml, cell .*model.fusion_layers: fusion layer kind "
+    with pytest.raises(ConfigError, match=where + known):
         load_experiment(path)
     with pytest.raises(ConfigError, match="variant 'text_only' has no fusion layers"):
         small(variant="text_only", fusion_layers=[COATTENTION])
