@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
 
 
 class ConfigError(ValueError):
@@ -71,6 +79,16 @@ class ImageEncoderConfig(StrictModel):
     trainable_last_layers: int = Field(0, ge=0)
 
 
+#: The built-in fusion layer kinds: the names ``ModelConfig.layer_kinds``, ``fusion_layers``
+#: and every table's ``layer_kind`` column use. Defined here, in the configuration's
+#: vocabulary, because the variants below are made of them (and this module imports no
+#: package above it); the layer classes in :mod:`vilalign.model.coattention` take their
+#: ``kind`` from here. A new layer type names its own kind in its module.
+COATTENTION = "coattention"
+SELF_ATTENTION = "self_attention"
+SINGLE_STREAM = "single_stream"
+
+
 class ModelConfig(StrictModel):
     """The two-stream model: encoders, fusion layers, co-attention placement, head."""
 
@@ -89,6 +107,12 @@ class ModelConfig(StrictModel):
     coattention_layers: list[int] = Field(
         default_factory=lambda: [1, 3],
         description="Indices (0-based) of fusion layers that are co-attention blocks.",
+    )
+    fusion_layers: list[str] | None = Field(
+        None,
+        description="The kind of every fusion layer, bottom to top (any registered kind: "
+        "coattention, self_attention, single_stream, ...); sets depth and replaces "
+        "coattention_layers. None: from variant, depth and coattention_layers.",
     )
     coattention_size: int = Field(
         128, gt=0, description="Width of the co-attention queries/keys/values (bi_hidden)."
@@ -109,10 +133,18 @@ class ModelConfig(StrictModel):
     )
     num_labels: int = Field(0, ge=0, description="Task-head outputs; 0: no task head.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _depth_follows_fusion_layers(cls, data: Any) -> Any:
+        layers = data.get("fusion_layers") if isinstance(data, dict) else None
+        if isinstance(layers, list | tuple):
+            data = {**data, "depth": len(layers)}  # the one place the layers are counted
+        return data
+
     @model_validator(mode="after")
     def _check_layers(self) -> ModelConfig:
         bad = [i for i in self.coattention_layers if not 0 <= i < self.depth]
-        if bad and self.variant == "vilbert":
+        if bad and self.variant == "vilbert" and self.fusion_layers is None:
             raise ValueError(
                 f"coattention_layers: {bad} outside 0..{self.depth - 1} (depth={self.depth})"
             )
@@ -127,22 +159,43 @@ class ModelConfig(StrictModel):
                 f"coattention_size: {self.coattention_size} is not divisible by "
                 f"num_heads={self.num_heads}"
             )
+        self._check_fusion_layers()
         return self
+
+    def _check_fusion_layers(self) -> None:
+        # Whether each kind is registered is checked where the registry lives: when the
+        # model is built, and for every cell when an experiment file is read.
+        if self.fusion_layers and self.variant in UNFUSED_VARIANTS:
+            raise ValueError(
+                f"fusion_layers: variant {self.variant!r} has no fusion layers, got "
+                f"{self.fusion_layers}"
+            )
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_fusion_layers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset, ``fusion_layers`` is left out of config.json: a config that does not use it
+        # reads and hashes as before it existed (experiment folders keep their keys).
+        data = handler(self)
+        if self.fusion_layers is None:
+            data.pop("fusion_layers", None)
+        return data
 
     @property
     def layer_kinds(self) -> list[str]:
-        """For each fusion layer: 'coattention', 'self_attention' or 'single_stream'."""
+        """The kind of every fusion layer, bottom to top."""
         if self.variant in UNFUSED_VARIANTS:
             return []
+        if self.fusion_layers is not None:
+            return list(self.fusion_layers)
         if self.variant == "single_stream":
-            return ["single_stream"] * self.depth
+            return [SINGLE_STREAM] * self.depth
         coattn = set(self.coattention_layers) if self.variant == "vilbert" else set()
-        return ["coattention" if i in coattn else "self_attention" for i in range(self.depth)]
+        return [COATTENTION if i in coattn else SELF_ATTENTION for i in range(self.depth)]
 
     @property
     def fusion_layer_kinds(self) -> list[bool]:
         """For each fusion layer, whether it is a co-attention block."""
-        return [kind == "coattention" for kind in self.layer_kinds]
+        return [kind == COATTENTION for kind in self.layer_kinds]
 
 
 #: Variants without fusion layers (``depth`` is ignored for them).

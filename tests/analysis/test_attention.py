@@ -133,7 +133,7 @@ def test_attention_entropy_keeps_per_sample_rows_and_restores_training_mode(tiny
     # 2 samples × (2 self layers × 2 directions + 2 co layers × 2 directions) × 4 heads
     assert len(df) == 2 * 8 * 4
     assert set(df["id"]) == {"a", "b"}
-    assert set(df["layer_kind"]) == {"self", "coattention"}
+    assert set(df["layer_kind"]) == {"self_attention", "coattention"}
     assert set(df.loc[df["layer_kind"] == "coattention", "layer"]) == {1, 3}
     assert df["normalized_entropy"].between(0, 1 + 1e-9).all()
 
@@ -146,7 +146,7 @@ def test_single_stream_joint_attention_is_split_by_query_stream(tiny, tmp_path):
     model = build_model(cfg).eval()
     df = attention_entropy(model, [encode(tok, TEXTS, 16)])
     assert set(df["direction"]) == {"text_joint", "image_joint"}
-    assert set(df["layer_kind"]) == {"self"}
+    assert set(df["layer_kind"]) == {"single_stream"}
     n_real = [len(tok(t)["input_ids"]) for t in TEXTS]
     assert (df["n_keys"] == df["id"].map({"0": n_real[0] + 65, "1": n_real[1] + 65})).all()
     assert df["normalized_entropy"].between(0, 1 + 1e-9).all()

@@ -117,6 +117,29 @@ def test_self_attention_rule_moves_cross_relevance_too():
     torch.testing.assert_close(R["ti"], ti_after_co + torch.full((T, T), 0.5) @ ti_after_co)
 
 
+def test_joint_maps_take_the_self_attention_rule_on_the_whole_sequence():
+    # Single-stream layers: Chefer et al.'s rule R += Ā R on the concatenated text + image
+    # sequence, computed here on the full matrix; the library applies it block by block.
+    T, I, H = 3, 5, 2
+    maps = [{"joint": torch.softmax(_rand(H, T + I, T + I, seed=s) * 4, -1)} for s in (1, 2)]
+    grads = [{"joint": _rand(H, T + I, T + I, seed=10 + s) - 0.4} for s in (1, 2)]
+    R = propagate_relevancy(maps, grads, ["single_stream"] * 2, n_text=T)
+    full = torch.eye(T + I)
+    for a, g in zip(maps, grads, strict=True):
+        full = full + head_mean_relevance(a["joint"], g["joint"]) @ full
+    t, i = slice(0, T), slice(T, T + I)
+    for key, (rows, cols) in {"tt": (t, t), "ti": (t, i), "it": (i, t), "ii": (i, i)}.items():
+        torch.testing.assert_close(R[key], full[rows, cols], msg=key)
+    with pytest.raises(ValueError, match="needs n_text"):
+        propagate_relevancy(maps, grads, ["single_stream"] * 2)
+
+
+def test_weights_that_are_not_the_kinds_directions_are_an_error():
+    layer = {"text_self": torch.rand(1, 2, 2), "image_self": torch.rand(1, 3, 3)}
+    with pytest.raises(ValueError, match=r"fusion layer 0 \(coattention\): weights for"):
+        propagate_relevancy([layer], [layer], ["coattention"])
+
+
 # --------------------------------------------------------------------------- on the model
 
 

@@ -1,22 +1,37 @@
-"""Objectives: hand-computed InfoNCE, stop-gradient, tied MLM head, the combined task."""
+"""Objectives: hand-computed InfoNCE, stop-gradient, tied MLM head, the combined task, the
+registry (a new objective in two steps), checkpoint key names and the fused width."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
 
 from vilalign.data.masking import IGNORE_INDEX
 from vilalign.data.types import Batch
-from vilalign.model import build_model
+from vilalign.experiments.spec import objective_names, objectives_overrides
+from vilalign.model import apply_baseline, build_model
 from vilalign.train.config import ObjectivesConfig
+from vilalign.train.multitask import MultiTaskModule
 from vilalign.train.objectives import (
+    OBJECTIVES,
     AlignmentPrediction,
     ContrastiveMIM,
     ImageTextContrastive,
     MaskedLanguageModelling,
+    Objective,
+    ObjectiveConfig,
+    ObjectiveOutput,
+    default_weights,
     info_nce,
+    objectives_config_class,
+    register_objective,
+    unregister_objective,
 )
 from vilalign.train.tasks import PretrainingTask
 
@@ -127,3 +142,97 @@ def test_no_objective_is_an_error(make_config):
     zero = {"weight": 0.0}
     with pytest.raises(ValueError, match="objectives"):
         PretrainingTask(model, ObjectivesConfig(mlm=zero, mim=zero, ap=zero, itc=zero))
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_the_config_and_the_experiments_read_the_registry():
+    assert list(ObjectivesConfig.model_fields) == list(OBJECTIVES) == ["mlm", "mim", "ap", "itc"]
+    assert default_weights() == {"mlm": 1.0, "mim": 1.0, "ap": 1.0, "itc": 0.0}
+    assert ObjectivesConfig().active == ["mlm", "mim", "ap"]
+
+
+class AgreeConfig(ObjectiveConfig):
+    margin: float = Field(0.5, gt=0)
+
+
+class PooledAgreement(Objective):
+    """A new objective: matching pairs' pooled vectors should agree (cosine above a margin)."""
+
+    name = "agree"
+    config_class = AgreeConfig
+    batch_fields = ("ap_labels",)
+
+    def __init__(self, margin: float) -> None:
+        super().__init__()
+        self.margin = margin
+        self.log_scale = nn.Parameter(torch.zeros(()))  # a "head": one learned scale
+
+    @classmethod
+    def from_config(cls, model, cfg: AgreeConfig) -> PooledAgreement:
+        return cls(cfg.margin)
+
+    def term(self, views, batch) -> ObjectiveOutput:
+        keep = batch.ap_labels.bool()
+        rows = views.clean
+        cos = F.cosine_similarity(rows.pooled_text[keep], rows.pooled_image[keep], dim=-1)
+        loss = (self.margin - cos * self.log_scale.exp()).clamp(min=0).mean()
+        return ObjectiveOutput(loss, {"cosine": cos.mean().detach()})
+
+
+@pytest.fixture
+def agree():
+    register_objective(PooledAgreement)
+    yield PooledAgreement.name
+    unregister_objective(PooledAgreement.name)
+
+
+def test_a_new_objective_trains_and_the_experiments_know_it(agree, make_config):
+    config_class = objectives_config_class()  # built after the registration
+    cfg = config_class(mim={"weight": 0.0}, ap={"weight": 0.0}, agree={"weight": 2.0})
+    assert cfg.active == ["mlm", "agree"] and cfg.agree.margin == 0.5
+    torch.manual_seed(0)
+    model = build_model(make_config(num_labels=0))
+    task = PretrainingTask(model, cfg)
+    assert "agree.log_scale" in task.state_dict()
+    result = task(_pretraining_batch(model))
+    assert {"mlm_loss", "agree_loss", "agree_cosine"} <= set(result.logs)
+    expected = result.logs["mlm_loss"] + 2.0 * result.logs["agree_loss"]
+    assert result.loss.item() == pytest.approx(float(expected), rel=1e-5)
+    result.loss.backward()
+    assert (
+        task.agree.log_scale.grad is not None
+        and model.text_pooler.dense.weight.grad.abs().sum() > 0
+    )
+    no_pairs = task(replace(_pretraining_batch(model), ap_labels=None))
+    assert "agree_loss" not in no_pairs.logs  # a batch without its field skips the term
+    assert objective_names("all") == ["mlm", "mim", "ap", "agree"]
+    assert objectives_overrides({}, "agree")["agree"] == {"weight": 1.0}
+
+
+def test_pretraining_checkpoints_keep_their_key_names(make_config):
+    # The keys every pretraining checkpoint so far was written with: a run resumes from them.
+    model = build_model(make_config(num_labels=0))
+    task = PretrainingTask(model, ObjectivesConfig(itc={"weight": 0.5}))
+    heads = {k for k in task.state_dict() if not k.startswith("model.")}
+    assert heads == {
+        "mlm.head.transform.0.weight", "mlm.head.transform.0.bias", "mlm.head.transform.2.weight",
+        "mlm.head.transform.2.bias", "mlm.head.decoder.weight", "mlm.head.decoder.bias",
+        "mim.projection.net.0.weight", "mim.projection.net.0.bias", "mim.projection.net.2.weight",
+        "mim.projection.net.2.bias", "ap.head.linear.weight", "ap.head.linear.bias",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("baseline", "times_pooled"), [("text_only", 1), ("concat_features", 2)])
+def test_every_head_reads_the_models_fused_width(make_config, baseline, times_pooled):
+    # text_only with fusion: concat fuses nothing: the AP head once was twice too wide.
+    cfg = apply_baseline(make_config(num_labels=3, fusion="concat"), baseline)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.fused_size == times_pooled * cfg.pooled_size
+    task = PretrainingTask(model, ObjectivesConfig(mim={"weight": 0.0}))
+    assert task.ap.head.linear.in_features == model.fused_size
+    assert torch.isfinite(task(_pretraining_batch(model)).loss)
+    multi = MultiTaskModule(model, {"a": "easyvqa"}, {"a": 3})
+    assert model.head.net[1].in_features == multi.heads["a"].net[1].in_features == model.fused_size

@@ -9,13 +9,17 @@ number of real keys — for co-attention the *other* stream's key count — so t
 
 Weights are read from the model's explicit-attention path in eval mode: the pre-dropout
 softmax, which the model test suite shows computes the same function as the fused path.
+Which stream attends to which is what each fusion layer type declares (its ``directions``,
+see :mod:`vilalign.model.fusion`), so any registered layer type is measured; a model
+without fusion layers is refused with :class:`UnsupportedModelError`, naming the baseline.
 """
 
 from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,27 +30,66 @@ import torch
 from scipy import stats
 from torch import nn
 
+from vilalign.config import COATTENTION, SELF_ATTENTION
 from vilalign.model.checkpoint import unwrap
+from vilalign.model.fusion import (
+    IMAGE,
+    JOINT,
+    TEXT,
+    direction_streams,
+    fusion_layer_type,
+    split_joint,
+)
 
 log = logging.getLogger(__name__)
 
 Tensor = torch.Tensor
 Attentions = Mapping[str, Tensor]
 
-# direction → (query stream, key stream)
-DIRECTIONS: dict[str, tuple[str, str]] = {
-    "text_self": ("text", "text"),
-    "image_self": ("image", "image"),
-    "text_to_image": ("text", "image"),
-    "image_to_text": ("image", "text"),
-    # A single-stream (ViLT-style) layer's one attention over text tokens then patches,
-    # split by the stream of the query.
-    "text_joint": ("text", "joint"),
-    "image_joint": ("image", "joint"),
-}
-JOINT = "joint"  # the key of a single-stream layer's weights, (B, H, T+P, T+P)
-COATTENTION = "coattention"
-SELF_ATTENTION = "self"
+
+class UnsupportedModelError(ValueError):
+    """An analysis that does not apply to this model; the message names the baseline and why."""
+
+
+def _model_name(model: nn.Module) -> str:
+    variant = unwrap(model).config.variant
+    return f"the {variant} baseline"
+
+
+def require_fusion_layers(model: nn.Module, analysis: str) -> None:
+    """Refuse, naming the baseline, an analysis of fusion-layer attention on a model without."""
+    if len(unwrap(model).fusion_layers) == 0:
+        raise UnsupportedModelError(
+            f"{analysis} needs fusion layers; {_model_name(model)} has no fusion layers"
+        )
+
+
+def require_modality(model: nn.Module, modality: str, analysis: str) -> None:
+    """Refuse an analysis of ``modality`` on a model whose prediction never reads it."""
+    if modality not in unwrap(model).modalities:
+        raise UnsupportedModelError(
+            f"{analysis} explains the {modality} stream; {_model_name(model)} does not use it"
+        )
+
+
+def kind_name(kind: str | bool) -> str:
+    """A fusion layer's kind; ``VilbertOutput.is_coattention``'s bools name the two
+    two-stream kinds (coattention / self_attention)."""
+    if isinstance(kind, bool):
+        return COATTENTION if kind else SELF_ATTENTION
+    fusion_layer_type(kind)  # an unknown kind fails here, naming the known ones
+    return kind
+
+
+def check_directions(attn: Attentions, kind: str, layer: int) -> None:
+    """A layer's weights must be those its kind declares (``FusionLayer.directions``)."""
+    declared = fusion_layer_type(kind).directions
+    if set(attn) != set(declared):
+        raise ValueError(
+            f"fusion layer {layer} ({kind}): weights for {sorted(attn)}, but the kind "
+            f"declares the directions {sorted(declared)}"
+        )
+
 
 # --------------------------------------------------------------------------- entropy
 
@@ -89,35 +132,41 @@ def head_entropy(
     return mean, normalised
 
 
-def _stream_masks(attention_mask: Tensor) -> dict[str, Tensor | None]:
-    # Text padding is masked; every image token (CLS and patches) is real.
-    return {"text": attention_mask, "image": None}
+def _real_positions(stream: str, attention_mask: Tensor, length: int) -> Tensor | None:
+    """Mask of the real positions along a ``stream`` axis of ``length`` (None: all real).
 
-
-def _joint_mask(attention_mask: Tensor, n_keys: int) -> Tensor:
-    """Real keys of a joint sequence: the text tokens (masked), then every image token."""
-    image = attention_mask.new_ones(attention_mask.shape[0], n_keys - attention_mask.shape[1])
+    Text padding is masked; every image token (CLS and patches) is real; a joint sequence
+    is the text tokens, then the image tokens.
+    """
+    if stream == TEXT:
+        return attention_mask
+    if stream == IMAGE:
+        return None
+    image = attention_mask.new_ones(attention_mask.shape[0], length - attention_mask.shape[1])
     return torch.cat([attention_mask, image], dim=1)
 
 
 def entropy_frame(
     attentions: Sequence[Attentions],
-    is_coattention: Sequence[bool],
+    layer_kinds: Sequence[str | bool],
     attention_mask: Tensor,
     ids: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """A tidy table of per-sample head entropies for one batch.
 
-    ``attentions[i]`` is fusion layer ``i``'s dict of weights (``VilbertOutput.attentions``).
+    ``attentions[i]`` is fusion layer ``i``'s dict of weights (``VilbertOutput.attentions``)
+    and ``layer_kinds[i]`` its kind (``VilbertOutput.layer_kinds``; see :func:`kind_name`).
     Columns: id, layer, layer_kind, direction, query_stream, key_stream, head, entropy,
     normalized_entropy, n_keys.
     """
     B = attention_mask.shape[0]
     ids = [str(i) for i in range(B)] if ids is None or len(ids) == 0 else [str(i) for i in ids]
     frames = []
-    for layer, (attn, coattn) in enumerate(zip(attentions, is_coattention, strict=True)):
-        for direction, weights in _split_joint(attn, attention_mask.shape[1]).items():
-            frames.append(_direction_frame(weights, direction, attention_mask, ids, layer, coattn))
+    for layer, (attn, kind) in enumerate(zip(attentions, layer_kinds, strict=True)):
+        kind = kind_name(kind)
+        check_directions(attn, kind, layer)
+        for direction, (q, k, w) in query_rows(attn, attention_mask.shape[1]).items():
+            frames.append(_direction_frame(w, (direction, q, k), attention_mask, ids, layer, kind))
     if not frames:
         raise ValueError(
             "no attention weights: the model has no fusion layers (e.g. the concat_features, "
@@ -126,36 +175,45 @@ def entropy_frame(
     return pd.concat(frames, ignore_index=True)
 
 
-def _split_joint(attn: Attentions, n_text: int) -> dict[str, Tensor]:
-    """A single-stream layer's joint weights as text-query and image-query rows."""
-    if JOINT not in attn:
-        return dict(attn)
-    weights = attn[JOINT]  # (B, H, T+P, T+P)
-    return {"text_joint": weights[:, :, :n_text], "image_joint": weights[:, :, n_text:]}
+def query_rows(attn: Attentions, n_text: int) -> dict[str, tuple[str, str, Tensor]]:
+    """Every direction's (query stream, key stream, weights), as the layer types declare them.
+
+    A joint map (single-stream layers) is split by the stream of its queries into
+    ``text_<direction>`` and ``image_<direction>`` rows over all joint keys; ``n_text`` is
+    the batch's (padded) text length, where the image tokens start.
+    """
+    out: dict[str, tuple[str, str, Tensor]] = {}
+    for direction, weights in attn.items():
+        q, k = direction_streams(direction)
+        if q != JOINT:
+            out[direction] = (q, k, weights)
+            continue
+        for part, rows in split_joint(weights, n_text, dim=-2).items():
+            out[f"{part}_{direction}"] = (part, JOINT, rows)
+    return out
 
 
 def _direction_frame(
     weights: Tensor,
-    direction: str,
+    direction: tuple[str, str, str],
     attention_mask: Tensor,
     ids: list[str],
     layer: int,
-    coattn: bool,
+    kind: str,
 ) -> pd.DataFrame:
-    q_stream, k_stream = DIRECTIONS[direction]
-    masks = _stream_masks(attention_mask.to(weights.device))
-    if k_stream == JOINT:
-        masks[JOINT] = _joint_mask(masks["text"], weights.shape[-1])
-    raw, norm = head_entropy(weights, masks[k_stream], masks[q_stream])  # (B, H)
+    name, q_stream, k_stream = direction
+    attention_mask = attention_mask.to(weights.device)
+    k_mask = _real_positions(k_stream, attention_mask, weights.shape[-1])
+    q_mask = _real_positions(q_stream, attention_mask, weights.shape[-2])
+    raw, norm = head_entropy(weights, k_mask, q_mask)  # (B, H)
     B, H = raw.shape
-    k_mask = masks[k_stream]
     n_keys = k_mask.sum(-1) if k_mask is not None else torch.full((B,), weights.shape[-1])
     return pd.DataFrame(
         {
             "id": np.repeat(ids, H),
             "layer": layer,
-            "layer_kind": COATTENTION if coattn else SELF_ATTENTION,
-            "direction": direction,
+            "layer_kind": kind,
+            "direction": name,
             "query_stream": q_stream,
             "key_stream": k_stream,
             "head": np.tile(np.arange(H), B),
@@ -164,6 +222,18 @@ def _direction_frame(
             "n_keys": np.repeat(n_keys.cpu().numpy().astype(int), H),
         }
     )
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout: the weights read are the model's distribution), restoring the
+    model's training mode afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def model_inputs(batch: Any) -> tuple[dict[str, Tensor], list[str]]:
@@ -189,27 +259,22 @@ def attention_entropy(
     Runs the model in eval mode (attention dropout off: after-dropout weights are not the
     model's distribution) without gradients, and restores its training mode. Samples
     without ids are numbered in loader order. See :func:`entropy_frame` for the columns.
+    A model without fusion layers is refused (:class:`UnsupportedModelError`).
     """
+    require_fusion_layers(model, "attention entropy")
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     frames, seen = [], 0
-    try:
-        with torch.no_grad():
-            for i, batch in enumerate(loader):
-                if max_batches is not None and i >= max_batches:
-                    break
-                inputs, ids = model_inputs(batch)
-                inputs = {k: v.to(device) if v is not None else v for k, v in inputs.items()}
-                out = model(**inputs, output_attentions=True)
-                B = inputs["input_ids"].shape[0]
-                ids = ids or [str(seen + j) for j in range(B)]
-                frames.append(
-                    entropy_frame(out.attentions, out.is_coattention, out.attention_mask, ids)
-                )
-                seen += B
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            inputs, ids = model_inputs(batch)
+            inputs = {k: v.to(device) if v is not None else v for k, v in inputs.items()}
+            out = model(**inputs, output_attentions=True)
+            B = inputs["input_ids"].shape[0]
+            ids = ids or [str(seen + j) for j in range(B)]
+            frames.append(entropy_frame(out.attentions, out.layer_kinds, out.attention_mask, ids))
+            seen += B
     if not frames:
         raise ValueError("attention_entropy: the loader yielded no batches")
     return pd.concat(frames, ignore_index=True)
@@ -283,6 +348,36 @@ def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray
     return np.mean(x, axis=axis) - np.mean(y, axis=axis)
 
 
+def _resampled(
+    co: np.ndarray,
+    self_: np.ndarray,
+    n_resamples: int,
+    confidence: float,
+    rng: np.random.Generator,
+) -> tuple[Any, Any]:
+    """The permutation test (one-sided) and the percentile bootstrap of mean(co) − mean(self),
+    in that order from one generator."""
+    groups = (co, self_)
+    perm = stats.permutation_test(
+        groups,
+        _mean_difference,
+        alternative="less",
+        n_resamples=n_resamples,
+        vectorized=True,
+        rng=rng,
+    )
+    boot = stats.bootstrap(
+        groups,
+        _mean_difference,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        vectorized=True,
+        rng=rng,
+    )
+    return perm, boot
+
+
 def compare_groups(
     co: np.ndarray,
     self_: np.ndarray,
@@ -309,24 +404,7 @@ def compare_groups(
             f"and {len(self_)} self-attention heads"
         )
     mw = stats.mannwhitneyu(co, self_, alternative="less")
-    rng = np.random.default_rng(seed)
-    perm = stats.permutation_test(
-        (co, self_),
-        _mean_difference,
-        alternative="less",
-        n_resamples=n_resamples,
-        vectorized=True,
-        rng=rng,
-    )
-    boot = stats.bootstrap(
-        (co, self_),
-        _mean_difference,
-        n_resamples=n_resamples,
-        confidence_level=confidence,
-        method="percentile",
-        vectorized=True,
-        rng=rng,
-    )
+    perm, boot = _resampled(co, self_, n_resamples, confidence, np.random.default_rng(seed))
     # U counts pairs with co > self (ties ½), so 1 − U/(n1·n2) = P(co < self).
     prob_lower = 1.0 - float(mw.statistic) / (len(co) * len(self_))
     return FocusComparison(
@@ -439,51 +517,58 @@ def patch_labels(grid: tuple[int, int], num_prefix_tokens: int = 1) -> list[str]
 def joint_attention(attn: Attentions, n_text: int) -> Tensor:
     """One layer's attention of one sample as a (1, H, T+I, T+I) matrix over text then image.
 
-    Self-attention fills the diagonal blocks, co-attention the off-diagonal ones, so one
-    bertviz view shows every direction with consistent layer indices (bertviz reuses the
-    first list's layer indices for its encoder/decoder/cross lists).
-    ``attn`` holds (H, Q, K) weights already cut to ``n_text`` real text tokens; a
-    single-stream layer's ``joint`` weights are that matrix already.
+    Each direction fills the block of its (query stream, key stream): self-attention the
+    diagonal blocks, co-attention the off-diagonal ones, so one bertviz view shows every
+    direction with consistent layer indices (bertviz reuses the first list's layer indices
+    for its encoder/decoder/cross lists). ``attn`` holds (H, Q, K) weights already cut to
+    ``n_text`` real text tokens; a joint map (single-stream layers) is that matrix already.
     """
-    if JOINT in attn:
-        return attn[JOINT].detach().double().cpu()[None].round(decimals=4)
-    some = next(iter(attn.values()))
-    H = some.shape[0]
-    n_image = (attn.get("image_self") if "image_self" in attn else attn["image_to_text"]).shape[1]
-    n = n_text + n_image
+    streams = {direction: direction_streams(direction) for direction in attn}
+    for direction, (q, _) in streams.items():
+        if q == JOINT:
+            return attn[direction].detach().double().cpu()[None].round(decimals=4)
+    H = next(iter(attn.values())).shape[0]
+    n = n_text + _image_length(attn, streams)
     out = torch.zeros(1, H, n, n, dtype=torch.float64)
-    t, i = slice(0, n_text), slice(n_text, n)
-    blocks = {
-        "text_self": (t, t),
-        "image_self": (i, i),
-        "text_to_image": (t, i),
-        "image_to_text": (i, t),
-    }
+    span = {TEXT: slice(0, n_text), IMAGE: slice(n_text, n)}
     for direction, w in attn.items():
-        rows, cols = blocks[direction]
-        out[0, :, rows, cols] = w.detach().double().cpu()
+        q, k = streams[direction]
+        out[0, :, span[q], span[k]] = w.detach().double().cpu()
     # Four decimals are plenty to draw; float64 so that json writes 0.1002, not 0.10019999742.
     return out.round(decimals=4)
 
 
-def _sample_attentions(
-    attentions: Sequence[Attentions], index: int, n_text: int, n_image: int
-) -> list[dict]:
-    """Weights of one sample, text dimensions cut to its real tokens. (H, Q, K) each."""
-    cut = {"text": slice(0, n_text), "image": slice(None)}
-    out = []
-    for attn in attentions:
-        layer = {}
-        for direction, w in attn.items():
-            if direction == JOINT:  # text tokens (padding at their end), then image tokens
-                start = w.shape[-1] - n_image
-                keep = torch.cat([torch.arange(n_text), torch.arange(start, start + n_image)])
-                keep = keep.to(w.device)
-                layer[direction] = w[index][:, keep][:, :, keep]
-                continue
-            q, k = DIRECTIONS[direction]
-            layer[direction] = w[index][:, cut[q], cut[k]]
-        out.append(layer)
+def _image_length(attn: Attentions, streams: Mapping[str, tuple[str, str]]) -> int:
+    for direction, (q, k) in streams.items():
+        if IMAGE in (q, k):
+            return attn[direction].shape[-2 if q == IMAGE else -1]
+    raise ValueError(f"no direction of {sorted(attn)} involves the image stream")
+
+
+def _real_index(stream: str, w: Tensor, dim: int, n_text: int, n_image: int) -> slice | Tensor:
+    """The real positions along ``w``'s axis ``dim`` of a ``stream``: a sample's ``n_text``
+    real text tokens (padding comes after them), every image token; a joint axis has both."""
+    if stream == TEXT:
+        return slice(0, n_text)
+    if stream == IMAGE:
+        return slice(None)
+    length = w.shape[dim]
+    keep = torch.cat([torch.arange(n_text), torch.arange(length - n_image, length)])
+    return keep.to(w.device)
+
+
+def sample_maps(attn: Attentions, index: int, n_text: int, n_image: int) -> dict[str, Tensor]:
+    """Sample ``index``'s (H, Q, K) maps with its text padding cut from every stream axis.
+
+    ``n_text``: the sample's real text tokens; ``n_image``: the image tokens (prefix
+    included), which locate the image part of a joint axis.
+    """
+    out = {}
+    for direction, w in attn.items():
+        q, k = direction_streams(direction)
+        rows = _real_index(q, w, -2, n_text, n_image)
+        cols = _real_index(k, w, -1, n_text, n_image)
+        out[direction] = w[index][:, rows][:, :, cols]
     return out
 
 
@@ -509,7 +594,7 @@ def bertviz_html(
 
     n_text = len(text_tokens)
     image_labels = patch_labels(grid, num_prefix_tokens)
-    per_layer = _sample_attentions(attentions, index, n_text, len(image_labels))
+    per_layer = [sample_maps(a, index, n_text, len(image_labels)) for a in attentions]
     joint = [joint_attention(a, n_text) for a in per_layer]
     tokens = list(text_tokens) + image_labels
     if joint[0].shape[-1] != len(tokens):
@@ -578,6 +663,7 @@ def export_bertviz(
     'auto' embeds d3 and jQuery from Debian's packages when installed (the file then opens
     offline) and otherwise leaves bertviz's CDN links; None always uses the CDN.
     """
+    require_fusion_layers(model, "the bertviz view")
     if inline_js == "auto":
         inline_js = local_js_assets()
         if inline_js is None:
@@ -585,13 +671,8 @@ def export_bertviz(
     inputs, _ = model_inputs(batch)
     device = next(model.parameters()).device
     inputs = {k: v[index : index + 1].to(device) for k, v in inputs.items() if v is not None}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(**inputs, output_attentions=True)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        out = model(**inputs, output_attentions=True)
     n_text = int(inputs["attention_mask"][0].sum())
     ids = inputs["input_ids"][0, :n_text].tolist()
     tokens = (

@@ -13,6 +13,17 @@ The relevancy propagation covers the fusion layers only: the unimodal encoders (
 timm ViT) run fused attention and do not return weights, so relevancy treats them as
 token-wise. For a model whose encoders have layers, the maps say how the fusion layers
 mixed the encoders' outputs; with zero encoder layers they are the full propagation.
+Which rule a layer's map takes is read from its declared directions (query stream, key
+stream): a stream attending to itself takes the self-attention rule, one stream attending
+to the other the bi-modal rule, and a joint (single-stream) map is Chefer et al.'s
+self-attention rule on the one concatenated sequence, split into text and image blocks.
+
+What each baseline supports: relevancy needs fusion layers (concat_features, text_only and
+image_only have none and are refused, naming the baseline); Grad-CAM reads the image
+stream's input to a fusion layer, or to the ViT's last block on a model without fusion
+layers (text_only, which ignores the image, is refused); integrated gradients attribute
+the modalities the prediction reads — a unimodal baseline's other modality gets zero
+scores and is left out of ``Explanation.attributed``.
 """
 
 from __future__ import annotations
@@ -20,7 +31,6 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +39,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from vilalign.analysis.attention import DIRECTIONS, image_grid, model_inputs
+from vilalign.analysis.attention import (
+    check_directions,
+    eval_mode,
+    image_grid,
+    kind_name,
+    model_inputs,
+    require_fusion_layers,
+    require_modality,
+    sample_maps,
+)
+from vilalign.model.checkpoint import unwrap
+from vilalign.model.fusion import IMAGE, JOINT, TEXT, direction_streams, split_joint
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +76,8 @@ class Explanation:
     token_scores: np.ndarray
     patch_scores: np.ndarray
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # R_tt, R_ii, R_ti, R_it
+    #: The streams the method attributed; the others' scores are zeros, not measurements.
+    attributed: tuple[str, ...] = (TEXT, IMAGE)
 
     def patch_mass(self, region: np.ndarray) -> float:
         """Share of positive patch relevance inside ``region`` (a (rows, cols) bool mask)."""
@@ -106,53 +129,92 @@ def normalise_self_relevance(r: Tensor) -> Tensor:
     return residual + eye
 
 
+_SHORT = {TEXT: "t", IMAGE: "i"}  # R's keys: "ti" = text rows, image columns
+
+
 def propagate_relevancy(
     attentions: Sequence[Mapping[str, Tensor]],
     grads: Sequence[Mapping[str, Tensor]],
-    is_coattention: Sequence[bool],
+    layer_kinds: Sequence[str | bool],
+    n_text: int | None = None,
 ) -> dict[str, Tensor]:
     """Relevancy maps R_tt, R_ii, R_ti, R_it of one sample through the fusion layers.
 
-    ``attentions[i][direction]`` and ``grads[i][direction]`` are (H, Q, K). Start with
-    R_tt = I, R_ii = I, R_ti = R_it = 0 (eq. 6) and update layer by layer:
-    self-attention of stream s: R_ss += Ā R_ss, R_sq += Ā R_sq (eqs. 6–7);
-    co-attention from s to q: R_sq += R̄_ssᵀ Ā R̄_qq, R_ss += Ā R_qs (eqs. 10–11), both
-    directions computed from the matrices before the layer's update.
+    ``attentions[i][direction]`` and ``grads[i][direction]`` are (H, Q, K); ``layer_kinds[i]``
+    is layer ``i``'s kind (see :func:`~vilalign.analysis.attention.kind_name`), whose
+    declared directions say which stream attends to which. ``n_text``: the real text
+    tokens, where a joint map's image part starts (needed only for joint maps).
+
+    Start with R_tt = I, R_ii = I, R_ti = R_it = 0 (eq. 6) and update layer by layer, every
+    term from the matrices before the layer's update: a stream s attending to itself,
+    R_ss += Ā R_ss, R_so += Ā R_so (eqs. 6–7); s attending to the other stream q (bi-modal),
+    R_sq += R̄_ssᵀ Ā R̄_qq, R_ss += Ā R_qs (eqs. 10–11); a joint map is the self-attention
+    rule R += Ā R on the concatenated sequence, applied block by block.
     """
-    first = attentions[0]
-    n_t = first["text_self" if "text_self" in first else "text_to_image"].shape[-2]
-    n_i = first["image_self" if "image_self" in first else "image_to_text"].shape[-2]
-    dev = next(iter(first.values())).device
-    R = {
-        "tt": torch.eye(n_t, device=dev),
-        "ii": torch.eye(n_i, device=dev),
-        "ti": torch.zeros(n_t, n_i, device=dev),
-        "it": torch.zeros(n_i, n_t, device=dev),
-    }
-    for attn, grad, coattn in zip(attentions, grads, is_coattention, strict=True):
-        a = {d: head_mean_relevance(attn[d].float(), grad[d].float()) for d in attn}
-        R = _coattention_rule(R, a) if coattn else _self_attention_rule(R, a)
+    layers = []
+    for i, (attn, grad, kind) in enumerate(zip(attentions, grads, layer_kinds, strict=True)):
+        check_directions(attn, kind_name(kind), i)
+        layers.append(_relevance_blocks(attn, grad, n_text))
+    R = _identity_relevance(layers)
+    for blocks in layers:
+        R = _update_relevance(R, blocks)
     return R
 
 
-def _self_attention_rule(R: dict[str, Tensor], a: dict[str, Tensor]) -> dict[str, Tensor]:
+Block = tuple[str, str, Tensor, bool]  # query stream, key stream, Ā, bi-modal
+
+
+def _relevance_blocks(
+    attn: Mapping[str, Tensor], grad: Mapping[str, Tensor], n_text: int | None
+) -> list[Block]:
+    """Ā of every direction with its streams; a joint map cut into its four stream blocks."""
+    blocks: list[Block] = []
+    for direction, w in attn.items():
+        a = head_mean_relevance(w.float(), grad[direction].float())  # (Q, K)
+        q, k = direction_streams(direction)
+        if q != JOINT:
+            blocks.append((q, k, a, q != k))
+            continue
+        if n_text is None:
+            raise ValueError(f"propagate_relevancy: the joint map {direction!r} needs n_text")
+        for q_part, rows in split_joint(a, n_text, dim=0).items():
+            for k_part, block in split_joint(rows, n_text, dim=1).items():
+                blocks.append((q_part, k_part, block, False))
+    return blocks
+
+
+def _identity_relevance(layers: Sequence[Sequence[Block]]) -> dict[str, Tensor]:
+    """R before any layer: each stream relevant to itself only (eq. 6)."""
+    sizes: dict[str, int] = {}
+    for q, k, a, _ in (block for blocks in layers for block in blocks):
+        sizes.setdefault(q, a.shape[0])
+        sizes.setdefault(k, a.shape[1])
+    if set(sizes) != {TEXT, IMAGE}:
+        raise ValueError(f"propagate_relevancy: the maps cover the streams {sorted(sizes)} only")
+    dev = layers[0][0][2].device
+    t, i = sizes[TEXT], sizes[IMAGE]
     return {
-        "tt": R["tt"] + a["text_self"] @ R["tt"],
-        "ti": R["ti"] + a["text_self"] @ R["ti"],
-        "ii": R["ii"] + a["image_self"] @ R["ii"],
-        "it": R["it"] + a["image_self"] @ R["it"],
+        "tt": torch.eye(t, device=dev),
+        "ii": torch.eye(i, device=dev),
+        "ti": torch.zeros(t, i, device=dev),
+        "it": torch.zeros(i, t, device=dev),
     }
 
 
-def _coattention_rule(R: dict[str, Tensor], a: dict[str, Tensor]) -> dict[str, Tensor]:
-    tt_bar, ii_bar = normalise_self_relevance(R["tt"]), normalise_self_relevance(R["ii"])
-    a_ti, a_it = a["text_to_image"], a["image_to_text"]
-    return {
-        "ti": R["ti"] + tt_bar.T @ a_ti @ ii_bar,
-        "tt": R["tt"] + a_ti @ R["it"],
-        "it": R["it"] + ii_bar.T @ a_it @ tt_bar,
-        "ii": R["ii"] + a_it @ R["ti"],
-    }
+def _update_relevance(R: dict[str, Tensor], blocks: Sequence[Block]) -> dict[str, Tensor]:
+    """One layer: R_qs += Ā_qk R_ks for every block and stream s, except the bi-modal
+    rule's R_qk += R̄_qqᵀ Ā_qk R̄_kk (Chefer et al. 2021, eqs. 6–11)."""
+    new = dict(R)
+    if any(bimodal for *_, bimodal in blocks):
+        bar = {s: normalise_self_relevance(R[c + c]) for s, c in _SHORT.items()}
+    for q, k, a, bimodal in blocks:
+        for s in (TEXT, IMAGE):
+            key = _SHORT[q] + _SHORT[s]
+            if bimodal and s == k:
+                new[key] = new[key] + bar[q].T @ a @ bar[k]
+            else:
+                new[key] = new[key] + a @ R[_SHORT[k] + _SHORT[s]]
+    return new
 
 
 # --------------------------------------------------------------------------- shared setup
@@ -204,18 +266,6 @@ def _targets(logits: Tensor, target: int | Sequence[int] | Tensor | None) -> Ten
     return t.expand_as(predicted) if t.ndim == 0 else t
 
 
-@contextmanager
-def _eval_with_grad(model: nn.Module):
-    """Eval mode (no dropout) with gradients on, restoring the model's training mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def _selected_score(logits: Tensor, targets: Tensor) -> Tensor:
     # Samples are independent in eval mode, so ∂(Σ_b y_b)/∂x_b = ∂y_b/∂x_b: one backward.
     return logits.gather(1, targets[:, None]).sum()
@@ -225,6 +275,7 @@ def _selected_score(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def _relevancy(model: nn.Module, prep: _Prepared, target: Any) -> list[dict[str, Any]]:
+    require_fusion_layers(model, "relevancy")
     out = model(**prep.inputs, output_attentions=True)
     for attn in out.attentions:
         for direction, w in attn.items():
@@ -233,24 +284,21 @@ def _relevancy(model: nn.Module, prep: _Prepared, target: Any) -> list[dict[str,
             w.retain_grad()
     targets = _targets(out.logits, target)
     _selected_score(out.logits, targets).backward()
+    n_image = out.image_sequence.shape[1]
     results = []
     for b, n in enumerate(prep.n_text):
-        attn = [_cut(a, b, n, lambda w: w) for a in out.attentions]
-        grads = [_cut(a, b, n, lambda w: w.grad) for a in out.attentions]
-        R = propagate_relevancy(attn, grads, out.is_coattention)
+        attn = [_detached(sample_maps(a, b, n, n_image)) for a in out.attentions]
+        grads = [
+            sample_maps({d: w.grad for d, w in a.items()}, b, n, n_image) for a in out.attentions
+        ]
+        R = propagate_relevancy(attn, grads, out.layer_kinds, n_text=n)
         scores = _relevancy_scores(R, model.num_prefix_tokens, model.config.pooling)
         results.append(scores | {"logits": out.logits[b]})
     return _with_targets(results, targets)
 
 
-def _cut(attn: Mapping[str, Tensor], b: int, n: int, get: Any) -> dict[str, Tensor]:
-    """Sample ``b``'s (H, Q, K) maps with text dimensions cut to its ``n`` real tokens."""
-    cut = {"text": slice(0, n), "image": slice(None)}
-    out = {}
-    for direction, w in attn.items():
-        q, k = DIRECTIONS[direction]
-        out[direction] = get(w)[b][:, cut[q], cut[k]].detach()
-    return out
+def _detached(maps: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {direction: w.detach() for direction, w in maps.items()}
 
 
 def _relevancy_scores(R: dict[str, Tensor], prefix: int, pooling: str = "cls") -> dict[str, Any]:
@@ -272,8 +320,10 @@ def _relevancy_scores(R: dict[str, Tensor], prefix: int, pooling: str = "cls") -
 
 
 def _gradcam(model: nn.Module, prep: _Prepared, target: Any, layer: int) -> list[dict[str, Any]]:
+    require_modality(model, IMAGE, "Grad-CAM")
+    site, position = _gradcam_site(model, layer)
     captured: dict[str, Tensor] = {}
-    handle = model.fusion_layers[layer].register_forward_pre_hook(_capture_image(captured))
+    handle = site.register_forward_pre_hook(_capture_image(captured, position))
     try:
         out = model(**prep.inputs)
     finally:
@@ -290,20 +340,36 @@ def _gradcam(model: nn.Module, prep: _Prepared, target: Any, layer: int) -> list
         {"tokens": None, "patches": cam[b], "maps": {}, "logits": out.logits[b]}
         for b in range(len(prep.ids))
     ]
-    return _with_targets(results, targets)
+    return _with_targets(results, targets, attributed=(IMAGE,))
 
 
-def _capture_image(store: dict[str, Tensor]) -> Any:
-    """A forward pre-hook keeping a fusion layer's input image states and their gradient."""
+def _gradcam_site(model: nn.Module, layer: int) -> tuple[nn.Module, int]:
+    """The module whose input image states Grad-CAM reads, and their position in its args.
+
+    A fusion layer (args: text, image, ...); without fusion layers, a block of the ViT
+    (args: x), whose input patch states are the last that reach the image CLS.
+    """
+    m = unwrap(model)
+    stack, position = (m.fusion_layers, 1) if len(m.fusion_layers) else (m.image_encoder.blocks, 0)
+    if not -len(stack) <= layer < len(stack):
+        where = "fusion layers" if position == 1 else "image encoder blocks"
+        raise ValueError(f"gradcam_layer: {layer} is not one of the model's {len(stack)} {where}")
+    return stack[layer], position
+
+
+def _capture_image(store: dict[str, Tensor], position: int) -> Any:
+    """A forward pre-hook keeping a module's input image states (``args[position]``) and
+    their gradient."""
 
     def hook(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        text, image, *rest = args
+        args = list(args)
+        image = args[position]
         if not image.requires_grad:  # frozen encoder: make the states a leaf to read ∇
             image = image.detach().requires_grad_(True)
         else:
             image.retain_grad()
-        store["image"] = image
-        return (text, image, *rest)
+        store["image"] = args[position] = image
+        return tuple(args)
 
     return hook
 
@@ -316,10 +382,55 @@ def _integrated_gradients(
     n_steps: int,
     internal_batch_size: int | None,
 ) -> list[dict[str, Any]]:
+    with torch.no_grad():
+        logits = model(**prep.inputs).logits
+    targets = _targets(logits, target)
+    # Only the streams the prediction reads: a unimodal baseline's other embedding never
+    # reaches the logits (autograd refuses to differentiate it), and its share is zero.
+    used = unwrap(model).modalities
+    attr, delta = _layer_integrated_gradients(
+        model, used, prep, targets, _baseline_ids(prep, tokenizer), n_steps, internal_batch_size
+    )
+    results = []
+    for b, n in enumerate(prep.n_text):
+        tokens = attr[TEXT][b, :n].sum(-1) if TEXT in attr else torch.zeros(n)
+        patches = attr[IMAGE][b].sum(-1) if IMAGE in attr else torch.zeros(model.num_patches)
+        results.append(
+            {
+                "tokens": tokens,
+                "patches": patches,
+                "maps": {"convergence_delta": delta[b].detach().cpu().numpy()},
+                "logits": logits[b],
+            }
+        )
+    return _with_targets(results, targets, attributed=used)
+
+
+def _baseline_ids(prep: _Prepared, tokenizer: Any) -> Tensor:
+    """Words replaced by [PAD] (special tokens kept): with the all-zero image (the
+    normalisation mean), "no words, a blank image" in the model's input space."""
+    ids, mask = prep.inputs["input_ids"], prep.inputs["attention_mask"]
+    pad = getattr(tokenizer, "pad_token_id", None) or 0
+    special = torch.zeros_like(mask, dtype=torch.bool)
+    for b, s in enumerate(prep.special):
+        special[b, : len(s)] = torch.as_tensor(s)
+    return torch.where(special | (mask == 0), ids, pad)
+
+
+def _layer_integrated_gradients(
+    model: nn.Module,
+    streams: tuple[str, ...],
+    prep: _Prepared,
+    targets: Tensor,
+    base_ids: Tensor,
+    n_steps: int,
+    internal_batch_size: int | None,
+) -> tuple[dict[str, Tensor], Tensor]:
+    """captum's LayerIntegratedGradients on the word and/or patch embeddings: the
+    attributions of each of ``streams`` (B, T or P, D) and the convergence deltas (B,)."""
     from captum.attr import LayerIntegratedGradients
 
     inputs = prep.inputs
-    mask = inputs["attention_mask"]
     # BERT's default token types are zeros; passing them explicitly lets captum tile them
     # with the other per-sample arguments, also when it splits the steps into chunks.
     type_ids = inputs.get("token_type_ids", torch.zeros_like(inputs["input_ids"]))
@@ -327,46 +438,31 @@ def _integrated_gradients(
     def forward(ids: Tensor, pixels: Tensor, attention_mask: Tensor, types: Tensor) -> Tensor:
         return model(ids, attention_mask, pixels, token_type_ids=types).logits
 
-    with torch.no_grad():
-        logits = model(**inputs).logits
-    targets = _targets(logits, target)
-    layers = [model.text_word_embeddings, model.image_encoder.vit.patch_embed]
+    layers = {TEXT: model.text_word_embeddings, IMAGE: model.image_encoder.vit.patch_embed}
     with warnings.catch_warnings():
         # captum warns about any list of layers; these two are independent (text vs image).
         warnings.filterwarnings("ignore", message="Multiple layers provided")
-        lig = LayerIntegratedGradients(forward, layers)
-    # Baseline: words replaced by [PAD] (special tokens kept), image all zeros, i.e. the
-    # normalisation mean — "no words, a blank image" in the model's input space.
-    pad = getattr(tokenizer, "pad_token_id", None) or 0
-    special = torch.zeros_like(mask, dtype=torch.bool)
-    for b, s in enumerate(prep.special):
-        special[b, : len(s)] = torch.as_tensor(s)
-    base_ids = torch.where(special | (mask == 0), inputs["input_ids"], pad)
-    (text_attr, patch_attr), delta = lig.attribute(
+        lig = LayerIntegratedGradients(forward, [layers[s] for s in streams])
+    attributions, delta = lig.attribute(
         (inputs["input_ids"], inputs["pixel_values"]),
         baselines=(base_ids, torch.zeros_like(inputs["pixel_values"])),
         target=targets,
-        additional_forward_args=(mask, type_ids),
+        additional_forward_args=(inputs["attention_mask"], type_ids),
         n_steps=n_steps,
         internal_batch_size=internal_batch_size,
         return_convergence_delta=True,
     )
-    results = []
-    for b, n in enumerate(prep.n_text):
-        results.append(
-            {
-                "tokens": text_attr[b, :n].sum(-1),
-                "patches": patch_attr[b].sum(-1),
-                "maps": {"convergence_delta": delta[b].detach().cpu().numpy()},
-                "logits": logits[b],
-            }
-        )
-    return _with_targets(results, targets)
+    return dict(zip(streams, attributions, strict=True)), delta
 
 
-def _with_targets(results: list[dict[str, Any]], targets: Tensor) -> list[dict[str, Any]]:
+def _with_targets(
+    results: list[dict[str, Any]],
+    targets: Tensor,
+    attributed: tuple[str, ...] = (TEXT, IMAGE),
+) -> list[dict[str, Any]]:
     for r, t in zip(results, targets.tolist(), strict=True):
         r["target"] = int(t)
+        r["attributed"] = attributed
     return results
 
 
@@ -393,7 +489,7 @@ def explain(
     if method not in METHODS:
         raise ValueError(f"method: unknown method {method!r} (allowed: {', '.join(METHODS)})")
     prep = _prepare(model, batch, tokenizer)
-    with _eval_with_grad(model):
+    with eval_mode(model), torch.enable_grad():
         if method == "relevancy":
             results = _relevancy(model, prep, target)
         elif method == "gradcam":
@@ -423,6 +519,7 @@ def _explanation(
         token_scores=token_scores,
         patch_scores=r["patches"].detach().double().cpu().numpy().reshape(grid),
         maps=r["maps"],
+        attributed=r["attributed"],
     )
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from vilalign.config import COATTENTION
 from vilalign.io import safe_name, write_atomic
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ COLUMNS: tuple[str, ...] = (
 _TEXT = ("run", "dataset", "layer", "layer_kind", "view", "measure")
 _FLOAT = ("value", "ci_low", "ci_high", "p_value")
 _OPTIONAL = ("ci_low", "ci_high", "p_value")  # filled with NaN by make_table
-COATTENTION = "coattention"
 
 NullBand = Mapping[str, tuple[float, float]] | pd.DataFrame
 

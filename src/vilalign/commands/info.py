@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vilalign.config import model_config
     from vilalign.model import apply_baseline, build_model
+    from vilalign.model.fusion import layer_title
 
     cfg = model_config(args.preset, **model_overrides(args.overrides))
     cfg = apply_baseline(cfg, args.baseline)
@@ -35,8 +36,6 @@ def run(args: argparse.Namespace) -> int:
     ):
         print(f"  {name:<14} {sum(p.numel() for p in module.parameters()) / 1e6:8.2f} M")
     for i, kind in enumerate(cfg.layer_kinds):
-        print(
-            f"  fusion layer {i}: {kind.replace('_', '-').replace('coattention', 'co-attention')}"
-        )
+        print(f"  fusion layer {i}: {layer_title(kind)}")
     print(f"  image input {model.image_data_config['input_size']}, fusion {cfg.fusion!r}")
     return 0

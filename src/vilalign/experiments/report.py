@@ -26,6 +26,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from vilalign.analysis import report as R
+from vilalign.config import COATTENTION
 from vilalign.experiments.runner import (
     DONE_FILE,
     EXPERIMENT_FILE,
@@ -179,7 +180,7 @@ def entropy_figure(frames: dict[str, pd.DataFrame]) -> Figure:
     for i, (group, frame) in enumerate(frames.items()):
         ax = fig.add_subplot(1, len(frames), i + 1, sharey=fig.axes[0] if i else None)
         layers = sorted(frame["layer"].unique())
-        for layer in frame.loc[frame["layer_kind"] == "coattention", "layer"].unique():
+        for layer in frame.loc[frame["layer_kind"] == COATTENTION, "layer"].unique():
             ax.axvspan(layer - 0.45, layer + 0.45, color="0.85", alpha=0.6, lw=0)
         for j, direction in enumerate(directions):
             part = frame[frame["direction"] == direction].groupby("layer")
@@ -329,7 +330,7 @@ class ExperimentReport:
                 continue
             matrix = pd.read_csv(files[-1], index_col=0)
             kinds = self.align[(self.align["run"] == group)]
-            co = set(kinds.loc[kinds["layer_kind"] == "coattention", "layer"].astype(str))
+            co = set(kinds.loc[kinds["layer_kind"] == COATTENTION, "layer"].astype(str))
             fig = R.figure_layer_heatmap(matrix, coattention=co, title=f"{group}")
             items.append(figure_html(fig, f"text layer × image layer, {files[-1].stem}", 520))
         return _figs(items)

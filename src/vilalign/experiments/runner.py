@@ -41,6 +41,7 @@ from vilalign.analysis.pipeline import (
     EpochAlignment,
     analysis_loader,
 )
+from vilalign.config import COATTENTION, SELF_ATTENTION
 from vilalign.experiments.spec import Cell, ExperimentConfig, expand_grid
 from vilalign.io import write_json_atomic
 from vilalign.model import load_pretrained, load_tokenizer
@@ -130,7 +131,7 @@ def attention_analysis(
     means.to_csv(out_dir / "entropy_heads.csv", index=False)
     summary: dict[str, Any] = {}
     kinds = set(means["layer_kind"])
-    if {"coattention", "self"} <= kinds:
+    if {COATTENTION, SELF_ATTENTION} <= kinds:
         result = compare_coattention_focus(frame, n_resamples=999)
         summary = result.as_row()
     (out_dir / "focus.json").write_text(json.dumps(summary, indent=2, default=float))

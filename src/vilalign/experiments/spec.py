@@ -31,12 +31,10 @@ from vilalign.config import (
     validate,
 )
 from vilalign.io import safe_name
-from vilalign.model import BASELINES
+from vilalign.model import BASELINES, fusion_layer_type
 from vilalign.train.config import FinetuneConfig, PretrainConfig
+from vilalign.train.objectives import OBJECTIVES, default_weights
 
-#: Pretraining objectives that ``all`` switches on (ITC stays opt-in: see ItcConfig).
-ALL_OBJECTIVES = ("mlm", "mim", "ap")
-OBJECTIVES = ("mlm", "mim", "ap", "itc")
 NO_PRETRAINING = "none"
 BUILTIN_AXES = ("baseline", "pretraining", "coattention", "dataset", "seed")
 
@@ -51,7 +49,8 @@ class GridConfig(StrictModel):
     pretraining: list[str] = Field(
         default_factory=lambda: [NO_PRETRAINING],
         description="Objective subsets before fine-tuning: 'none' (no pretraining), 'all' "
-        "(mlm+mim+ap) or objective names joined by '+', e.g. 'mlm+ap', 'ap'.",
+        "(the objectives on by default: mlm+mim+ap) or objective names joined by '+', e.g. "
+        "'mlm+ap', 'ap'.",
     )
     coattention_layers: list[list[int]] | None = Field(
         None,
@@ -265,11 +264,12 @@ class Cell:
 
 
 def objective_names(subset: str) -> list[str]:
-    """``'all'`` → mlm, mim, ap; ``'mlm+ap'`` → mlm, ap; ``'none'`` → nothing."""
+    """``'all'`` → every registered objective on by default (mlm, mim, ap; ITC is opt-in:
+    see ItcConfig); ``'mlm+ap'`` → mlm, ap; ``'none'`` → nothing."""
     if subset == NO_PRETRAINING:
         return []
     if subset == "all":
-        return list(ALL_OBJECTIVES)
+        return [name for name, weight in default_weights().items() if weight > 0]
     names = [n.strip() for n in subset.split("+")]
     bad = [n for n in names if n not in OBJECTIVES]
     if bad or not names:
@@ -284,10 +284,9 @@ def objectives_overrides(base: Mapping[str, Any], subset: str) -> dict[str, Any]
     """Objective weights for ``subset``: chosen terms keep their base weight (1.0 if it was
     0), the others get 0."""
     chosen = set(objective_names(subset))
-    defaults = {"mlm": 1.0, "mim": 1.0, "ap": 1.0, "itc": 0.0}
     out = {}
-    for name in OBJECTIVES:
-        weight = float((base.get(name) or {}).get("weight", defaults[name]))
+    for name, default in default_weights().items():
+        weight = float((base.get(name) or {}).get("weight", default))
         out[name] = {"weight": (weight or 1.0) if name in chosen else 0.0}
     return out
 
@@ -383,7 +382,13 @@ def _make_cell(exp: ExperimentConfig, choice: dict[str, tuple[str, Any]], source
 
 def _validate_run(kind, exp, model, run, seed, where):
     data = deep_merge(run, {"preset": exp.preset, "model": model, "train": {"seed": seed}})
-    return validate(kind, data, source=f"{where} ({kind.__name__})")
+    cfg = validate(kind, data, source=f"{where} ({kind.__name__})")
+    for layer_kind in cfg.model.layer_kinds:  # the registry is the model's, not the config's
+        try:
+            fusion_layer_type(layer_kind)
+        except ValueError as err:
+            raise ConfigError(f"{where}: model.fusion_layers: {err}") from None
+    return cfg
 
 
 def cell_key(labels: Mapping[str, str]) -> str:

@@ -6,27 +6,44 @@ from typing import Any
 
 from vilalign.config import ConfigError, ModelConfig, deep_merge, validate
 
+# The baselines that change the variant also clear ``fusion_layers``: they are defined by
+# their variant, whatever layer list the configured model names.
 BASELINES: dict[str, dict[str, Any]] = {
     # The full two-stream model as configured.
     "vilbert": {},
     # Every fusion layer is per-stream self-attention; the streams meet only in the
     # fused vector at the end (late fusion).
-    "no_coattention": {"variant": "no_coattention", "coattention_layers": []},
+    "no_coattention": {
+        "variant": "no_coattention",
+        "coattention_layers": [],
+        "fusion_layers": None,
+    },
     # No fusion layers: pooled BERT and ViT outputs concatenated into the MLP head.
     "concat_features": {
         "variant": "concat_features",
         "depth": 0,
         "coattention_layers": [],
+        "fusion_layers": None,
         "fusion": "concat",
     },
     # Same architecture, text encoder randomly initialised instead of pretrained.
     "random_text": {"text": {"init": "random"}},
     # ViLT-style: one sequence of tokens + patches (with modality-type embeddings) through
     # shared transformer layers; its text part and image part are the two "streams".
-    "single_stream": {"variant": "single_stream", "coattention_layers": []},
+    "single_stream": {"variant": "single_stream", "coattention_layers": [], "fusion_layers": None},
     # Floors for every downstream table: what the text alone / the image alone achieve.
-    "text_only": {"variant": "text_only", "depth": 0, "coattention_layers": []},
-    "image_only": {"variant": "image_only", "depth": 0, "coattention_layers": []},
+    "text_only": {
+        "variant": "text_only",
+        "depth": 0,
+        "coattention_layers": [],
+        "fusion_layers": None,
+    },
+    "image_only": {
+        "variant": "image_only",
+        "depth": 0,
+        "coattention_layers": [],
+        "fusion_layers": None,
+    },
 }
 
 

@@ -9,13 +9,7 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
-from vilalign.config import ModelConfig
-from vilalign.model.coattention import (
-    Attentions,
-    CoAttentionLayer,
-    SelfAttentionLayer,
-    SingleStreamLayer,
-)
+from vilalign.config import COATTENTION, ModelConfig
 from vilalign.model.encoders import (
     ImageEncoder,
     build_image_encoder,
@@ -23,6 +17,7 @@ from vilalign.model.encoders import (
     freeze_layers,
     image_data_config,
 )
+from vilalign.model.fusion import IMAGE, TEXT, Attentions, fusion_layer_type
 from vilalign.model.heads import ClassificationHead, Pooler, fuse, fused_size
 
 
@@ -31,9 +26,10 @@ class VilbertOutput:
     """Everything one forward pass produces.
 
     ``text_states[i]`` (B×T×Dt) and ``image_states[i]`` (B×(prefix+P)×Dv, index 0 the
-    image CLS token) are the outputs of fusion layer ``i``; ``is_coattention[i]`` says
-    whether it is a co-attention block (``layer_kinds[i]``: 'coattention',
-    'self_attention' or 'single_stream'). ``text_sequence``/``image_sequence`` are the final
+    image CLS token) are the outputs of fusion layer ``i``; ``layer_kinds[i]`` is its kind
+    (``FusionLayer.kind``: 'coattention', 'self_attention', 'single_stream', ...) and
+    ``is_coattention[i]`` whether that is 'coattention'. ``attentions[i]`` holds the layer's
+    weights under its ``directions``. ``text_sequence``/``image_sequence`` are the final
     states (the encoders' outputs when there are no fusion layers). Encoder states
     (embeddings first, then every layer) and attention maps only when asked.
     """
@@ -78,29 +74,44 @@ class VilbertModel(nn.Module):
             )
             self.modality_embeddings = nn.Embedding(2, text_dim)
             image_dim = text_dim
-        for name, dim in (("text", text_dim), ("image", image_dim)):
+        #: Widths of the two streams the fusion layers (and the objectives) see.
+        self.stream_widths = {TEXT: text_dim, IMAGE: image_dim}
+        for name, dim in self.stream_widths.items():
             if config.layer_kinds and dim % config.num_heads:
                 raise ValueError(
                     f"num_heads: {config.num_heads} does not divide the {name} stream width {dim}"
                 )
         self.fusion_layers = nn.ModuleList(
-            [self._fusion_layer(kind, text_dim, image_dim) for kind in config.layer_kinds]
+            [
+                fusion_layer_type(kind).from_config(config, text_dim, image_dim)
+                for kind in config.layer_kinds
+            ]
         )
         self.text_pooler = Pooler(text_dim, config.pooled_size, config.pooling)
         self.image_pooler = Pooler(image_dim, config.pooled_size, config.pooling)
-        head_in = fused_size(config.pooled_size, self._fusion_mode)
         self.head = (
-            ClassificationHead(head_in, config.num_labels, config.head_dropout)
+            ClassificationHead(self.fused_size, config.num_labels, config.head_dropout)
             if config.num_labels
             else None
         )
         self._freeze_ignored_stream()
 
     @property
-    def _fusion_mode(self) -> str:
-        return {"text_only": "text", "image_only": "image"}.get(
-            self.config.variant, self.config.fusion
-        )
+    def fusion_mode(self) -> str:
+        """How the pooled vectors combine: the config's ``fusion``, or the one stream a
+        unimodal baseline reads ('text' / 'image')."""
+        return {"text_only": TEXT, "image_only": IMAGE}.get(self.config.variant, self.config.fusion)
+
+    @property
+    def fused_size(self) -> int:
+        """Width of the fused vector: what the task head and every pretraining head read."""
+        return fused_size(self.config.pooled_size, self.fusion_mode)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The streams that reach the fused vector (a unimodal baseline ignores the other)."""
+        mode = self.fusion_mode
+        return (mode,) if mode in (TEXT, IMAGE) else (TEXT, IMAGE)
 
     def _freeze_ignored_stream(self) -> None:
         """Unimodal baselines: the other stream's encoder and pooler take no gradient."""
@@ -110,26 +121,6 @@ class VilbertModel(nn.Module):
         }.get(self.config.variant, ())
         for module in ignored:
             freeze_layers(module, [], 0)
-
-    def _fusion_layer(self, kind: str, text_dim: int, image_dim: int) -> nn.Module:
-        c = self.config
-        if kind == "coattention":
-            return CoAttentionLayer(
-                text_dim,
-                image_dim,
-                c.coattention_size,
-                c.num_heads,
-                c.ffn_ratio,
-                c.dropout,
-                c.attention_dropout,
-            )
-        if kind == "single_stream":
-            return SingleStreamLayer(
-                text_dim, c.num_heads, c.ffn_ratio, c.dropout, c.attention_dropout
-            )
-        return SelfAttentionLayer(
-            text_dim, image_dim, c.num_heads, c.ffn_ratio, c.dropout, c.attention_dropout
-        )
 
     def _single_stream_inputs(
         self, text: torch.Tensor, image: torch.Tensor
@@ -224,11 +215,11 @@ class VilbertModel(nn.Module):
                 attentions.append(attn)
         pooled_text = self.text_pooler(text, attention_mask)
         pooled_image = self.image_pooler(image)
-        fused = fuse(pooled_text, pooled_image, self._fusion_mode)
+        fused = fuse(pooled_text, pooled_image, self.fusion_mode)
         return VilbertOutput(
             text_states=text_states,
             image_states=image_states,
-            is_coattention=[layer.is_coattention for layer in self.fusion_layers],
+            is_coattention=[layer.kind == COATTENTION for layer in self.fusion_layers],
             layer_kinds=[layer.kind for layer in self.fusion_layers],
             text_sequence=text,
             image_sequence=image,

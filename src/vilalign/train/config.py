@@ -24,6 +24,13 @@ from vilalign.config import (
     validate,
 )
 from vilalign.data.config import DataConfig
+from vilalign.train.objectives import (  # noqa: F401 - the objectives' settings, re-exported
+    ApConfig,
+    ItcConfig,
+    MimConfig,
+    MlmConfig,
+    objectives_config_class,
+)
 
 
 class OptimConfig(StrictModel):
@@ -42,59 +49,12 @@ class OptimConfig(StrictModel):
     grad_clip: float | None = Field(1.0, gt=0, description="Max global grad norm; None: off.")
 
 
-class MlmConfig(StrictModel):
-    weight: float = Field(1.0, ge=0)
-    probability: float = Field(0.15, gt=0, lt=1, description="Share of non-special tokens.")
-    on_negatives: bool = Field(
-        False,
-        description="Also predict masked words of AP negatives; off because a caption that "
-        "does not describe the image teaches the text stream to ignore the image.",
-    )
+class ObjectivesConfig(objectives_config_class()):  # type: ignore[misc]
+    """Pretraining objectives; a weight of 0 switches a term off (any subset is allowed).
 
-
-class MimConfig(StrictModel):
-    weight: float = Field(1.0, ge=0)
-    ratio: float = Field(0.4, gt=0, lt=1, description="Share of image patches masked.")
-    pattern: Literal["random", "block"] = "random"
-    temperature: float = Field(0.1, gt=0)
-    gather_negatives: bool = Field(
-        False,
-        description="DDP: every rank's masked patches as negatives too. Off by default: each "
-        "rank already has batch x masked patches (thousands) of negatives, and gathering "
-        "multiplies the logits' memory by the number of ranks.",
-    )
-
-
-class ApConfig(StrictModel):
-    weight: float = Field(1.0, ge=0)
-    negative_ratio: float = Field(0.5, ge=0, le=1, description="Share of mismatched pairs.")
-
-
-class ItcConfig(StrictModel):
-    weight: float = Field(
-        0.0,
-        ge=0,
-        description="Image-text contrastive term on the pooled vectors; off by default because "
-        "the original work found it swamps the other terms.",
-    )
-    temperature: float = Field(0.07, gt=0)
-    gather_negatives: bool = Field(
-        True, description="DDP: the pairs of every rank as negatives (CLIP's global batch)."
-    )
-
-
-class ObjectivesConfig(StrictModel):
-    """Pretraining objectives; a weight of 0 switches a term off (any subset is allowed)."""
-
-    mlm: MlmConfig = MlmConfig()
-    mim: MimConfig = MimConfig()
-    ap: ApConfig = ApConfig()
-    itc: ItcConfig = ItcConfig()
-
-    @property
-    def active(self) -> list[str]:
-        terms = {"mlm": self.mlm, "mim": self.mim, "ap": self.ap, "itc": self.itc}
-        return [name for name, term in terms.items() if term.weight > 0]
+    One field per registered objective (``vilalign.train.objectives``), each that
+    objective's own settings: ``objectives: {mlm: {weight: 1.0}, mim: ..., ap: ..., itc: ...}``.
+    """
 
 
 class EarlyStoppingConfig(StrictModel):

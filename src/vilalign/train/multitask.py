@@ -33,9 +33,8 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler
 
 from vilalign import distributed as dist
-from vilalign.config import ModelConfig
 from vilalign.data.types import Batch
-from vilalign.model.heads import ClassificationHead, fused_size
+from vilalign.model.heads import ClassificationHead
 from vilalign.train.config import OptimConfig, TrainConfig
 from vilalign.train.loop import EpochCallback, StepCallback, Trainer, preserved_rng
 from vilalign.train.tasks import FinetuneTask, StepResult, Task
@@ -57,12 +56,6 @@ def _seed(*parts: int) -> int:
 # ---------------------------------------------------------------------------- the module
 
 
-def head_input_size(cfg: ModelConfig) -> int:
-    """Width of the fused vector a task head reads (the unimodal baselines fuse nothing)."""
-    mode = {"text_only": "text", "image_only": "image"}.get(cfg.variant, cfg.fusion)
-    return fused_size(cfg.pooled_size, mode)
-
-
 class MultiTaskModule(Task):
     """The shared model plus one :class:`ClassificationHead` per dataset (``heads.<name>``).
 
@@ -82,12 +75,9 @@ class MultiTaskModule(Task):
         loss_weights: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__(model)
-        size = head_input_size(model.config)
+        size, dropout = model.fused_size, model.config.head_dropout
         self.heads = nn.ModuleDict(
-            {
-                name: ClassificationHead(size, num_labels[name], model.config.head_dropout)
-                for name in tasks
-            }
+            {name: ClassificationHead(size, num_labels[name], dropout) for name in tasks}
         )
         # A plain dict, not registered: each task holds the shared model and a head of
         # self.heads, so registering them would list every shared weight once per dataset.

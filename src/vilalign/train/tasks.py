@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,16 +20,15 @@ from torch import nn
 
 from vilalign.data.registry import info_view
 from vilalign.data.types import Batch, DatasetInfo, LossKind
-from vilalign.model.heads import fused_size
 from vilalign.train import metrics as M
-from vilalign.train.config import ObjectivesConfig
 from vilalign.train.objectives import (
-    AlignmentPrediction,
-    ContrastiveMIM,
-    ImageTextContrastive,
-    MaskedLanguageModelling,
+    ModelRows,
+    Objective,
     ObjectiveOutput,
+    PretrainingViews,
+    objective_type,
 )
+from vilalign.train.objectives.base import ObjectivesBase
 
 
 @dataclass
@@ -181,35 +180,42 @@ class FinetuneTask(Task):
 
 
 class PretrainingTask(Task):
-    """MLM, contrastive MIM, AP and image-text contrastive, any subset, weighted.
+    """The enabled pretraining objectives (``vilalign.train.objectives``), weighted and summed.
 
-    With MIM active the batch runs once at twice its size: the first half with the MIM
-    mask applied to the image, the second half unmasked. The unmasked half serves MLM,
-    AP and the contrastive term; its patch states, detached, are MIM's targets. One
-    forward over both views keeps every row useful for some loss (a separate no-grad
+    With an objective that asks for a masked view (MIM), the batch runs once at twice its
+    size: the first half with that objective's mask applied to the image, the second half
+    unmasked. The unmasked half serves every objective; the masked half's image states go
+    to the one that asked (MIM's targets are the unmasked half's patch states, detached).
+    One forward over both views keeps every row useful for some loss (a separate no-grad
     target pass would cost a forward that trains nothing).
     """
 
     name = "pretrain"
 
-    def __init__(self, model: nn.Module, cfg: ObjectivesConfig) -> None:
+    def __init__(self, model: nn.Module, cfg: ObjectivesBase) -> None:
         super().__init__(model)
         if not cfg.active:
             raise ValueError("objectives: every weight is 0; switch on at least one objective")
         self.cfg = cfg
-        mcfg = model.config
-        if cfg.mlm.weight > 0:
-            self.mlm = MaskedLanguageModelling(model.text_word_embeddings)
-        if cfg.mim.weight > 0:
-            self.mim = ContrastiveMIM(
-                model.image_encoder.embed_dim, cfg.mim.temperature, cfg.mim.gather_negatives
-            )
-        if cfg.ap.weight > 0:
-            self.ap = AlignmentPrediction(fused_size(mcfg.pooled_size, mcfg.fusion))
-        if cfg.itc.weight > 0:
-            self.itc = ImageTextContrastive(cfg.itc.temperature, cfg.itc.gather_negatives)
-        self.monitor = "ap_accuracy" if cfg.ap.weight > 0 else "loss"
-        self.monitor_mode = "max" if cfg.ap.weight > 0 else "min"
+        # Each objective is a submodule under its own name ("mlm", "ap", ...): the state-dict
+        # keys of every checkpoint so far. Created in registry order, the order the heads'
+        # parameters have always been initialised in.
+        self.objective_names = list(cfg.active)
+        for name in self.objective_names:
+            self.add_module(name, objective_type(name).from_config(model, getattr(cfg, name)))
+        masking = [o for o in self._objectives() if o.masked_image_field is not None]
+        if len(masking) > 1:
+            names = [o.name for o in masking]
+            raise ValueError(f"objectives: {names} each ask for a masked view; at most one may")
+        # The Batch field of patches to mask in the second view (a name, not the module:
+        # a module attribute would register the objective twice in the state dict).
+        self._mask_field = masking[0].masked_image_field if masking else None
+        monitored = [o for o in self._objectives() if o.monitor is not None]
+        self.monitor = f"{monitored[0].name}_{monitored[0].monitor}" if monitored else "loss"
+        self.monitor_mode = "max" if monitored else "min"
+
+    def _objectives(self) -> list[Objective]:
+        return [getattr(self, name) for name in self.objective_names]
 
     def forward(self, batch: Batch) -> StepResult:
         terms = self._terms(batch)
@@ -222,41 +228,22 @@ class PretrainingTask(Task):
         return StepResult(loss, logs)
 
     def _terms(self, batch: Batch) -> dict[str, ObjectiveOutput]:
-        clean, masked_image = self._views(batch)
-        terms: dict[str, ObjectiveOutput] = {}
-        if hasattr(self, "mlm") and batch.mlm_labels is not None:
-            terms["mlm"] = self.mlm(clean.text_sequence, batch.mlm_labels)
-        if masked_image is not None:
-            prefix = self.model.num_prefix_tokens
-            terms["mim"] = self.mim(masked_image, clean.image_sequence, batch.mim_mask, prefix)
-        if hasattr(self, "ap") and batch.ap_labels is not None:
-            terms["ap"] = self.ap(clean.fused, batch.ap_labels)
-        if hasattr(self, "itc"):
-            terms["itc"] = self.itc(clean.pooled_text, clean.pooled_image, batch.ap_labels)
-        return terms
+        views = self._views(batch)
+        return {
+            objective.name: objective.term(views, batch)
+            for objective in self._objectives()
+            if all(getattr(batch, f) is not None for f in objective.batch_fields)
+        }
 
-    def _views(self, batch: Batch) -> tuple[_View, torch.Tensor | None]:
-        """The unmasked view's outputs and, with MIM, the masked view's image states."""
-        if not hasattr(self, "mim") or batch.mim_mask is None:
-            return _View.of(self._run(batch), slice(None)), None
+    def _views(self, batch: Batch) -> PretrainingViews:
+        """The unmasked view's outputs and, when asked for, the masked view's image states."""
+        prefix = self.model.num_prefix_tokens
+        mask = getattr(batch, self._mask_field) if self._mask_field else None
+        if mask is None:
+            return PretrainingViews(ModelRows.of(self._run(batch), slice(None)), None, prefix)
         n = len(batch)
-        out = self._run(_doubled(batch), image_mask=_mim_image_mask(batch))
-        return _View.of(out, slice(n, None)), out.image_sequence[:n]
-
-
-@dataclass
-class _View:
-    """The rows of one view in a (possibly doubled) forward's output."""
-
-    text_sequence: torch.Tensor
-    image_sequence: torch.Tensor
-    fused: torch.Tensor
-    pooled_text: torch.Tensor
-    pooled_image: torch.Tensor
-
-    @classmethod
-    def of(cls, out: Any, rows: slice) -> _View:
-        return cls(**{f.name: getattr(out, f.name)[rows] for f in fields(cls)})
+        out = self._run(_doubled(batch), image_mask=_masked_first(mask))
+        return PretrainingViews(ModelRows.of(out, slice(n, None)), out.image_sequence[:n], prefix)
 
 
 def _doubled(batch: Batch) -> Batch:
@@ -269,6 +256,7 @@ def _doubled(batch: Batch) -> Batch:
     return replace(batch, **two)
 
 
-def _mim_image_mask(batch: Batch) -> torch.Tensor:
-    mask = batch.mim_mask.bool()
+def _masked_first(mask: torch.Tensor) -> torch.Tensor:
+    """The image mask of a doubled batch: ``mask`` (B, P) on the first half, none on the second."""
+    mask = mask.bool()
     return torch.cat([mask, torch.zeros_like(mask)])  # (2B, P)
