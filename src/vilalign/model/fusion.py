@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, ClassVar, TypeVar
 import torch
 from torch import nn
 
-if TYPE_CHECKING:  # (the config module imports this one lazily)
+if TYPE_CHECKING:  # annotations only: the config module imports nothing of the model
     from vilalign.config import ModelConfig
 
 TEXT = "text"
