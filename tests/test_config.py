@@ -72,3 +72,15 @@ def test_every_baseline_builds_a_valid_config(name):
 def test_unknown_baseline():
     with pytest.raises(ConfigError, match="baseline: unknown baseline 'vilt'"):
         apply_baseline(model_config("tiny"), "vilt")
+
+
+def test_label_names_must_match_the_head_and_stay_out_of_dumps_when_unset():
+    from vilalign.config import ConfigError, model_config
+
+    assert "label_names" not in model_config("tiny", num_labels=3).model_dump()
+    named = model_config("tiny", num_labels=3, label_names=["yes", "no", "red"])
+    assert named.model_dump()["label_names"] == ["yes", "no", "red"]
+    # a binary head (one logit) names its two classes
+    assert model_config("tiny", num_labels=1, label_names=["benign", "hateful"]).label_names
+    with pytest.raises(ConfigError, match="label_names: 2 names for num_labels=3"):
+        model_config("tiny", num_labels=3, label_names=["yes", "no"])

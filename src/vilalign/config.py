@@ -132,6 +132,12 @@ class ModelConfig(StrictModel):
         0.1, ge=0, lt=1, description="Dropout on the fused vector before the task head."
     )
     num_labels: int = Field(0, ge=0, description="Task-head outputs; 0: no task head.")
+    label_names: list[str] | None = Field(
+        None,
+        description="What each task-head output means (answers, classes, genres), in output "
+        "order; a binary head (num_labels 1) names its two classes, negative first. None: "
+        "unnamed (shown as 'class N').",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -160,7 +166,18 @@ class ModelConfig(StrictModel):
                 f"num_heads={self.num_heads}"
             )
         self._check_fusion_layers()
+        self._check_label_names()
         return self
+
+    def _check_label_names(self) -> None:
+        if self.label_names is None:
+            return
+        expected = 2 if self.num_labels == 1 else self.num_labels
+        if len(self.label_names) != expected:
+            raise ValueError(
+                f"label_names: {len(self.label_names)} names for num_labels={self.num_labels} "
+                f"(expected {expected})"
+            )
 
     def _check_fusion_layers(self) -> None:
         # Whether each kind is registered is checked where the registry lives: when the
@@ -172,12 +189,14 @@ class ModelConfig(StrictModel):
             )
 
     @model_serializer(mode="wrap")
-    def _omit_unset_fusion_layers(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # Unset, ``fusion_layers`` is left out of config.json: a config that does not use it
-        # reads and hashes as before it existed (experiment folders keep their keys).
+    def _omit_unset_optional_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Unset, ``fusion_layers`` and ``label_names`` are left out of config.json: a config
+        # that does not use them reads and hashes as before they existed (experiment folders
+        # keep their keys).
         data = handler(self)
-        if self.fusion_layers is None:
-            data.pop("fusion_layers", None)
+        for name in ("fusion_layers", "label_names"):
+            if getattr(self, name) is None:
+                data.pop(name, None)
         return data
 
     @property
