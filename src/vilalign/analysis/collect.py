@@ -288,6 +288,12 @@ class Collector:
             elif view == "mean":
                 value = _mean(states, mask) if stream == "text" else _mean(patches, mask)
             else:
+                if stream == "image" and mask is not None and not bool(mask.all()):
+                    raise ValueError(
+                        f"token view: {info.name} has padded image tokens (images of "
+                        "different sizes, or different numbers of regions, in one batch); "
+                        "collect the pooled views (cls, mean) instead"
+                    )
                 # Padded positions are stored as zeros: masked anyway, and deterministic.
                 value = states if stream == "text" else patches
                 if mask is not None:
@@ -339,6 +345,8 @@ def collect(
         ids.extend(str(i) for i in batch.ids[:take])
         text_masks.append(text_mask.cpu())
         bar.update(take)
+        if len(ids) >= num_samples:  # before the loader reads (and collates) one more batch
+            break
     bar.close()
     model.train(was_training)
     if len(ids) < num_samples:

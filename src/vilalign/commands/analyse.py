@@ -18,12 +18,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Run a model once over N samples of a dataset, collect each fusion layer's text "
             "and image representations (and the encoders'), and compare them with alignment "
             "measures. Writes alignment.csv/.parquet and the layer x layer matrix into "
-            "--run-dir and prints a compact table."
+            "--run-dir and prints a compact table. --hf-model reads a published model "
+            "(BridgeTower, ViLT, CLIP, SigLIP, LXMERT, VisualBERT) the same way."
         ),
     )
-    add_source_args(p)
+    add_source_args(p, published=True)
     p.add_argument("--n-samples", type=int, default=500, help="samples to collect (default 500)")
-    p.add_argument("--views", default="cls,mean", help="comma list of cls, mean, tokens")
+    p.add_argument(
+        "--views",
+        default=None,
+        help="comma list of cls, mean, tokens (default: cls,mean; mean alone for a published "
+        "model without an image summary token: SigLIP, LXMERT, VisualBERT)",
+    )
     p.add_argument(
         "--measures",
         default=",".join(DEFAULT_MEASURES),
@@ -52,6 +58,10 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _default_views(model, published: bool) -> list[str]:
+    return list(model.default_views) if published else ["cls", "mean"]
+
+
 def run(args: argparse.Namespace) -> int:
     from vilalign.analysis.align import RunInfo, StatsOptions
     from vilalign.analysis.pipeline import AlignmentSpec, run_alignment
@@ -62,19 +72,25 @@ def run(args: argparse.Namespace) -> int:
     # writes and prints.
     dist.init_distributed()
     model, tokenizer, run_name = load_source(args)
+    published = getattr(args, "hf_model", None) is not None
     spec = AlignmentSpec(
         data=DataConfig(name=args.dataset, root=args.root, caption=args.caption),
         split=args.split,
         n_samples=args.n_samples,
-        views=_split(args.views),
+        views=_split(args.views) if args.views else _default_views(model, published),
         measures=_split(args.measures),
         stats=StatsOptions(args.permutations, args.resamples, seed=args.seed),
         batch_size=args.batch_size,
-        max_length=model.config.text.max_length,
+        max_length=model.max_text_length if published else model.config.text.max_length,
         captions=args.captions,
     )
     info = RunInfo(run=run_name, seed=args.seed, dataset=args.dataset)
-    result = run_alignment(model, tokenizer, spec, info, out_dir=args.run_dir)
+    loader = None
+    if published:  # the model's own processor prepares images and texts
+        from vilalign.adapters import adapter_loader
+
+        loader = adapter_loader(model, spec)
+    result = run_alignment(model, tokenizer, spec, info, out_dir=args.run_dir, loader=loader)
     main = dist.is_main_process()
     dist.cleanup()
     if not main:
