@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import string
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,89 +82,109 @@ def siglip_tokenizer(folder: Path) -> T.PreTrainedTokenizerBase:
     return T.SiglipTokenizer(vocab_file=str(path))
 
 
-def _small(**extra) -> dict:
-    base = dict(hidden_size=32, num_attention_heads=2, intermediate_size=64)
-    return {**base, **extra}
+@dataclass(frozen=True)
+class Size:
+    """How large the random models are: tiny for tests, larger for the benchmark."""
+
+    hidden: int = 32
+    heads: int = 2
+    layers: int = 2  # fusion (or shared, or text) layers; the towers' depths derive from it
+    image: int = IMAGE
+    patch: int = PATCH
+    region_dim: int = REGION_DIM
+
+    def block(self, **extra) -> dict:
+        base = dict(
+            hidden_size=self.hidden,
+            num_attention_heads=self.heads,
+            intermediate_size=2 * self.hidden,
+        )
+        return {**base, **extra}
 
 
-def vilt(folder: Path) -> None:
+TINY = Size()
+
+
+def vilt(folder: Path, size: Size = TINY) -> None:
     tok = bert_tokenizer()
     cfg = T.ViltConfig(
-        **_small(num_hidden_layers=2),
+        **size.block(num_hidden_layers=size.layers),
         vocab_size=len(tok),
-        image_size=IMAGE,
-        patch_size=PATCH,
+        image_size=size.image,
+        patch_size=size.patch,
         max_position_embeddings=40,
         max_image_length=-1,
     )
-    image = T.ViltImageProcessor(size={"shortest_edge": IMAGE}, size_divisor=PATCH)
+    image = T.ViltImageProcessor(size={"shortest_edge": size.image}, size_divisor=size.patch)
     T.ViltModel(cfg).save_pretrained(folder)
     T.ViltProcessor(image_processor=image, tokenizer=tok).save_pretrained(folder)
 
 
-def bridgetower(folder: Path) -> None:
+def bridgetower(folder: Path, size: Size = TINY) -> None:
     tok = roberta_tokenizer()
+    text = size.block(vocab_size=len(tok), num_hidden_layers=size.layers + 1)
     cfg = T.BridgeTowerConfig(
-        hidden_size=32,
-        num_attention_heads=2,
-        num_hidden_layers=2,
-        text_config=_small(vocab_size=len(tok), num_hidden_layers=3, max_position_embeddings=80),
+        hidden_size=size.hidden,
+        num_attention_heads=size.heads,
+        num_hidden_layers=size.layers,
+        text_config={**text, "max_position_embeddings": 80},
         # the vision tower has one head per 64 units
-        vision_config=dict(hidden_size=64, num_hidden_layers=3, patch_size=PATCH, image_size=IMAGE),
+        vision_config=dict(
+            hidden_size=max(64, size.hidden),
+            num_hidden_layers=size.layers + 1,
+            patch_size=size.patch,
+            image_size=size.image,
+        ),
     )
-    size = {"shortest_edge": IMAGE}
-    image = T.BridgeTowerImageProcessor(size=size, crop_size=size, size_divisor=PATCH)
+    edge = {"shortest_edge": size.image}
+    image = T.BridgeTowerImageProcessor(size=edge, crop_size=edge, size_divisor=size.patch)
     T.BridgeTowerModel(cfg).save_pretrained(folder)
     T.BridgeTowerProcessor(image_processor=image, tokenizer=tok).save_pretrained(folder)
 
 
-def clip(folder: Path, vision_layers: int = 3) -> None:
+def clip(folder: Path, size: Size = TINY) -> None:
+    """Towers of different depths: the text tower has one layer fewer."""
     tok = clip_tokenizer()
     special = dict(
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
     )
+    text = size.block(vocab_size=len(tok), num_hidden_layers=size.layers, **special)
+    vision = size.block(num_hidden_layers=size.layers + 1, image_size=size.image)
     cfg = T.CLIPConfig(
-        text_config=_small(
-            vocab_size=len(tok), num_hidden_layers=2, max_position_embeddings=77, **special
-        ),
-        vision_config=_small(num_hidden_layers=vision_layers, image_size=IMAGE, patch_size=PATCH),
+        text_config={**text, "max_position_embeddings": 77},
+        vision_config={**vision, "patch_size": size.patch},
         projection_dim=16,
     )
-    image = T.CLIPImageProcessor(
-        size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE}
-    )
+    square = {"height": size.image, "width": size.image}
+    image = T.CLIPImageProcessor(size={"shortest_edge": size.image}, crop_size=square)
     T.CLIPModel(cfg).save_pretrained(folder)
     T.CLIPProcessor(image_processor=image, tokenizer=tok).save_pretrained(folder)
 
 
-def siglip(folder: Path) -> None:
+def siglip(folder: Path, size: Size = TINY) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tok = siglip_tokenizer(folder)
+    special = dict(pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None)
+    text = size.block(vocab_size=len(tok), num_hidden_layers=size.layers, **special)
+    vision = size.block(num_hidden_layers=size.layers, image_size=size.image)
     cfg = T.SiglipConfig(
-        text_config=_small(
-            vocab_size=len(tok),
-            num_hidden_layers=2,
-            max_position_embeddings=16,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            bos_token_id=None,
-        ),
-        vision_config=_small(num_hidden_layers=2, image_size=IMAGE, patch_size=PATCH),
+        text_config={**text, "max_position_embeddings": 16},
+        vision_config={**vision, "patch_size": size.patch},
     )
-    image = T.SiglipImageProcessor(size={"height": IMAGE, "width": IMAGE})
+    image = T.SiglipImageProcessor(size={"height": size.image, "width": size.image})
     T.SiglipModel(cfg).save_pretrained(folder)
     T.SiglipProcessor(image_processor=image, tokenizer=tok).save_pretrained(folder)
 
 
-def lxmert(folder: Path) -> None:
+def lxmert(folder: Path, size: Size = TINY) -> None:
     tok = bert_tokenizer()
     cfg = T.LxmertConfig(
-        **_small(),
+        **size.block(),
         vocab_size=len(tok),
-        l_layers=2,
-        r_layers=1,
-        x_layers=2,
-        visual_feat_dim=REGION_DIM,
+        l_layers=size.layers,
+        r_layers=max(1, size.layers - 1),
+        x_layers=size.layers,
+        visual_feat_dim=size.region_dim,
         visual_pos_dim=4,
         max_position_embeddings=40,
         num_qa_labels=3,
@@ -174,19 +195,19 @@ def lxmert(folder: Path) -> None:
     tok.save_pretrained(folder)
 
 
-def visual_bert(folder: Path) -> None:
+def visual_bert(folder: Path, size: Size = TINY) -> None:
     tok = bert_tokenizer()
     cfg = T.VisualBertConfig(
-        **_small(num_hidden_layers=2),
+        **size.block(num_hidden_layers=size.layers),
         vocab_size=len(tok),
-        visual_embedding_dim=REGION_DIM,
+        visual_embedding_dim=size.region_dim,
         max_position_embeddings=40,
     )
     T.VisualBertModel(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
 
 
-BUILDERS: dict[str, Callable[[Path], None]] = {
+BUILDERS: dict[str, Callable[[Path, Size], None]] = {
     "bridgetower": bridgetower,
     "vilt": vilt,
     "clip": clip,
@@ -196,18 +217,23 @@ BUILDERS: dict[str, Callable[[Path], None]] = {
 }
 
 
-def build(root: Path, seed: int = 0) -> dict[str, Path]:
-    """Every tiny model in ``root/<name>``."""
+def build(root: Path, seed: int = 7, size: Size = TINY) -> dict[str, Path]:
+    """Every model, saved with its processor, in ``root/<name>`` (seeded apart from the
+    at-initialisation references, which default to seed 0)."""
     folders = {}
     for name, builder in BUILDERS.items():
         torch.manual_seed(seed)
         folders[name] = root / name
-        builder(folders[name])
+        builder(folders[name], size)
     return folders
 
 
 def write_regions(
-    path: Path, ids: list[str], seed: int = 0, num_boxes: list[int] | None = None
+    path: Path,
+    ids: list[str],
+    seed: int = 0,
+    num_boxes: list[int] | None = None,
+    dim: int = REGION_DIM,
 ) -> Path:
     """A region-feature file (the documented .npz format) with random regions per id."""
     rng = np.random.default_rng(seed)
@@ -215,7 +241,7 @@ def write_regions(
     boxes = np.concatenate([corners, corners + rng.uniform(0.1, 0.5, corners.shape)], axis=-1)
     arrays = {
         "ids": np.array(ids, dtype=str),
-        "features": rng.normal(size=(len(ids), REGIONS, REGION_DIM)).astype(np.float32),
+        "features": rng.normal(size=(len(ids), REGIONS, dim)).astype(np.float32),
         "boxes": boxes.astype(np.float32),
     }
     if num_boxes is not None:
