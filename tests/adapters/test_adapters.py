@@ -357,3 +357,17 @@ def test_at_init_is_the_same_model_with_fresh_seeded_weights(adapters):
     assert a.name.endswith("@init3")
     region = adapters["lxmert"].at_init(0)
     assert region.regions is adapters["lxmert"].regions
+
+
+def test_collection_reads_no_batch_past_the_samples_asked(adapters, samples):
+    """A loader past N is never asked for another batch (a region file may not hold it)."""
+    adapter = adapters["visual_bert"]
+    served = []
+
+    def batches():
+        for start in range(0, 6, 2):
+            served.append(start)
+            yield adapter.encode(samples[start : start + 2])
+
+    reps = collect(adapter, batches(), 4, ("mean",), progress=False)
+    assert reps.ids == ["s0", "s1", "s2", "s3"] and served == [0, 2]

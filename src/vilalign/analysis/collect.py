@@ -237,16 +237,17 @@ def as_layer_source(model: nn.Module) -> LayerSource:
 
 
 def head(batch: Batch, n: int) -> Batch:
-    """The first ``n`` samples of ``batch`` (views, no copies); tensors in ``extras`` are
-    batch-first like the rest."""
+    """The first ``n`` samples of ``batch`` (tensor views, no copies): every tensor and list
+    field is per sample, ``extras`` included."""
     if n >= len(batch):
         return batch
 
     def cut(value: Any) -> Any:
-        return value[:n] if isinstance(value, torch.Tensor) and value.ndim > 0 else value
+        if (isinstance(value, torch.Tensor) and value.ndim > 0) or isinstance(value, list):
+            return value[:n]
+        return value
 
     moved = {f.name: cut(getattr(batch, f.name)) for f in fields(batch) if f.name != "extras"}
-    moved["ids"] = list(batch.ids[:n])
     return Batch(**moved, extras={k: cut(v) for k, v in batch.extras.items()})
 
 
