@@ -97,3 +97,13 @@ def test_features_of_the_wrong_width_are_refused(folders, tmp_path):
              boxes=np.full((1, 2, 4), 0.5, np.float32))  # fmt: skip
     with pytest.raises(RegionFeatureError, match=r"7 dimensions but .*LxmertModel.* reads 16"):
         load_hf_model(folders["lxmert"], regions=path)
+
+
+def test_a_batch_without_regions_is_refused_naming_the_model(adapters):
+    from vilalign.adapters import AdapterError
+    from vilalign.data.types import Batch
+
+    ids = torch.tensor([[2, 10, 3]])
+    batch = Batch(ids, torch.ones_like(ids), torch.zeros_like(ids), torch.empty(1, 0))
+    with pytest.raises(AdapterError, match=r"LxmertModel\): the batch has no region features"):
+        adapters["lxmert"].layer_states(batch)

@@ -238,6 +238,11 @@ class RegionAdapter(Adapter):
         return RegionCollator(self.tokenizer, self.regions, max_length, padding)
 
     def check_images(self, batch: Batch) -> None:
+        if "region_features" not in batch.extras:
+            raise AdapterError(
+                f"{self.describe()}: the batch has no region features; build batches with "
+                "the adapter's collator (adapter.collator or adapter.encode)"
+            )
         got = batch.extras["region_features"].shape[-1]
         if got != self.region_dim:
             raise RegionFeatureError(

@@ -28,6 +28,7 @@ from vilalign.adapters.base import (
     Adapter,
     AttentionMaps,
     States,
+    eager_attention,
     register_adapter,
 )
 from vilalign.analysis.collect import LayerInfo, StreamMasks
@@ -81,6 +82,7 @@ class ViltAdapter(Adapter):
         return states, StreamMasks(batch.attention_mask, image_mask)
 
     def attention_maps(self, batch: Batch) -> AttentionMaps:
-        out, image_mask = self._run(batch, output_attentions=True)
+        with eager_attention(self.model):
+            out, image_mask = self._run(batch, output_attentions=True)
         layers = [{"joint": w} for w in out.attentions]  # (B, H, T + I, T + I) each
         return AttentionMaps(layers, [False] * len(layers), batch.attention_mask, image_mask)
