@@ -66,10 +66,10 @@ def time_model(adapter: Adapter, batches: list[Batch], n: int, repeats: int) -> 
     for fn in variants.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(repeats):  # interleaved: both see the same machine noise
-        for name, fn in variants.items():
+    for r in range(repeats):  # interleaved, order alternating: both see the same machine noise
+        for name in list(variants)[:: 1 if r % 2 == 0 else -1]:
             start = time.perf_counter()
-            fn()
+            variants[name]()
             times[name].append(time.perf_counter() - start)
     return statistics.median(times["own"]), statistics.median(times["collect"])
 
