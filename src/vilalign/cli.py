@@ -77,8 +77,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:
         if args.verbose:  # the traceback, for bug reports
             raise
-        print(f"vilalign {args.command}: error: {err}", file=sys.stderr)
+        print(f"vilalign {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
+
+
+def _message(err: Exception) -> str:
+    """What a user reads: pydantic's multi-line report becomes one line naming the fields."""
+    from pydantic import ValidationError
+
+    if isinstance(err, ValidationError):
+        from vilalign.config import describe_validation_error
+
+        return describe_validation_error(err)
+    return str(err)
 
 
 if __name__ == "__main__":

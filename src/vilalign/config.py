@@ -87,6 +87,8 @@ class ImageEncoderConfig(StrictModel):
 COATTENTION = "coattention"
 SELF_ATTENTION = "self_attention"
 SINGLE_STREAM = "single_stream"
+#: The kind of a unimodal encoder layer in collected representations (not a fusion layer).
+ENCODER = "encoder"
 
 
 class ModelConfig(StrictModel):
@@ -224,18 +226,30 @@ UNFUSED_VARIANTS = ("concat_features", "text_only", "image_only")
 # ---------------------------------------------------------------------------- loading
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+def _error_lines(err: ValidationError) -> list[str]:
+    """One ``field: message; got value`` line per error (a rule across fields: its message)."""
+    lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field (misspelt?)"
         ctx = e.get("ctx") or {}
         if "expected" in ctx and str(ctx["expected"]) not in msg:
             msg += f" (allowed: {ctx['expected']})"
-        lines.append(f"  {loc}: {msg}; got {e.get('input')!r}")
-    return "\n".join(lines)
+        # A model-level rule's "input" is the whole mapping: its message names the fields.
+        lines.append(f"{loc}: {msg}; got {e.get('input')!r}" if loc else msg)
+    return lines
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = _error_lines(err)
+    return "\n".join([f"invalid configuration in {source}:", *(f"  {line}" for line in lines)])
+
+
+def describe_validation_error(err: ValidationError) -> str:
+    """A validation error as one line (for the command line): every problem, named."""
+    return "; ".join(_error_lines(err))
 
 
 def validate(model_cls: type[BaseModel], data: Mapping[str, Any], source: str = "<dict>"):

@@ -1,12 +1,16 @@
 """Collect per-layer representations of both streams in one pass over a dataset.
 
-Forward hooks on every fusion layer (and, if asked, every encoder layer) reduce each
-layer's output to the requested views as the batch passes through, so nothing runs
-twice and only the reduced views are kept:
+The states come from a :class:`LayerSource`: for vilalign's own model, forward hooks on
+every fusion layer (and, if asked, every encoder layer) catch each layer's output as the
+batch passes through (:class:`HookSource`); a published model's adapter
+(:mod:`vilalign.adapters`) hands over the states its model returns. Either way each
+layer's output is reduced at once to the requested views, so nothing runs twice and only
+the reduced views are kept:
 
-- ``cls``: the stream's first token (text [CLS], image CLS token);
+- ``cls``: the stream's summary token: its first token (text [CLS], image CLS token)
+  unless the source names another position (CLIP's end-of-text token);
 - ``mean``: mean over real text tokens (attention mask, [CLS]/[SEP] included) or over
-  image patches (prefix tokens such as the image CLS excluded);
+  real image patches (prefix tokens such as the image CLS excluded);
 - ``tokens``: every token / patch state, with the text mask (for token-level measures).
 
 Storage is preallocated for the number of samples collected, optionally float16 and
@@ -16,10 +20,10 @@ optionally memory-mapped on disk (``spill_dir``) so that large N stays within me
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -27,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vilalign import distributed as dist
+from vilalign.config import ENCODER
 from vilalign.data.types import Batch
 from vilalign.model.checkpoint import unwrap
 
@@ -43,7 +48,7 @@ class LayerInfo:
 
     name: str  # "fusion.3", "text_encoder.1", "image_encoder.0"
     index: int  # position in the stream's stack of collected layers
-    kind: str  # "coattention", "self_attention", "single_stream" or "encoder"
+    kind: str  # a fusion layer's kind, or ENCODER
     streams: tuple[str, ...]  # which streams this layer produces
 
 
@@ -90,7 +95,9 @@ class Representations:
 
     @property
     def fusion_layers(self) -> list[LayerInfo]:
-        return [i for i in self.layers if i.name.startswith("fusion.")]
+        """The layers that carry both streams, whose alignment the table measures: the
+        fusion layers (for two towers that never meet, their depth-paired layers)."""
+        return [i for i in self.layers if set(STREAMS) <= set(i.streams)]
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -145,8 +152,120 @@ class _Store:
             target[start:stop] = values.numpy()
 
 
+@dataclass
+class StreamMasks:
+    """What collection needs to know of one batch besides the states themselves."""
+
+    text: torch.Tensor  # (B, T), 1 = real token
+    image: torch.Tensor | None = None  # (B, prefix + P), 1 = real image token; None: all real
+    # stream -> (B,) position the ``cls`` view reads; a stream not named reads position 0
+    summary: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+#: ``emit(layer, stream, states, masks)``: one layer's (B, L, D) states of one stream.
+Emit = Callable[[LayerInfo, str, torch.Tensor, StreamMasks], None]
+
+
+@runtime_checkable
+class LayerSource(Protocol):
+    """Where collection takes per-layer states from: one forward pass per batch.
+
+    vilalign's own model is read through forward hooks (:class:`HookSource`); a published
+    model's adapter (:mod:`vilalign.adapters`) is itself a source.
+    """
+
+    num_prefix_tokens: int  # image tokens before the patches (CLS, registers); 0 for regions
+
+    def layer_infos(self, include_encoders: bool) -> list[LayerInfo]: ...
+
+    def check_views(self, views: Sequence[str]) -> None: ...
+
+    def run_layers(self, batch: Batch, layers: Sequence[LayerInfo], emit: Emit) -> StreamMasks:
+        """Run the model once on ``batch``, emit every layer of ``layers``, return the masks."""
+        ...
+
+
+class HookSource:
+    """vilalign's own model as a :class:`LayerSource`: forward hooks on its layers emit each
+    output as the batch passes through, so no layer's states outlive the next layer."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = unwrap(model)
+        self.num_prefix_tokens = self.model.num_prefix_tokens
+
+    def _modules(self, include_encoders: bool) -> list[tuple[LayerInfo, nn.Module]]:
+        m = self.model
+        out: list[tuple[LayerInfo, nn.Module]] = []
+        if include_encoders:
+            for i, layer in enumerate(m.text_encoder.encoder.layer):
+                out.append((LayerInfo(f"text_encoder.{i}", i, ENCODER, ("text",)), layer))
+            for i, block in enumerate(m.image_encoder.blocks):
+                out.append((LayerInfo(f"image_encoder.{i}", i, ENCODER, ("image",)), block))
+        for i, layer in enumerate(m.fusion_layers):
+            out.append((LayerInfo(f"fusion.{i}", i, layer.kind, STREAMS), layer))
+        return out
+
+    def layer_infos(self, include_encoders: bool) -> list[LayerInfo]:
+        return [info for info, _ in self._modules(include_encoders)]
+
+    def check_views(self, views: Sequence[str]) -> None:
+        """Every view exists: both streams start with a summary token."""
+
+    def _hook(self, info: LayerInfo, emit: Emit, masks: StreamMasks):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if info.kind != ENCODER:
+                emit(info, "text", output[0], masks)
+                emit(info, "image", output[1], masks)
+                return
+            states = _first(output)
+            if (
+                info.name.startswith("image_encoder.")
+                and info.index == len(self.model.image_encoder.blocks) - 1
+            ):
+                # The ViT's last block is followed by its final norm; the fusion layers
+                # (and the concat baseline) see the normed states, so record those.
+                states = self.model.image_encoder.vit.norm(states)
+            emit(info, info.streams[0], states, masks)
+
+        return hook
+
+    def run_layers(self, batch: Batch, layers: Sequence[LayerInfo], emit: Emit) -> StreamMasks:
+        masks = StreamMasks(batch.attention_mask)
+        wanted = {info.name for info in layers}
+        modules = [(i, m) for i, m in self._modules(True) if i.name in wanted]
+        handles = [m.register_forward_hook(self._hook(i, emit, masks)) for i, m in modules]
+        try:
+            self.model(batch.input_ids, batch.attention_mask, batch.pixel_values,
+                       batch.token_type_ids)  # fmt: skip
+        finally:
+            for handle in handles:
+                handle.remove()
+        return masks
+
+
+def as_layer_source(model: nn.Module) -> LayerSource:
+    """An adapter is its own source; vilalign's model is read through hooks."""
+    inner = unwrap(model)
+    return inner if isinstance(inner, LayerSource) else HookSource(inner)
+
+
+def head(batch: Batch, n: int) -> Batch:
+    """The first ``n`` samples of ``batch`` (tensor views, no copies): every tensor and list
+    field is per sample, ``extras`` included."""
+    if n >= len(batch):
+        return batch
+
+    def cut(value: Any) -> Any:
+        if (isinstance(value, torch.Tensor) and value.ndim > 0) or isinstance(value, list):
+            return value[:n]
+        return value
+
+    moved = {f.name: cut(getattr(batch, f.name)) for f in fields(batch) if f.name != "extras"}
+    return Batch(**moved, extras={k: cut(v) for k, v in batch.extras.items()})
+
+
 class Collector:
-    """Hooks that reduce layer outputs to views while the model runs."""
+    """Reduces each layer's states to views as a source hands them over."""
 
     def __init__(
         self,
@@ -155,70 +274,47 @@ class Collector:
         include_encoders: bool,
         store: _Store,
     ) -> None:
-        self.model = unwrap(model)
+        self.source = as_layer_source(model)
+        self.source.check_views(views)
         self.views = tuple(views)
         self.store = store
-        self.layers = self._layers(include_encoders)
-        self.prefix = self.model.num_prefix_tokens
-        self.text_mask: torch.Tensor | None = None
+        self.layers = self.source.layer_infos(include_encoders)
+        self.prefix = self.source.num_prefix_tokens
         self.start = 0
-        self.handles: list[Any] = []
 
-    def _layers(self, include_encoders: bool) -> list[tuple[LayerInfo, nn.Module]]:
-        m = self.model
-        out: list[tuple[LayerInfo, nn.Module]] = []
-        if include_encoders:
-            for i, layer in enumerate(m.text_encoder.encoder.layer):
-                out.append((LayerInfo(f"text_encoder.{i}", i, "encoder", ("text",)), layer))
-            for i, block in enumerate(m.image_encoder.blocks):
-                out.append((LayerInfo(f"image_encoder.{i}", i, "encoder", ("image",)), block))
-        for i, layer in enumerate(m.fusion_layers):
-            out.append((LayerInfo(f"fusion.{i}", i, layer.kind, STREAMS), layer))
-        return out
+    def run(self, batch: Batch, start: int) -> torch.Tensor:
+        """Collect one batch into rows ``start...``; returns its text mask."""
+        self.start = start
+        return self.source.run_layers(batch, self.layers, self._record).text
 
-    def _record(self, info: LayerInfo, stream: str, states: torch.Tensor) -> None:
-        mask = self.text_mask if stream == "text" else None
+    def _record(
+        self, info: LayerInfo, stream: str, states: torch.Tensor, masks: StreamMasks
+    ) -> None:
+        mask = masks.text if stream == "text" else None
         if stream == "image":
             patches = states[:, self.prefix :]
+            if masks.image is not None:
+                mask = masks.image[:, self.prefix :]
         for view in self.views:
             if view == "cls":
-                value = states[:, 0]
+                where = masks.summary.get(stream)
+                value = states[:, 0] if where is None else states[torch.arange(len(states)), where]
             elif view == "mean":
-                value = _mean(states, mask) if stream == "text" else patches.mean(dim=1)
+                value = _mean(states, mask) if stream == "text" else _mean(patches, mask)
             else:
+                if stream == "image" and mask is not None and not bool(mask.all()):
+                    raise ValueError(
+                        f"token view: {info.name} has padded image tokens (images of "
+                        "different sizes, or different numbers of regions, in one batch); "
+                        "collect the pooled views (cls, mean) instead"
+                    )
                 # Padded positions are stored as zeros: masked anyway, and deterministic.
-                value = states * mask[..., None].to(states.dtype) if stream == "text" else patches
+                value = states if stream == "text" else patches
+                if mask is not None:
+                    value = value * mask[..., None].to(states.dtype)
                 self.store.write((info.name, stream, "tokens"), self.start, value)
                 continue
             self.store.write((info.name, stream, view), self.start, value)
-
-    def _hook(self, info: LayerInfo):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if info.kind == "encoder":
-                states = _first(output)
-                if (
-                    info.name.startswith("image_encoder.")
-                    and info.index == len(self.model.image_encoder.blocks) - 1
-                ):
-                    # The ViT's last block is followed by its final norm; the fusion layers
-                    # (and the concat baseline) see the normed states, so record those.
-                    states = self.model.image_encoder.vit.norm(states)
-                self._record(info, info.streams[0], states)
-            else:
-                text, image = output[0], output[1]
-                self._record(info, "text", text)
-                self._record(info, "image", image)
-
-        return hook
-
-    def __enter__(self) -> Collector:
-        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in self.layers]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
 
 
 @torch.no_grad()
@@ -256,24 +352,17 @@ def collect(
     text_masks: list[torch.Tensor] = []
     collector = Collector(model, views, include_encoders, store)
     bar = tqdm(total=num_samples, desc="collecting", unit="sample", disable=not progress)
-    with collector:
-        for batch in batches:
-            take = min(len(batch), num_samples - len(ids))
-            if take <= 0:
-                break
-            b = batch.to(device)
-            collector.text_mask = b.attention_mask[:take]
-            collector.start = len(ids)
-            model(
-                b.input_ids[:take],
-                b.attention_mask[:take],
-                b.pixel_values[:take],
-                b.token_type_ids[:take],
-            )
-            ids.extend(str(i) for i in b.ids[:take])
-            image_ids.extend(str(i) for i in b.image_ids[:take])
-            text_masks.append(b.attention_mask[:take].cpu())
-            bar.update(take)
+    for batch in batches:
+        take = min(len(batch), num_samples - len(ids))
+        if take <= 0:
+            break
+        text_mask = collector.run(head(batch.to(device), take), len(ids))
+        ids.extend(str(i) for i in batch.ids[:take])
+        image_ids.extend(str(i) for i in batch.image_ids[:take])
+        text_masks.append(text_mask.cpu())
+        bar.update(take)
+        if len(ids) >= num_samples:  # before the loader reads (and collates) one more batch
+            break
     bar.close()
     model.train(was_training)
     if len(ids) < num_samples:
@@ -292,7 +381,7 @@ def _finish(
     n = len(ids)
     reps = Representations(
         ids=ids,
-        layers=[info for info, _ in collector.layers],
+        layers=list(collector.layers),
         views=tuple(views),
         num_prefix_tokens=collector.prefix,
         image_ids=image_ids,

@@ -199,9 +199,9 @@ DATASET_HELP = "dataset name, e.g. easyvqa, hateful_memes, mmimdb, food101, vqa 
 ROOT_HELP = "dataset folder (not needed for easyvqa)"
 
 
-def add_source_args(p: argparse.ArgumentParser) -> None:
-    """The model (--checkpoint or --preset, --set), the data, and where it runs: shared by
-    the analysis commands."""
+def add_source_args(p: argparse.ArgumentParser, published: bool = False) -> None:
+    """The model (--checkpoint or --preset, --set; with ``published`` also --hf-model), the
+    data, and where it runs: shared by the analysis commands."""
     from vilalign.config import PRESETS
 
     src = p.add_mutually_exclusive_group(required=True)
@@ -212,6 +212,21 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
         "--preset",
         help=f"use a freshly built (untrained) model of this preset: {', '.join(PRESETS)}",
     )
+    if published:
+        src.add_argument(
+            "--hf-model",
+            metavar="NAME_OR_FOLDER",
+            help="a published Hugging Face model, by hub name or saved folder: BridgeTower, "
+            "ViLT, CLIP, SigLIP, LXMERT, VisualBERT (docs/adapters.md); read with its own "
+            "processor (HF_HUB_OFFLINE=1: nothing is downloaded)",
+        )
+        p.add_argument(
+            "--regions",
+            type=Path,
+            metavar="FILE",
+            help="--hf-model LXMERT / VisualBERT: the region-feature file (.npz, or a folder "
+            "of .npy) they read instead of pixels; vilalign runs no detector",
+        )
     add_overrides(p, "the --preset's model config", "--set model.depth=2")
     p.add_argument("--dataset", default="easyvqa", help=DATASET_HELP)
     p.add_argument("--root", help=ROOT_HELP)
@@ -314,10 +329,13 @@ def load_source(
     args: argparse.Namespace, device: torch.device | None = None, num_labels: int = 0
 ) -> tuple[nn.Module, Any, str]:
     """(model on ``device`` (default: --device), tokenizer, run name) from --checkpoint (with
-    its saved tokenizer) or --preset (with --set model.* applied).
+    its saved tokenizer) or --preset (with --set model.* applied), or (adapter, processor,
+    name) from --hf-model.
 
     A --preset model gets a fresh task head with ``num_labels`` outputs (0: none).
     """
+    from pathlib import Path
+
     import torch
 
     from vilalign.config import model_config
@@ -326,6 +344,22 @@ def load_source(
 
     device = device or check_device(args.device)
     torch.manual_seed(args.seed)
+    if getattr(args, "regions", None) and not getattr(args, "hf_model", None):
+        raise ValueError("--regions: only --hf-model LXMERT / VisualBERT read region features")
+    if getattr(args, "hf_model", None):
+        if args.overrides:
+            raise ValueError("--set: a published model's config is fixed; --set needs --preset")
+        from vilalign.adapters import load_hf_model
+
+        adapter = load_hf_model(args.hf_model, regions=args.regions).to(device)
+        return adapter, adapter.processor, Path(args.hf_model).name
+    if getattr(args, "regions", None) and not getattr(args, "hf_model", None):
+        raise ValueError("--regions: only --hf-model LXMERT / VisualBERT read region features")
+    if getattr(args, "hf_model", None):
+        from vilalign.adapters import load_hf_model
+
+        adapter = load_hf_model(args.hf_model, regions=args.regions)
+        return adapter, adapter.processor, Path(args.hf_model).name
     if args.checkpoint is None:
         fields = {"num_labels": num_labels, **model_overrides(args.overrides)}
         cfg = model_config(args.preset, **fields)
@@ -363,7 +397,12 @@ def data_config(args: argparse.Namespace, **fields: Any) -> DataConfig:
 
 
 def evaluation_dataset(args: argparse.Namespace, model: nn.Module) -> Any:
-    """The dataset named by --dataset/--root/--split with the evaluation transform."""
+    """The dataset named by --dataset/--root/--split with the evaluation transform (for a
+    published model: its images as they are, for its own processor)."""
+    from vilalign.adapters import Adapter, adapter_dataset
     from vilalign.analysis.pipeline import evaluation_dataset as build
 
-    return build(model, data_config(args), args.split)
+    data = data_config(args)
+    if isinstance(model, Adapter):  # raw images: the model's own processor prepares them
+        return adapter_dataset(model, data, args.split)
+    return build(model, data, args.split)

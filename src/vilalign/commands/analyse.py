@@ -29,14 +29,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "and image representations (and the encoders'), and compare them with alignment "
             "measures. Writes alignment.csv/.parquet and the layer x layer matrix into "
             "--output-dir and prints a compact table. Under torchrun each process collects "
-            "its share of the samples."
+            "its share of the samples. --hf-model reads a published model (BridgeTower, ViLT, "
+            "CLIP, SigLIP, LXMERT, VisualBERT) the same way."
         ),
     )
-    add_source_args(p)
+    add_source_args(p, published=True)
     p.add_argument(
         "--n-samples", type=positive_int, default=500, metavar="N", help="samples to collect"
     )
-    p.add_argument("--views", default="cls,mean", help="comma list of cls, mean, tokens")
+    p.add_argument(
+        "--views",
+        default=None,
+        help="comma list of cls, mean, tokens (default: cls,mean; mean alone for a published "
+        "model without an image summary token: SigLIP, LXMERT, VisualBERT)",
+    )
     p.add_argument(
         "--measures",
         default=", ".join(DEFAULT_MEASURES),
@@ -77,6 +83,10 @@ def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
+def _default_views(model, published: bool) -> list[str]:
+    return list(model.default_views) if published else ["cls", "mean"]
+
+
 def run(args: argparse.Namespace) -> int:
     from vilalign import distributed as dist
     from vilalign.analysis.align import RunInfo
@@ -87,23 +97,29 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)  # a GPU that is not there: a clear error, before any work
     device = dist.init_distributed(args.device)
     model, tokenizer, run_name = load_source(args, device)
+    published = getattr(args, "hf_model", None) is not None
     spec = AlignmentSpec(
         data=data_config(args, caption=args.caption),
         split=args.split,
         n_samples=args.n_samples,
-        views=_split(args.views),
+        views=_split(args.views) if args.views else _default_views(model, published),
         measures=_split(args.measures),
         permutations=args.permutations,
         resamples=args.resamples,
         seed=args.seed,
         batch_size=args.batch_size,
-        max_length=model.config.text.max_length,
+        max_length=model.max_text_length if published else model.config.text.max_length,
         heatmap_measure="cka_linear",  # the matrix this command has always drawn
         captions=args.captions,
     )
     info = RunInfo(run=run_name, seed=args.seed, dataset=args.dataset)
+    loader = None
+    if published:  # the model's own processor prepares images and texts
+        from vilalign.adapters import adapter_loader
+
+        loader = adapter_loader(model, spec)
     result = run_alignment(
-        model, tokenizer, spec, info, out_dir=args.output_dir, progress=args.progress
+        model, tokenizer, spec, info, out_dir=args.output_dir, loader=loader, progress=args.progress
     )
     main = dist.is_main_process()
     dist.cleanup()

@@ -26,10 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "image->text; normalised by log of the real key count), test whether "
             "co-attention heads have lower entropy than self-attention heads (one-sided "
             "Mann-Whitney U and permutation test on head means), and export one sample's "
-            "attention as a bertviz HTML page. Writes into --output-dir."
+            "attention as a bertviz HTML page. Writes into --output-dir. --hf-model reads a "
+            "published model's fusion layers the same way (no bertviz page for it)."
         ),
     )
-    add_source_args(p)
+    add_source_args(p, published=True)
     p.add_argument(
         "--n-samples", type=positive_int, default=256, metavar="N", help="samples to read"
     )
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from vilalign.data import Collator
 
     model, tokenizer, _ = load_source(args)
+    published = getattr(args, "hf_model", None) is not None
     dataset = evaluation_dataset(args, model)
     subset = Subset(dataset, range(min(args.n_samples, len(dataset))))
     if not 0 <= args.bertviz_sample < len(subset):
@@ -64,9 +66,16 @@ def run(args: argparse.Namespace) -> int:
             f"--bertviz-sample: {args.bertviz_sample} is not one of the {len(subset)} samples read "
             f"(0 to {len(subset) - 1})"
         )
-    collate = Collator(tokenizer, max_length=model.config.text.max_length)
-    loader = DataLoader(subset, batch_size=args.batch_size, collate_fn=collate)
-    frame = attention_entropy(model, loader)
+    if published:  # the model's own processor; entropy through its adapter
+        from vilalign.adapters import attention_entropy as published_entropy
+
+        collate = model.collator(model.max_text_length)
+        loader = DataLoader(subset, batch_size=args.batch_size, collate_fn=collate)
+        frame = published_entropy(model, loader)
+    else:
+        collate = Collator(tokenizer, max_length=model.config.text.max_length)
+        loader = DataLoader(subset, batch_size=args.batch_size, collate_fn=collate)
+        frame = attention_entropy(model, loader)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     files = [args.output_dir / "attention_entropy.csv", args.output_dir / "attention_heads.csv"]
     frame.to_csv(files[0], index=False)
@@ -78,8 +87,9 @@ def run(args: argparse.Namespace) -> int:
         by_layer.to_csv(files[-1], index=False)
     else:
         print("only one kind of layer: no co- vs self-attention comparison")
-    batch = collate([subset[args.bertviz_sample]])
-    files.append(export_bertviz(model, batch, args.output_dir / "attention.html", tokenizer))
+    if not published:  # bertviz labels patches by their grid position: vilalign's ViT only
+        batch = collate([subset[args.bertviz_sample]])
+        files.append(export_bertviz(model, batch, args.output_dir / "attention.html", tokenizer))
     for path in files:
         print(f"wrote {path}")
     return 0

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 
 from vilalign.analysis import report as R
 from vilalign.config import COATTENTION
+from vilalign.experiments.published import depth_figure, last_epochs, published_tables
 from vilalign.experiments.runner import (
     DONE_FILE,
     EXPERIMENT_FILE,
@@ -244,6 +245,7 @@ class ExperimentReport:
         self.by_group: dict[str, list[str]] = {}
         for d in self.done:
             self.by_group.setdefault(d["group"], []).append(d["key"])
+        self.published = published_tables(out_dir)
 
     def cell_dir(self, key: str) -> Path:
         return self.out / "cells" / key
@@ -383,6 +385,42 @@ class ExperimentReport:
         wide.columns = [f"{v}/{m}" for v, m in wide.columns]
         return table_html(wide.reset_index(), "{:.3f}")
 
+    def published_figures(self) -> str:
+        """Our groups and the published models against relative depth, one per measure."""
+        if self.published.empty:
+            return ""
+        ours = last_epochs(self.align)
+        table = pd.concat([ours, self.published], ignore_index=True)
+        shared = set(self.published["view"]) & (set(ours["view"]) if not ours.empty else {"mean"})
+        view = next((v for v in ("mean", "cls") if v in shared), None)
+        if view is None:
+            return ""
+        names = set(self.published["run"])
+        return _figs(
+            _safe(
+                lambda m=m: figure_html(
+                    depth_figure(table, m, view, names),
+                    f"{m} ({view} view) by relative depth: our groups at their last epoch "
+                    "(solid), published models (dashed), their at-initialisation "
+                    "references (dotted)",
+                    560,
+                )
+            )
+            for m in dict.fromkeys(self.published["measure"])
+        )
+
+    def published_table(self) -> str:
+        if self.published.empty:
+            return ""
+        wide = self.published.pivot_table(
+            index=["run", "dataset", "layer", "layer_kind"],
+            columns=["view", "measure"],
+            values="value",
+            sort=False,
+        )
+        wide.columns = [f"{v}/{m}" for v, m in wide.columns]
+        return table_html(wide.reset_index(), "{:.3f}")
+
     def focus_notes(self) -> str:
         notes = [
             f'<p class="note"><b>{html.escape(d["group"])}</b> (seed {d["seed"]}): '
@@ -414,6 +452,7 @@ class ExperimentReport:
             _section("Downstream metrics", [self.metrics_figures()]),
             _section("Training curves", [self.curve_figures()]),
             _section("Alignment by layer", [self.alignment_figures()]),
+            _section("Published models beside ours", [self.published_figures()]),
             _section("Alignment over epochs", [self.epoch_figures()]),
             _section("Text layer × image layer", [self.heatmap_figures()]),
             _section("Attention entropy", [self.attention_figures(), self.focus_notes()]),
@@ -421,6 +460,7 @@ class ExperimentReport:
             _section("Tables: downstream metrics (mean ± std over seeds)", [self.metrics_table()]),
             _section("Tables: every cell", [table_html(self.cells)]),
             _section("Tables: alignment at the last epoch", [self.alignment_table()]),
+            _section("Tables: published models", [self.published_table()]),
             _section("Configuration", [self.config_block()]),
         ]
         return _page(name, "\n".join(b for b in body if b))

@@ -9,6 +9,7 @@ Layout of the output folder::
     cells/<key>/attention/      entropy per head, co- vs self-attention focus test
     cells/<key>/attribution/    relevancy overlays of a few samples
     cells/<key>/done.json       written last: a cell with it is skipped on a re-run
+    published/<label>/<data>/   alignment of each published model (experiment ``published:``)
     summary/                    per-cell and per-group (mean ± std over seeds) tables
 
 A run that was interrupted resumes from its last checkpoint; a run that never wrote one
@@ -271,6 +272,10 @@ def run_experiment(
         log.info("cell %s: running", cell.key)
         run_cell(exp, cell, out, tracker_factory)
         result.ran.append(cell.key)
+    if exp.published and cells:  # published models beside the cells, on their datasets
+        from vilalign.experiments.published import measure_published
+
+        measure_published(exp, out, cells, device=str(_device(cells[0])))
     result.metrics, result.groups = summarise(out)
     return result
 

@@ -4,7 +4,8 @@ An experiment file (YAML or JSON) names what is shared by every run (``preset``,
 ``model``), the base pretraining and fine-tuning run files (``pretrain``, ``finetune``),
 the grid (baselines, pretraining objective subsets, co-attention placements, datasets,
 seeds and any further named axes), the analyses run after every epoch, where results go,
-and optionally the run store and an Optuna search space. :func:`expand_grid` turns it
+optionally the run store and an Optuna search space, and published Hugging Face models to
+measure beside the cells (``published``). :func:`expand_grid` turns it
 into :class:`Cell` objects whose run configs are fully validated, so a bad value fails
 when the file is read, naming the file and the cell — not an hour into the grid.
 """
@@ -203,6 +204,25 @@ class TuneConfig(StrictModel):
         return value
 
 
+class PublishedModel(StrictModel):
+    """A published Hugging Face model measured beside the cells (docs/adapters.md)."""
+
+    name: str = Field(..., min_length=1, description="Hub name or saved folder (--hf-model).")
+    label: str | None = Field(
+        None, description="Its name in tables and the report; default: the name's last part."
+    )
+    regions: str | None = Field(None, description="LXMERT / VisualBERT: region-feature file.")
+    at_init: bool = Field(
+        False,
+        description="Also measure its config with fresh weights (the at-initialisation "
+        "reference), as '<label>@init'.",
+    )
+
+    @property
+    def run_label(self) -> str:
+        return self.label or Path(self.name).name
+
+
 class ExperimentConfig(StrictModel):
     """An experiment file: see the module docstring."""
 
@@ -223,6 +243,19 @@ class ExperimentConfig(StrictModel):
     analysis: AnalysisConfig = AnalysisConfig()
     tracking: TrackingConfig = TrackingConfig()
     tune: TuneConfig | None = None
+    published: list[PublishedModel] = Field(
+        default_factory=list,
+        description="Published models measured on the cells' datasets, drawn beside them.",
+    )
+
+    @field_validator("published")
+    @classmethod
+    def _unique_labels(cls, value: list[PublishedModel]) -> list[PublishedModel]:
+        labels = [m.run_label for m in value]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise ValueError(f"published: label(s) {dup} used twice; give each a label")
+        return value
 
     @field_validator("preset")
     @classmethod
