@@ -36,6 +36,7 @@ from vilalign.model import VilbertModel, build_model, load_tokenizer, save_pretr
 from vilalign.model.encoders import build_vit, image_data_config
 from vilalign.train import checkpoint as ckpt
 from vilalign.train import fastpath
+from vilalign.train.card import run_card
 from vilalign.train.config import (
     FinetuneConfig,
     MultiTaskConfig,
@@ -247,7 +248,7 @@ def _test_and_save(
         trainer.tracker.log_metrics(test, trainer.progress.step, trainer.progress.epoch)
     model_dir = run_dir / MODEL_DIR
     if dist.is_main_process():
-        save_pretrained(task.model, model_dir, tokenizer)
+        save_pretrained(task.model, model_dir, tokenizer, card=run_card(run_dir, test))
         _write_results(run_dir, fit, test, split_names)
     dist.barrier()
     return RunResult(fit, test, run_dir, model_dir)
