@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 # Order = order in `vilalign --help`.
 COMMANDS = (
-    "demo", "training", "run", "tune", "analyse", "attention", "explain", "report", "info",
-    "data", "cache",
+    "demo", "training", "run", "tune", "analyse", "attention", "explain", "predict", "report",
+    "info", "data", "cache",
 )  # fmt: skip
 
 

@@ -39,7 +39,7 @@ from vilalign.data.types import DatasetInfo, TaskInfo
 from vilalign.io import write_json_atomic
 
 SPLITS = ("train", "val", "test-dev", "test")
-_SUBTYPE = {"train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015"}
+SUBTYPES = {"train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015"}
 
 # ---------------------------------------------------------------- official normalisation
 # Tables and rules from the official VQA evaluation script (vqaEval.py).
@@ -175,15 +175,15 @@ def soft_targets(
 
 
 def questions_file(root: Path, split: str) -> Path:
-    return root / f"v2_OpenEnded_mscoco_{_SUBTYPE[split]}_questions.json"
+    return root / f"v2_OpenEnded_mscoco_{SUBTYPES[split]}_questions.json"
 
 
 def annotations_file(root: Path, split: str) -> Path:
-    return root / f"v2_mscoco_{_SUBTYPE[split]}_annotations.json"
+    return root / f"v2_mscoco_{SUBTYPES[split]}_annotations.json"
 
 
 def image_path(root: Path, split: str, image_id: int) -> Path:
-    folder = "test2015" if split.startswith("test") else _SUBTYPE[split]
+    folder = "test2015" if split.startswith("test") else SUBTYPES[split]
     return root / folder / f"COCO_{folder}_{int(image_id):012d}.jpg"
 
 
