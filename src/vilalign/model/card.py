@@ -72,7 +72,8 @@ def render_model_card(config: ModelConfig, info: CardInfo | None = None) -> str:
 
 
 def _metadata(config: ModelConfig, info: CardInfo) -> str:
-    metrics = sorted({name.rsplit("/", 1)[-1] for name in info.results})
+    # the measures reported (a loss is in the results table, but not a metric to index)
+    metrics = sorted({name.rsplit("/", 1)[-1] for name in info.results} - {"loss"})
     data = ModelCardData(
         library_name=LIBRARY,
         tags=[LIBRARY, "vision-language", "two-stream", baseline_name(config)],
