@@ -20,6 +20,7 @@ logger = logging.getLogger(__name__)
 
 OnBadRecord = Literal["error", "skip"]
 T = TypeVar("T")
+SKIP_HINT = " (data.on_bad_record: skip drops such records and counts them)"
 
 
 class BadRecords:
@@ -41,8 +42,7 @@ class BadRecords:
         Raises under ``error``; records it (the caller drops the record) under ``skip``.
         """
         if self.policy == "error":
-            hint = " (data.on_bad_record: skip drops such records and counts them)"
-            raise DataFormatError(message + hint)
+            raise DataFormatError(message + SKIP_HINT)
         self.entries.append(message)
 
     def attempt(self, build: Callable[..., T], *args: object) -> T | None:
@@ -50,9 +50,7 @@ class BadRecords:
         try:
             return build(*args)
         except DataFormatError as err:
-            if self.policy == "error":
-                raise
-            self.entries.append(str(err))
+            self.reject(str(err))
             return None
 
     def report(self, what: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from huggingface_hub import ModelCardData
 
@@ -80,13 +81,19 @@ def _metadata(config: ModelConfig, info: CardInfo) -> str:
         datasets=list(info.datasets) or None,
         metrics=metrics or None,
         # a Hub repo id ("org/name") only: a local folder means nothing to a reader
-        base_model=info.init_from if _is_repo_id(info.init_from) else None,
+        base_model=info.init_from if _on_the_hub(info.init_from) else None,
     )
     return data.to_yaml()
 
 
-def _is_repo_id(name: str | None) -> bool:
-    return bool(name) and name.count("/") == 1 and not name.startswith((".", "/", "~"))
+def _on_the_hub(name: str | None) -> bool:
+    # "runs/pre" is a folder here, though it reads like a repo id
+    return bool(name) and "/" in name and is_repo_id(name) and not Path(name).exists()
+
+
+def is_repo_id(name: str | None) -> bool:
+    """Whether ``name`` reads as a Hub repo id ("org/name"), not as a local path."""
+    return bool(name) and name.count("/") <= 1 and not name.startswith((".", "/", "~"))
 
 
 def _facts(config: ModelConfig, info: CardInfo) -> list[str]:

@@ -29,7 +29,7 @@ from transformers import BertConfig, PreTrainedTokenizerBase
 
 from vilalign.config import ModelConfig
 from vilalign.io import write_atomic, write_text_atomic
-from vilalign.model.card import CARD, CardInfo, render_model_card
+from vilalign.model.card import CARD, CardInfo, is_repo_id, render_model_card
 from vilalign.model.vilbert import VilbertModel, build_model
 
 WEIGHTS = "model.safetensors"
@@ -256,6 +256,8 @@ def resolve_folder(
     the Hub repo of that id, downloaded into (or found in) the Hugging Face cache."""
     if Path(name_or_path).is_dir():
         return Path(name_or_path)
+    if not is_repo_id(str(name_or_path)):  # a path (runs/ft/model, ./x): no Hub to ask
+        raise FileNotFoundError(f"{name_or_path}: no such model folder")
     from huggingface_hub import snapshot_download
 
     try:
