@@ -30,6 +30,7 @@ FORBIDDEN = {
     "vilalign.model": {"vilalign.train", "vilalign.analysis", "vilalign.experiments"},
     "vilalign.analysis": {"vilalign.train", "vilalign.experiments"},
     "vilalign.train": {"vilalign.experiments"},
+    "vilalign.predictions": {"vilalign.train", "vilalign.analysis", "vilalign.experiments"},
 }  # fmt: skip
 
 

@@ -27,6 +27,7 @@ SHARED = {
     "analyse": RUNS,
     "attention": RUNS,
     "explain": RUNS,
+    "predict": RUNS - {"--set"},  # reads a checkpoint: no run file or preset to override
     "report": {"--output-dir"},
     "info": {"--set"},
     "data": set(),

@@ -138,3 +138,25 @@ def vqa(root: Path) -> Path:
         for _, i, _ in rows:
             _coco(root, "test2015", i)
     return root
+
+
+def food101_txt(root: Path) -> Path:
+    """The original UPMC release: ``images/<split>/<class>/<file>`` + one text file per image
+    in ``texts_txt/<class>/<stem>.txt`` (the same samples as :func:`food101`)."""
+    for split, rows in FOOD_ROWS.items():
+        for file, title, cls in rows:
+            write_image(root / "images" / split / cls / file, f"food{file}")
+            text = root / "texts_txt" / cls / file.replace(".jpg", ".txt")
+            text.parent.mkdir(parents=True, exist_ok=True)
+            text.write_text(f"  {title}\n\n")  # whitespace around it, as scraped text has
+    return root
+
+
+def hateful_memes_first_release(root: Path) -> Path:
+    """The first release's names: ``train``, ``dev``, ``test`` (.jsonl)."""
+    hateful_memes(root)
+    (root / "dev_seen.jsonl").rename(root / "dev.jsonl")
+    (root / "test_seen.jsonl").rename(root / "test.jsonl")
+    for later in ("dev_unseen", "test_unseen"):
+        (root / f"{later}.jsonl").unlink()
+    return root

@@ -102,9 +102,14 @@ def test_vqa(tmp_path, data_config):
     for s, (qid, image_id, question, _, _) in zip(train, formats.VQA_TRAIN, strict=True):
         assert (s.id, s.text, s.image_id) == (str(qid), question, str(image_id))
         assert_matches(s.image, f"cocotrain2014{image_id}", data_config)
-    # val uses the train vocabulary; a smaller vocabulary keeps the most frequent answers
-    val = load("vqa", root, "val", data_config, tmp_path, vqa_answer_vocab_size=2)
-    assert val.answer_vocab == ["2", "blue"] and val[0].label.sum() == 0
+    # val uses the train vocabulary; a smaller vocabulary keeps the most frequent answers,
+    # and a question with none of them in it is a bad record (no silent all-zero target)
+    with pytest.raises(DataFormatError, match=r"question_id 7: none of its answers"):
+        load("vqa", root, "val", data_config, tmp_path, vqa_answer_vocab_size=2)
+    val = load(
+        "vqa", root, "val", data_config, tmp_path, vqa_answer_vocab_size=2, on_bad_record="skip"
+    )
+    assert val.answer_vocab == ["2", "blue"] and len(val) == 0 and val.skipped == 1
     for split, rows in formats.VQA_TEST.items():
         ds = load("vqa", root, split, data_config, tmp_path)
         assert len(ds) == len(rows) and ds[0].label is None
@@ -116,16 +121,18 @@ def test_vqa_vocab_saved_and_reused(tmp_path, data_config):
 
     root = formats.vqa(tmp_path / "vqa")
     save_answer_vocab(["yes", "dog"], tmp_path / "vocab.json")
-    ds = load(
-        "vqa", root, "train", data_config, tmp_path, vqa_answer_vocab=str(tmp_path / "vocab.json")
-    )
+    vocab = str(tmp_path / "vocab.json")
+    # (questions 1, 2 and 5 have an answer in it; the others are skipped and counted)
+    ds = load("vqa", root, "train", data_config, tmp_path, vqa_answer_vocab=vocab,
+              on_bad_record="skip")  # fmt: skip
     assert ds.answer_vocab == ["yes", "dog"] and ds.num_labels == 2
+    assert [s.id for s in ds] == ["1", "2", "5"] and ds.skipped == 3
 
 
 def test_unknown_split_named(tmp_path, data_config):
     root = formats.hateful_memes(tmp_path / "hm")
-    with pytest.raises(ConfigError, match=r"'dev'.*dev_seen"):
-        load("hateful_memes", root, "dev", data_config, tmp_path)
+    with pytest.raises(ConfigError, match=r"'validation'.*dev_seen.*dev \(= dev_seen\)"):
+        load("hateful_memes", root, "validation", data_config, tmp_path)
 
 
 def test_cached_dataset_in_worker_processes(tmp_path, data_config, tokenizer):

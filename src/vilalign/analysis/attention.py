@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import logging
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from vilalign.model.fusion import (
     fusion_layer_type,
     split_joint,
 )
+from vilalign.model.labels import output_name
 
 log = logging.getLogger(__name__)
 
@@ -496,15 +498,26 @@ function requirejs(deps, fn) {
   fn.apply(null, deps.map(function (d) { return d === 'jquery' ? window.jQuery : d3; }));
 }
 </script>"""
-DEBIAN_JS = {
-    "d3": Path("/usr/share/javascript/d3/d3.min.js"),
-    "jquery": Path("/usr/share/javascript/jquery/jquery.min.js"),
-}
+#: Where Debian's ``libjs-d3`` / ``libjs-jquery`` install the libraries; ``$VILALIGN_JS_DIR``
+#: names another folder laid out the same way (``d3/d3.min.js``, ``jquery/jquery.min.js``).
+JS_DIR = Path("/usr/share/javascript")
+JS_FILES = {"d3": Path("d3/d3.min.js"), "jquery": Path("jquery/jquery.min.js")}
+OFFLINE_FIX = (
+    "for a page that opens offline, install them: `sudo apt-get install libjs-d3 "
+    "libjs-jquery` (or `make offline-js`), or set VILALIGN_JS_DIR to a folder holding "
+    "d3/d3.min.js and jquery/jquery.min.js"
+)
 
 
-def local_js_assets() -> dict[str, Path] | None:
-    """d3 and jQuery from Debian's ``libjs-d3`` / ``libjs-jquery``, if installed."""
-    return dict(DEBIAN_JS) if all(p.is_file() for p in DEBIAN_JS.values()) else None
+def js_dir() -> Path:
+    """The folder searched for d3 and jQuery: ``$VILALIGN_JS_DIR``, else Debian's."""
+    return Path(os.environ.get("VILALIGN_JS_DIR") or JS_DIR)
+
+
+def local_js_assets(root: str | Path | None = None) -> dict[str, Path] | None:
+    """d3 and jQuery under ``root`` (default :func:`js_dir`), or None unless both are there."""
+    files = {name: Path(root or js_dir()) / rel for name, rel in JS_FILES.items()}
+    return files if all(p.is_file() for p in files.values()) else None
 
 
 def patch_labels(grid: tuple[int, int], num_prefix_tokens: int = 1) -> list[str]:
@@ -582,13 +595,15 @@ def bertviz_html(
     layers: Sequence[int] | None = None,
     inline_js: Mapping[str, Path] | None = None,
     layer: int | None = None,
+    caption: str = "",
 ) -> str:
     """bertviz HTML of one sample's fusion-layer attention (text tokens then image tokens).
 
     ``text_tokens`` are the sample's real tokens (padding cut). ``view``: 'head' or 'model';
     ``layers`` narrows the fusion layers shown; ``layer``: the one the head view opens on.
     ``inline_js`` ({'d3': path, 'jquery': path}) embeds the libraries so the file opens
-    offline; without it the file loads them from a CDN, as bertviz does.
+    offline; without it the file loads them from a CDN, as bertviz does. ``caption``: a
+    line of text above the view (the sample and its prediction).
     """
     from bertviz import head_view, model_view
 
@@ -618,10 +633,24 @@ def bertviz_html(
         )
     else:
         raise ValueError(f"view: unknown bertviz view {view!r} (allowed: head, model)")
-    return _finish_html(out.data, inline_js)
+    return _finish_html(out.data, inline_js, caption)
 
 
-def _finish_html(body: str, inline_js: Mapping[str, Path] | None) -> str:
+def _sample_caption(model: nn.Module, batch: Any, index: int, logits: Tensor | None) -> str:
+    """'sample test-3, predicted 'yes'' (the label's name, see vilalign.model.labels)."""
+    ids = getattr(batch, "ids", None) or []
+    text = f"sample {ids[index]}" if index < len(ids) else f"sample {index}"
+    if logits is None:
+        return text
+    config = model.config
+    row = logits[0].float()
+    if config.num_labels == 1:  # binary: the positive class when its logit is above 0
+        names = config.label_names or ["class 0", "class 1"]
+        return f"{text}, predicted {names[int(row[0] > 0)]!r}"
+    return f"{text}, predicted {output_name(config, int(row.argmax()))!r}"
+
+
+def _finish_html(body: str, inline_js: Mapping[str, Path] | None, caption: str = "") -> str:
     for old, new in _FILTER_NAMES.items():
         body = body.replace(old, new)
     if inline_js is not None:
@@ -632,10 +661,11 @@ def _finish_html(body: str, inline_js: Mapping[str, Path] | None) -> str:
         if _REQUIRE_TAG not in body:
             raise RuntimeError("bertviz output changed: cannot find its require.js tag to inline")
         body = body.replace(_REQUIRE_TAG, libs + _REQUIRE_SHIM)
-    title = "vilalign attention"
+    title = "vilalign attention" + (f": {caption}" if caption else "")
+    heading = f"<p>{html.escape(caption)}</p>\n" if caption else ""
     return (
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{html.escape(title)}'
-        f"</title></head>\n<body>\n{body}\n</body></html>\n"
+        f"</title></head>\n<body>\n{heading}{body}\n</body></html>\n"
     )
 
 
@@ -659,15 +689,20 @@ def export_bertviz(
 
     Every fusion layer is included (``layers`` narrows it): text→text and image→image in
     self-attention layers, text→image and image→text in co-attention layers; image
-    patches are labelled ``p(row,col)``. The model runs once in eval mode. ``inline_js``
-    'auto' embeds d3 and jQuery from Debian's packages when installed (the file then opens
-    offline) and otherwise leaves bertviz's CDN links; None always uses the CDN.
+    patches are labelled ``p(row,col)``. The model runs once in eval mode; the page names
+    the sample and, for a model with a task head, its predicted label. ``inline_js``
+    'auto' embeds d3 and jQuery from Debian's packages when installed (or from
+    ``$VILALIGN_JS_DIR``; the file then opens offline) and otherwise leaves bertviz's CDN
+    links, with a warning that says how to fix it; None always uses the CDN.
     """
     require_fusion_layers(model, "the bertviz view")
     if inline_js == "auto":
         inline_js = local_js_assets()
         if inline_js is None:
-            log.warning("d3/jQuery not found locally; the bertviz file loads them from a CDN")
+            log.warning(
+                "d3/jQuery not found under %s: the bertviz page loads them from a CDN and is "
+                "blank offline; %s", js_dir(), OFFLINE_FIX,
+            )  # fmt: skip
     inputs, _ = model_inputs(batch)
     device = next(model.parameters()).device
     inputs = {k: v[index : index + 1].to(device) for k, v in inputs.items() if v is not None}
@@ -688,6 +723,7 @@ def export_bertviz(
         layers,
         inline_js,
         layer,
+        caption=_sample_caption(unwrap(model), batch, index, out.logits),
     )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 # Order = order in `vilalign --help`.
 COMMANDS = (
-    "demo", "training", "run", "tune", "analyse", "attention", "explain", "report", "info",
-    "data", "cache",
+    "demo", "training", "run", "tune", "analyse", "attention", "explain", "predict", "report",
+    "info", "data", "cache",
 )  # fmt: skip
 
 
@@ -339,8 +339,12 @@ def load_source(
     import torch
 
     from vilalign.config import model_config
-    from vilalign.model import build_model, load_pretrained, load_tokenizer
-    from vilalign.model.checkpoint import TOKENIZER_DIR
+    from vilalign.model import (
+        build_model,
+        load_checkpoint_tokenizer,
+        load_pretrained,
+        load_tokenizer,
+    )
 
     device = device or check_device(args.device)
     torch.manual_seed(args.seed)
@@ -368,12 +372,7 @@ def load_source(
     if args.overrides:
         raise ValueError("--set: a --checkpoint's model is fixed; --set model.* needs --preset")
     model = load_pretrained(args.checkpoint).to(device)
-    tok_dir = args.checkpoint / TOKENIZER_DIR
-    if tok_dir.is_dir():
-        from transformers import AutoTokenizer
-
-        return model, AutoTokenizer.from_pretrained(tok_dir), args.checkpoint.name
-    return model, load_tokenizer(model.config.text), args.checkpoint.name
+    return model, load_checkpoint_tokenizer(args.checkpoint), args.checkpoint.name
 
 
 def data_config(args: argparse.Namespace, **fields: Any) -> DataConfig:

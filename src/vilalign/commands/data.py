@@ -42,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         actions,
         "list",
         help="print every dataset name with its splits",
-        description="Print every dataset vilalign can read, with its split names.",
+        description="Print every dataset vilalign can read, with its split names (and the "
+        "names an earlier release of the data used for some, which are read too).",
     )
     names.set_defaults(handler=run_list)
 
@@ -68,9 +69,11 @@ def _one_line(text: str) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from vilalign.data import SPLITS
+    from vilalign.data import SPLITS, dataset_info
 
     width = max(map(len, SPLITS))
     for name, splits in SPLITS.items():
-        print(f"{name:<{width}}  {', '.join(splits)}")
+        aliases = ", ".join(f"{a} = {s}" for a, s in dataset_info(name).split_aliases)
+        also = f"  (also {aliases})" if aliases else ""
+        print(f"{name:<{width}}  {', '.join(splits)}{also}")
     return 0

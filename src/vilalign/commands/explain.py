@@ -65,6 +65,7 @@ def find_samples(dataset, ids: list[str]) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     from vilalign.analysis.attribution import explain, save_explanations
     from vilalign.data import Collator
+    from vilalign.model.labels import output_name
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -84,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     ids = [i.strip() for i in args.ids.split(",") if i.strip()]
     collate = Collator(tokenizer, max_length=model.config.text.max_length)
     batch = collate([dataset[i] for i in find_samples(dataset, ids)])
-    config = model.image_data_config
+    config, cfg = model.image_data_config, model.config
     for method in methods:
         explanations = explain(model, batch, args.target, method, tokenizer)
         paths = save_explanations(
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             index=f"{method}.html",
         )
         for e in explanations:
-            print(f"{method}: {e.id} target {e.target} (predicted {e.predicted})")
+            target, predicted = output_name(cfg, e.target), output_name(cfg, e.predicted)
+            print(f"{method}: {e.id} target {e.target} {target!r} (predicted {predicted!r})")
         print(f"wrote {len(paths)} files, index {args.output_dir / f'{method}.html'}")
     return 0

@@ -1,28 +1,32 @@
 """The map-style dataset every file-based reader shares.
 
 A reader's only job is to parse its format into :class:`Record` s (id, image file, text,
-compact target). :class:`ImageTextDataset` does the rest the same way for all of them:
-checks the image files, applies the ``on_bad_image`` policy, builds or opens the image
-cache, and turns records into :class:`Sample` s.
+compact target), passing a record it cannot use to its
+:class:`~vilalign.data.records.BadRecords` (the ``on_bad_record`` policy).
+:class:`ImageTextDataset` does the rest the same way for all of them: checks the image
+files, applies the ``on_bad_image`` policy, builds or opens the image cache, and turns
+records into :class:`Sample` s.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from vilalign.data.cache import ImageCache, open_or_build
 from vilalign.data.config import CacheConfig, DataConfig
 from vilalign.data.images import BadImageError, BadImageLog, OnBadImage, load_image
+from vilalign.data.records import BadRecords, OnBadRecord
 from vilalign.data.transforms import ImageTransform
 from vilalign.data.types import DatasetInfo, Sample
 
@@ -51,7 +55,7 @@ class ImageTextDataset(Dataset[Sample]):
     while the cache is built (or, without a cache, when the sample is read). Under
     ``"skip"`` every image is checked here (by the cache build, else by decoding it) and
     samples with bad images are dropped; ``bad_images`` lists them and ``skipped`` counts
-    the dropped samples.
+    the dropped samples (also those whose records the reader skipped: ``bad_records``).
 
     A registered subclass declares itself in ``info`` (see
     :func:`vilalign.data.registry.register_dataset`) and builds itself in ``from_config``.
@@ -67,11 +71,14 @@ class ImageTextDataset(Dataset[Sample]):
         on_bad_image: OnBadImage = "error",
         cache: CacheConfig | None = None,
         limit: int | None = None,
+        bad_records: BadRecords | None = None,
     ) -> None:
         self.name = name
         self.transform = transform
         self.on_bad_image = on_bad_image
         self.bad_images = BadImageLog()
+        self.bad_records = bad_records or BadRecords()
+        self.bad_records.report(name)
         records = list(records[:limit] if limit else records)
         total = len(records)
         records = self._drop_missing(records)
@@ -81,7 +88,7 @@ class ImageTextDataset(Dataset[Sample]):
         elif on_bad_image == "skip":
             records = self._drop_undecodable(records)
         self.records = records
-        self.skipped = total - len(records)
+        self.skipped = total - len(records) + self.bad_records.count
         self.bad_images.report(f"{name}: {len(records)} samples")
 
     # ------------------------------------------------------------------ loading checks
@@ -138,6 +145,13 @@ class ImageTextDataset(Dataset[Sample]):
             raise AttributeError(f"{type(self).__name__} has no labels (info.num_labels)")
         return n
 
+    @property
+    def label_names(self) -> list[str] | None:
+        """What each label means, in label order (``info.label_names``; a reader whose
+        labels come from the data, as VQA's answers, overrides this). None: unnamed."""
+        names = getattr(getattr(self, "info", None), "label_names", None)
+        return list(names) if names is not None else None
+
     def label_tensor(self, target: Any) -> torch.Tensor | None:
         """The label of one record; readers with compact targets override this."""
         return None if target is None else torch.as_tensor(target)
@@ -176,15 +190,25 @@ class ImageTextDataset(Dataset[Sample]):
             "samples": len(self),
             "skipped": self.skipped,
             "bad_images": [{"path": p, "reason": r} for p, r in self.bad_images.entries],
+            "bad_records": list(self.bad_records.entries),
         }
+
+
+def dataset_label_names(dataset: Dataset) -> list[str] | None:
+    """The label names of ``dataset`` (also through ``Subset`` s, as a held-out split)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return getattr(dataset, "label_names", None)
 
 
 class SplitDataset(ImageTextDataset):
     """A published dataset under ``root`` with named splits.
 
     Subclasses declare themselves (``info``: name, splits, labels, task) and say how to
-    read a split's records (``read_records(root, split)``); loading, caching, bad-image
-    handling and building from a config are shared.
+    read a split's records (``read_records(root, split)``, or ``read_records(root, split,
+    bad)`` for a reader that passes records it cannot use to ``bad``, a
+    :class:`BadRecords`); loading, caching, bad-image and bad-record handling and building
+    from a config are shared.
     """
 
     @staticmethod
@@ -199,10 +223,23 @@ class SplitDataset(ImageTextDataset):
         on_bad_image: OnBadImage = "error",
         cache: CacheConfig | None = None,
         limit: int | None = None,
+        on_bad_record: OnBadRecord = "error",
     ) -> None:
-        name, records = f"{self.info.name}-{split}", self.read_records(root, split)
-        super().__init__(name, records, transform, on_bad_image, cache, limit)
+        bad = BadRecords(on_bad_record)
+        records = _call_reader(self.read_records, root, split, bad)
+        super().__init__(f"{self.info.name}-{split}", records, transform, on_bad_image, cache,
+                         limit, bad)  # fmt: skip
 
     @classmethod
     def from_config(cls, cfg: DataConfig, split: str, transform: ImageTransform) -> SplitDataset:
         return cls(cfg.root, split, transform, **cfg.reader_options())  # type: ignore[arg-type]
+
+
+def _call_reader(
+    read: Callable[..., list[Record]], root: str | Path, split: str, bad: BadRecords
+) -> list[Record]:
+    """``read(root, split, bad)``, or ``read(root, split)`` for a reader that never finds a
+    bad record (the two-argument form of the extension recipe stays valid)."""
+    if "bad" in inspect.signature(read).parameters:
+        return read(root, split, bad)
+    return read(root, split)

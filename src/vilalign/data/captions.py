@@ -38,6 +38,7 @@ from vilalign.data.images import (
     decode_image,
     handle_bad_image,
 )
+from vilalign.data.records import BadRecords, OnBadRecord
 from vilalign.data.registry import register_dataset
 from vilalign.data.transforms import ImageTransform
 from vilalign.data.types import DatasetInfo, Sample
@@ -431,6 +432,7 @@ class CaptionFolder(ImageTextDataset):
         on_bad_image: OnBadImage = "error",
         cache: CacheConfig | None = None,
         limit: int | None = None,
+        on_bad_record: OnBadRecord = "error",
     ) -> None:
         super().__init__(
             f"captions-{Path(root).name}",
@@ -439,6 +441,7 @@ class CaptionFolder(ImageTextDataset):
             on_bad_image,
             cache,
             limit,
+            BadRecords(on_bad_record),
         )
 
     @classmethod

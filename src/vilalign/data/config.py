@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from vilalign.config import StrictModel
 
@@ -66,6 +72,13 @@ class DataConfig(StrictModel):
         description="'error': a missing/empty/truncated/non-image file fails naming it; "
         "'skip': the sample is dropped and counted.",
     )
+    on_bad_record: Literal["error", "skip"] = Field(
+        "error",
+        description="A record the reader cannot use (a broken line, a label outside the "
+        "task, an MM-IMDb movie with none of the 23 genres, a VQA question with no answer in "
+        "the vocabulary, a text that is not UTF-8): 'error' names the file and line; 'skip' "
+        "drops the record and counts it in the loading report.",
+    )
     limit: int | None = Field(None, gt=0, description="Keep only the first N samples.")
     cache: CacheConfig = CacheConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -113,6 +126,20 @@ class DataConfig(StrictModel):
             )
         return self
 
+    @model_serializer(mode="wrap")
+    def _omit_default_record_policy(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Left out at its default, so run configs and experiment cells hash as before the
+        # field existed (their folders are named by the hash).
+        data = handler(self)
+        if self.on_bad_record == "error":
+            data.pop("on_bad_record", None)
+        return data
+
     def reader_options(self) -> dict[str, Any]:
         """The keyword arguments every map-style reader takes (``ImageTextDataset``)."""
-        return {"on_bad_image": self.on_bad_image, "cache": self.cache, "limit": self.limit}
+        return {
+            "on_bad_image": self.on_bad_image,
+            "on_bad_record": self.on_bad_record,
+            "cache": self.cache,
+            "limit": self.limit,
+        }

@@ -14,6 +14,7 @@ from collections import defaultdict
 from vilalign.data.base import ImageTextDataset, Record
 from vilalign.data.config import CacheConfig, DataConfig
 from vilalign.data.images import OnBadImage
+from vilalign.data.records import BadRecords, OnBadRecord
 from vilalign.data.registry import register_dataset
 from vilalign.data.transforms import ImageTransform
 from vilalign.data.types import DatasetInfo, Sample, TaskInfo
@@ -28,6 +29,22 @@ def answers() -> list[str]:
     import easy_vqa
 
     return list(easy_vqa.get_answers())
+
+
+#: What a question asks, as :func:`question_family` names it (predictions report the
+#: accuracy of each).
+QUESTION_FAMILIES = ("shape", "color", "yes/no", "yes/no negated")
+
+
+def question_family(question: str) -> str:
+    """What an easy-VQA question asks: ``shape`` ("what shape is in the image?", "what is
+    the red shape?"), ``color`` ("what is the color of the circle?"), ``yes/no`` ("is
+    there a red shape?") or ``yes/no negated`` ("is there not a circle?", "is no red
+    shape present?"), the kind a model trained from scratch finds hardest."""
+    words = re.findall(r"[a-z]+", question.lower())
+    if words[:1] == ["what"]:
+        return "color" if "color" in words else "shape"
+    return "yes/no negated" if _NEGATION.search(question.lower()) else "yes/no"
 
 
 def _load_split(split: str) -> tuple[list[str], list[str], list[int], dict[int, str]]:
@@ -84,11 +101,16 @@ class EasyVQA(ImageTextDataset):
         on_bad_image: OnBadImage = "error",
         cache: CacheConfig | None = None,
         limit: int | None = None,
+        on_bad_record: OnBadRecord = "error",
     ) -> None:
         self.answers = answers()
-        super().__init__(
-            f"easyvqa-{split}", question_records(split), transform, on_bad_image, cache, limit
-        )
+        records = question_records(split)
+        bad = BadRecords(on_bad_record)  # (the package's data has none)
+        super().__init__(f"easyvqa-{split}", records, transform, on_bad_image, cache, limit, bad)
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.answers)
 
     @classmethod
     def from_config(cls, cfg: DataConfig, split: str, transform: ImageTransform) -> EasyVQA:
@@ -205,6 +227,7 @@ class EasyVQACaptions(ImageTextDataset):
         cache: CacheConfig | None = None,
         limit: int | None = None,
         captions_per_image: int = 1,
+        on_bad_record: OnBadRecord = "error",
     ) -> None:
         # the cache is keyed by image file, so it is shared with the question dataset
         super().__init__(
@@ -214,6 +237,7 @@ class EasyVQACaptions(ImageTextDataset):
             on_bad_image,
             cache,
             limit,
+            BadRecords(on_bad_record),
         )
 
     @classmethod

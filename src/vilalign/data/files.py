@@ -1,4 +1,11 @@
-"""Reading dataset files with errors that name the file, the line and the field."""
+"""Reading dataset files with errors that name the file, the line and the field.
+
+Problems with one record (a broken JSON line, a row with the wrong number of fields, a
+line that is not UTF-8) go through the reader's :class:`~vilalign.data.records.BadRecords`
+when it passes one: an error naming the file and line by default, a counted skip under
+``data.on_bad_record: skip``. Problems with a whole file (missing, empty, not JSON) are
+always errors.
+"""
 
 from __future__ import annotations
 
@@ -9,53 +16,106 @@ from pathlib import Path
 from typing import Any
 
 from vilalign.data.images import DataFormatError
+from vilalign.data.records import BadRecords
 
 
 def read_json(path: str | Path) -> Any:
-    """Parse a JSON file; a missing or malformed file raises DataFormatError naming it."""
+    """Parse a JSON file; a missing, non-UTF-8 or malformed file is a DataFormatError naming it."""
     path = Path(path)
     try:
-        with path.open(encoding="utf-8") as f:
-            return json.load(f)
+        data = path.read_bytes()
     except FileNotFoundError:
         raise DataFormatError(f"{path}: file not found") from None
+    try:
+        return json.loads(decode_utf8(data, str(path)))
     except json.JSONDecodeError as err:
         raise DataFormatError(f"{path}:{err.lineno}: not valid JSON: {err.msg}") from None
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def decode_utf8(data: bytes, where: str, whole_file: bool = True) -> str:
+    """``data`` as UTF-8 text; a bad byte is a DataFormatError naming ``where`` and the byte
+    (its line and column in a ``whole_file``, its column in a single line)."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        byte = data[err.start : err.start + 1].hex()
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        lineno = data.count(b"\n", 0, err.start) + 1
+        line = f"line {lineno}, " if whole_file else ""
+        raise DataFormatError(
+            f"{where}: not UTF-8: byte 0x{byte} at {line}column {column} (re-save it as UTF-8)"
+        ) from None
+
+
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of a file that must exist and hold at least one non-blank line."""
+    if not path.is_file():
+        raise DataFormatError(f"{path}: file not found")
+    found = False
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if raw.strip():
+                found = True
+                yield lineno, raw
+    if not found:
+        raise DataFormatError(f"{path}: empty file (no records)")
+
+
+def _decoded(raw: bytes, where: str, bad: BadRecords) -> str | None:
+    """The line as text, or None when it is not UTF-8 and ``bad`` skips it."""
+    try:
+        return decode_utf8(raw, where, whole_file=False).rstrip("\r\n")
+    except DataFormatError as err:
+        bad.reject(str(err))
+        return None
+
+
+def read_jsonl(
+    path: str | Path, bad: BadRecords | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line; a broken line names file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DataFormatError(f"{path}:{lineno}: not valid JSON: {err.msg}") from None
-            if not isinstance(obj, dict):
-                raise DataFormatError(f"{path}:{lineno}: expected a JSON object")
-            yield lineno, obj
+    path, bad = Path(path), bad or BadRecords()
+    for lineno, raw in _lines(path):
+        where = f"{path}:{lineno}"
+        line = _decoded(raw, where, bad)
+        if line is None:
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as err:
+            bad.reject(f"{where}: not valid JSON: {err.msg}")
+            continue
+        if not isinstance(obj, dict):
+            bad.reject(f"{where}: expected a JSON object")
+            continue
+        yield lineno, obj
 
 
-def read_csv_rows(path: str | Path, columns: int) -> Iterator[tuple[int, list[str]]]:
-    """(line number, row) of a header-less CSV whose rows must have ``columns`` fields."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFormatError(f"{path}: file not found")
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        for row in reader:
-            if not row:
-                continue
-            if len(row) != columns:
-                raise DataFormatError(
-                    f"{path}:{reader.line_num}: expected {columns} fields, got {len(row)}"
-                )
-            yield reader.line_num, row
+def read_csv_rows(
+    path: str | Path, columns: int, bad: BadRecords | None = None
+) -> Iterator[tuple[int, list[str]]]:
+    """(line number, row) of a header-less CSV with one row per line, ``columns`` fields each.
+
+    Each line is parsed on its own: a quote left open is reported on the line that opens it
+    (a whole-file parse would carry it on, swallowing the lines after it, and report the
+    end of the file).
+    """
+    path, bad = Path(path), bad or BadRecords()
+    for lineno, raw in _lines(path):
+        where = f"{path}:{lineno}"
+        line = _decoded(raw, where, bad)
+        if line is None:
+            continue
+        try:
+            row = next(csv.reader([line], strict=True))
+        except csv.Error as err:
+            reason = "a quote is opened and never closed" if "end of data" in str(err) else err
+            bad.reject(f"{where}: {reason}")
+            continue
+        if len(row) != columns:
+            bad.reject(f"{where}: expected {columns} fields, got {len(row)}")
+            continue
+        yield lineno, row
 
 
 def require(obj: Mapping[str, Any], field: str, where: str) -> Any:

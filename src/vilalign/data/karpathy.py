@@ -36,6 +36,7 @@ from vilalign.data.base import ImageTextDataset, Record
 from vilalign.data.config import CacheConfig, DataConfig
 from vilalign.data.files import read_json, require
 from vilalign.data.images import DataFormatError, OnBadImage
+from vilalign.data.records import BadRecords, OnBadRecord
 from vilalign.data.registry import register_dataset
 from vilalign.data.transforms import ImageTransform
 from vilalign.data.types import DatasetInfo
@@ -218,10 +219,12 @@ class KarpathyCaptions(ImageTextDataset):
         on_bad_image: OnBadImage = "error",
         cache: CacheConfig | None = None,
         limit: int | None = None,
+        on_bad_record: OnBadRecord = "error",
     ) -> None:
         recs = records(annotations, root, split, caption, merge_restval, max_captions, dataset)
         name = dataset or Path(annotations).stem.removeprefix("dataset_")
-        super().__init__(f"{name}-{split}", recs, transform, on_bad_image, cache, limit)
+        bad = BadRecords(on_bad_record)
+        super().__init__(f"{name}-{split}", recs, transform, on_bad_image, cache, limit, bad)
 
     @classmethod
     def from_config(

@@ -5,7 +5,9 @@
 metadata (``genres``, ``plot`` — a list of plot summaries, of which the longest is the
 text, as the published baselines do — ``title``, ...). The label is a multi-hot float
 vector over the 23 genres Arevalo et al. kept, in their order. Genres outside those 23 are
-rare in the data and ignored (logged), as in the original work, rather than an error.
+rare in the data and ignored (logged), as in the original work, rather than an error; a
+movie with none of the 23 (only ``Reality-TV``, say) would get an all-zero label and is a
+bad record instead (``data.on_bad_record``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from vilalign.data.base import Record, SplitDataset
 from vilalign.data.files import read_json, require
 from vilalign.data.images import DataFormatError
+from vilalign.data.records import BadRecords
 from vilalign.data.registry import register_dataset
 from vilalign.data.types import DatasetInfo, TaskInfo
 
@@ -39,6 +42,8 @@ def _split_ids(root: Path, split: str) -> list[str]:
     splits = read_json(path)
     if not isinstance(splits, dict) or split not in splits:
         raise DataFormatError(f"{path}: missing field {split!r}")
+    if not isinstance(splits[split], list) or not splits[split]:
+        raise DataFormatError(f"{path}: field {split!r} lists no movies")
     return [str(i) for i in splits[split]]
 
 
@@ -49,8 +54,13 @@ def _record(root: Path, movie_id: str, ignored: Counter[str]) -> Record:
     plots = require(meta, "plot", str(path))
     if not isinstance(genres, list) or not isinstance(plots, list) or not plots:
         raise DataFormatError(f"{path}: 'genres' and 'plot' must be non-empty lists")
-    ignored.update(g for g in genres if g not in _GENRE_INDEX)
     target = sorted({_GENRE_INDEX[g] for g in genres if g in _GENRE_INDEX})
+    if not target:
+        raise DataFormatError(
+            f"{path}: field 'genres': none of {genres} is one of the 23 MM-IMDb genres "
+            "(the label would be all zeros)"
+        )
+    ignored.update(g for g in genres if g not in _GENRE_INDEX)
     return Record(
         id=movie_id,
         image=str(root / "dataset" / f"{movie_id}.jpeg"),
@@ -60,14 +70,14 @@ def _record(root: Path, movie_id: str, ignored: Counter[str]) -> Record:
     )
 
 
-def records(root: str | Path, split: str) -> list[Record]:
+def records(root: str | Path, split: str, bad: BadRecords | None = None) -> list[Record]:
     """One record per movie id of ``split``; target = indices of its genres."""
-    root = Path(root)
+    root, bad = Path(root), bad or BadRecords()
     ignored: Counter[str] = Counter()
-    out = [_record(root, movie_id, ignored) for movie_id in _split_ids(root, split)]
+    out = [bad.attempt(_record, root, movie_id, ignored) for movie_id in _split_ids(root, split)]
     if ignored:
         logger.info("mmimdb %s: ignored genres outside the 23: %s", split, dict(ignored))
-    return out
+    return [r for r in out if r is not None]
 
 
 @register_dataset
@@ -79,6 +89,7 @@ class MMIMDb(SplitDataset):
         splits=SPLITS,
         num_labels=len(GENRES),
         task=TaskInfo(loss="multilabel", monitor="f1_micro"),
+        label_names=GENRES,
     )
     read_records = staticmethod(records)
 

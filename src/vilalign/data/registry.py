@@ -119,11 +119,15 @@ def build_image_transform(
 
 
 def build_dataset(cfg: DataConfig, split: str, transform: ImageTransform) -> Dataset:
-    """The dataset ``cfg.name`` for ``split``; unknown splits raise ConfigError naming them."""
+    """The dataset ``cfg.name`` for ``split`` (a split or one of its aliases, passed on as
+    given: the reader picks the file); unknown splits raise ConfigError naming them."""
     info = dataset_info(cfg.name)
-    if split not in info.splits:
-        allowed = ", ".join(info.splits)
-        raise ConfigError(f"split: {split!r} is not a split of {info.name} (allowed: {allowed})")
+    if split not in info.splits and split not in info.aliases:
+        aliases = "".join(f", {a} (= {s})" for a, s in info.split_aliases)
+        raise ConfigError(
+            f"split: {split!r} is not a split of {info.name} "
+            f"(allowed: {', '.join(info.splits)}{aliases})"
+        )
     return _DATASETS[cfg.name].from_config(cfg, split, transform)
 
 

@@ -41,18 +41,25 @@ class DatasetInfo:
     """What a dataset says about itself, once, beside its reader (see ``register_dataset``).
 
     ``splits``: the split names as the community uses them, the training split first.
+    ``split_aliases``: (other name, split) pairs: names an earlier release of the data used
+    for a split (Hateful Memes' first release: ``dev`` for ``dev_seen``); ``build_dataset``
+    accepts them and the reader decides which file to read.
     ``num_labels``: label classes (None: no labels, or known only from the data, as VQA's
-    answer vocabulary). ``task``: the supervised task (None: caption data, pretraining
-    only). ``needs_root``: read from a folder given as ``data.root`` (easy-VQA ships in its
-    package). ``several_captions``: several captions per image, one selectable with
-    ``data.caption``. ``streaming``: an endless stream whose captions do not repeat (the
-    collator then keeps no text cache).
+    answer vocabulary). ``label_names``: what each label means, in label order (a binary
+    task names its two classes, negative first); None: unnamed, or known only from the data
+    (the dataset instance's ``label_names`` then says). ``task``: the supervised task
+    (None: caption data, pretraining only). ``needs_root``: read from a folder given as
+    ``data.root`` (easy-VQA ships in its package). ``several_captions``: several captions
+    per image, one selectable with ``data.caption``. ``streaming``: an endless stream whose
+    captions do not repeat (the collator then keeps no text cache).
     """
 
     name: str
     splits: tuple[str, ...]
     num_labels: int | None = None
     task: TaskInfo | None = None
+    label_names: tuple[str, ...] | None = None
+    split_aliases: tuple[tuple[str, str], ...] = ()
     needs_root: bool = True
     several_captions: bool = False
     streaming: bool = False
@@ -62,10 +69,23 @@ class DatasetInfo:
             raise ValueError(f"dataset {self.name!r}: needs a name and at least one split")
         if self.num_labels is not None and self.num_labels < 1:
             raise ValueError(f"dataset {self.name!r}: num_labels must be >= 1 or None")
+        if self.label_names is not None and len(self.label_names) != self.num_labels:
+            raise ValueError(
+                f"dataset {self.name!r}: {len(self.label_names)} label_names for "
+                f"num_labels={self.num_labels}"
+            )
+        unknown = [split for _, split in self.split_aliases if split not in self.splits]
+        if unknown:
+            raise ValueError(f"dataset {self.name!r}: split_aliases name unknown splits {unknown}")
 
     @property
     def train_split(self) -> str:
         return self.splits[0]
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        """``{other name: split}`` (see ``split_aliases``)."""
+        return dict(self.split_aliases)
 
 
 @dataclass

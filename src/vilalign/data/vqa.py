@@ -10,13 +10,19 @@ articles, contractions). The label is a soft target over an answer vocabulary (t
 normalised answers of the train split by frequency, saved with the run): for each answer,
 ``min(1, matches / 3)`` averaged over the 10 leave-one-out sets of 9 human answers — 0, 0.3,
 0.6, 0.9, 1.0 for 0, 1, 2, 3, ≥ 4 matching humans.
+
+A question none of whose human answers is in the vocabulary would get an all-zero target:
+it is a bad record (``data.on_bad_record``: an error naming it, or dropped and counted —
+what training on the top answers usually does; the official accuracy counts such questions
+as wrong, and ``vilalign predict`` scores every question the official way).
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +32,14 @@ from vilalign.data.base import ImageTextDataset, Record
 from vilalign.data.config import CacheConfig, DataConfig
 from vilalign.data.files import read_json, require
 from vilalign.data.images import DataFormatError, OnBadImage
+from vilalign.data.records import BadRecords, OnBadRecord
 from vilalign.data.registry import register_dataset
 from vilalign.data.transforms import ImageTransform
 from vilalign.data.types import DatasetInfo, TaskInfo
 from vilalign.io import write_json_atomic
 
 SPLITS = ("train", "val", "test-dev", "test")
-_SUBTYPE = {"train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015"}
+SUBTYPES = {"train": "train2014", "val": "val2014", "test-dev": "test-dev2015", "test": "test2015"}
 
 # ---------------------------------------------------------------- official normalisation
 # Tables and rules from the official VQA evaluation script (vqaEval.py).
@@ -168,29 +175,37 @@ def soft_targets(
 
 
 def questions_file(root: Path, split: str) -> Path:
-    return root / f"v2_OpenEnded_mscoco_{_SUBTYPE[split]}_questions.json"
+    return root / f"v2_OpenEnded_mscoco_{SUBTYPES[split]}_questions.json"
 
 
 def annotations_file(root: Path, split: str) -> Path:
-    return root / f"v2_mscoco_{_SUBTYPE[split]}_annotations.json"
+    return root / f"v2_mscoco_{SUBTYPES[split]}_annotations.json"
 
 
 def image_path(root: Path, split: str, image_id: int) -> Path:
-    folder = "test2015" if split.startswith("test") else _SUBTYPE[split]
+    folder = "test2015" if split.startswith("test") else SUBTYPES[split]
     return root / folder / f"COCO_{folder}_{int(image_id):012d}.jpg"
 
 
 def _annotations(root: Path, split: str) -> dict[int, list[str]]:
     """question_id → the normalised human answers."""
-    path = annotations_file(root, split)
-    data = read_json(path)
+    return {qid: ann["answers"] for qid, ann in annotation_details(root, split).items()}
+
+
+def annotation_details(root: str | Path, split: str) -> dict[int, dict[str, Any]]:
+    """question_id → ``answers`` (normalised), ``answer_type`` and ``question_type`` (None
+    when a file lacks them): what the official evaluation groups its accuracies by."""
+    path = annotations_file(Path(root), split)
     out = {}
-    for n, ann in enumerate(require(data, "annotations", str(path))):
+    for n, ann in enumerate(require(read_json(path), "annotations", str(path))):
         where = f"{path}: annotations[{n}]"
-        answers = require(ann, "answers", where)
-        out[require(ann, "question_id", where)] = [
-            normalize_answer(require(a, "answer", f"{where}.answers")) for a in answers
+        answers = [
+            normalize_answer(require(a, "answer", f"{where}.answers"))
+            for a in require(ann, "answers", where)
         ]
+        qid = require(ann, "question_id", where)
+        types = {k: ann.get(k) for k in ("answer_type", "question_type")}
+        out[qid] = {"answers": answers, **types}
     return out
 
 
@@ -217,35 +232,63 @@ def load_answer_vocab(path: str | Path) -> list[str]:
     return vocab
 
 
-def records(root: str | Path, split: str, vocab: Sequence[str]) -> list[Record]:
-    """One record per question; target = sparse soft scores (None for the test splits)."""
-    root = Path(root)
-    path = questions_file(root, split)
-    data = read_json(path)
-    answers = _annotations(root, split) if split in ("train", "val") else None
-    index = {a: i for i, a in enumerate(vocab)}
-    out = []
-    for n, q in enumerate(require(data, "questions", str(path))):
-        where = f"{path}: questions[{n}]"
-        qid = require(q, "question_id", where)
-        target = None
-        if answers is not None:
-            if qid not in answers:
-                raise DataFormatError(
-                    f"{annotations_file(root, split)}: no annotation for question_id {qid}"
-                )
-            target = soft_targets(answers[qid], index)
-        image_id = require(q, "image_id", where)  # the COCO image: several questions each
-        out.append(
-            Record(
-                id=str(qid),
-                image=str(image_path(root, split, image_id)),
-                image_id=str(image_id),
-                text=str(require(q, "question", where)),
-                target=target,
-            )
+def _target(
+    qid: Any, answers: dict[Any, list[str]], index: dict[str, int], file: Path
+) -> list[tuple[int, float]]:
+    if qid not in answers:
+        raise DataFormatError(f"{file}: no annotation for question_id {qid}")
+    target = soft_targets(answers[qid], index)
+    if not target:
+        given = sorted(set(answers[qid]))
+        raise DataFormatError(
+            f"{file}: question_id {qid}: none of its answers {given[:5]} is in the "
+            f"{len(index)}-answer vocabulary (its target would be all zeros)"
         )
-    return out
+    return target
+
+
+def _no_target(qid: Any) -> None:
+    return None
+
+
+def _record(
+    root: Path, split: str, q: dict[str, Any], where: str, target_of: Callable[[Any], Any]
+) -> Record:
+    qid = require(q, "question_id", where)
+    image_id = require(q, "image_id", where)  # the COCO image: several questions each
+    return Record(
+        id=str(qid),
+        image=str(image_path(root, split, image_id)),
+        image_id=str(image_id),
+        text=str(require(q, "question", where)),
+        target=target_of(qid),
+    )
+
+
+def records(
+    root: str | Path,
+    split: str,
+    vocab: Sequence[str],
+    bad: BadRecords | None = None,
+    targets: bool = True,
+) -> list[Record]:
+    """One record per question; target = sparse soft scores (None for the test splits, and
+    with ``targets=False``: every question kept, answers not read)."""
+    root, bad = Path(root), bad or BadRecords()
+    path = questions_file(root, split)
+    questions = require(read_json(path), "questions", str(path))
+    if not questions:
+        raise DataFormatError(f"{path}: field 'questions' is empty")
+    target_of: Callable[[Any], Any] = _no_target
+    if targets and split in ("train", "val"):
+        index = {a: i for i, a in enumerate(vocab)}
+        answers, file = _annotations(root, split), annotations_file(root, split)
+        target_of = functools.partial(_target, answers=answers, index=index, file=file)
+    out = [
+        bad.attempt(_record, root, split, q, f"{path}: questions[{n}]", target_of)
+        for n, q in enumerate(questions)
+    ]
+    return [r for r in out if r is not None]
 
 
 @register_dataset
@@ -267,19 +310,23 @@ class VQAv2(ImageTextDataset):
         limit: int | None = None,
         answer_vocab: Sequence[str] | str | Path | None = None,
         vocab_size: int = 3129,
+        on_bad_record: OnBadRecord = "error",
+        targets: bool = True,
     ) -> None:
         if answer_vocab is None:
             answer_vocab = build_answer_vocab(root, vocab_size)
         elif isinstance(answer_vocab, (str, Path)):
             answer_vocab = load_answer_vocab(answer_vocab)
         self.answer_vocab = list(answer_vocab)
+        bad = BadRecords(on_bad_record)
         super().__init__(
             f"{self.info.name}-{split}",
-            records(root, split, self.answer_vocab),
+            records(root, split, self.answer_vocab, bad, targets),
             transform,
             on_bad_image,
             cache,
             limit,
+            bad,
         )
 
     @classmethod
@@ -296,6 +343,10 @@ class VQAv2(ImageTextDataset):
     @property
     def num_labels(self) -> int:
         return len(self.answer_vocab)
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.answer_vocab)
 
     def label_tensor(self, target: Any) -> torch.Tensor | None:
         if target is None:

@@ -19,6 +19,7 @@ from vilalign.model.encoders import (
 )
 from vilalign.model.fusion import IMAGE, TEXT, Attentions, fusion_layer_type
 from vilalign.model.heads import ClassificationHead, Pooler, fuse, fused_size
+from vilalign.model.hub import HubMixin
 
 
 @dataclass
@@ -50,7 +51,7 @@ class VilbertOutput:
     attentions: list[Attentions] | None = None
 
 
-class VilbertModel(nn.Module):
+class VilbertModel(HubMixin, nn.Module):
     """ViLBERT-style two-stream transformer on a BERT and a ViT.
 
     Build it with :func:`build_model`; the constructor takes ready encoders so that

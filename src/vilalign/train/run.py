@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 from vilalign import distributed as dist
 from vilalign.config import ConfigError, ModelConfig
 from vilalign.data import SPLITS, Collator, DataConfig, build_dataset, build_transform
+from vilalign.data.base import dataset_label_names as label_names
 from vilalign.data.masking import PretrainingCollator
 from vilalign.data.registry import dataset_info
 from vilalign.io import write_json_atomic
@@ -35,6 +36,7 @@ from vilalign.model import VilbertModel, build_model, load_tokenizer, save_pretr
 from vilalign.model.encoders import build_vit, image_data_config
 from vilalign.train import checkpoint as ckpt
 from vilalign.train import fastpath
+from vilalign.train.card import run_card
 from vilalign.train.config import (
     FinetuneConfig,
     MultiTaskConfig,
@@ -85,7 +87,8 @@ def run_finetuning(
     """Fine-tune ``cfg.task_name`` on ``cfg.data``; ``init_from`` overrides ``cfg.init_from``."""
     run_dir = _start(cfg, run_dir, resume)[1]
     splits = build_splits(cfg)
-    model_cfg = cfg.model.model_copy(update={"num_labels": head_size(cfg.task_name, splits.train)})
+    labels = {"num_labels": head_size(cfg.task_name, splits.train)}
+    model_cfg = cfg.model.model_copy(update={**labels, "label_names": label_names(splits.train)})
     model = _initial_model(model_cfg, init_from or cfg.init_from)
     task = FinetuneTask(model, cfg.task_name)
     tokenizer = load_tokenizer(cfg.model.text)
@@ -245,7 +248,7 @@ def _test_and_save(
         trainer.tracker.log_metrics(test, trainer.progress.step, trainer.progress.epoch)
     model_dir = run_dir / MODEL_DIR
     if dist.is_main_process():
-        save_pretrained(task.model, model_dir, tokenizer)
+        save_pretrained(task.model, model_dir, tokenizer, card=run_card(run_dir, test))
         _write_results(run_dir, fit, test, split_names)
     dist.barrier()
     return RunResult(fit, test, run_dir, model_dir)
