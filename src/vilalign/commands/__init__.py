@@ -357,13 +357,6 @@ def load_source(
 
         adapter = load_hf_model(args.hf_model, regions=args.regions).to(device)
         return adapter, adapter.processor, Path(args.hf_model).name
-    if getattr(args, "regions", None) and not getattr(args, "hf_model", None):
-        raise ValueError("--regions: only --hf-model LXMERT / VisualBERT read region features")
-    if getattr(args, "hf_model", None):
-        from vilalign.adapters import load_hf_model
-
-        adapter = load_hf_model(args.hf_model, regions=args.regions)
-        return adapter, adapter.processor, Path(args.hf_model).name
     if args.checkpoint is None:
         fields = {"num_labels": num_labels, **model_overrides(args.overrides)}
         cfg = model_config(args.preset, **fields)
