@@ -61,25 +61,23 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
         raise DataFormatError(f"{path}: empty file (no records)")
 
 
-def _decoded(raw: bytes, where: str, bad: BadRecords) -> str | None:
-    """The line as text, or None when it is not UTF-8 and ``bad`` skips it."""
-    try:
-        return decode_utf8(raw, where, whole_file=False).rstrip("\r\n")
-    except DataFormatError as err:
-        bad.reject(str(err))
-        return None
+def _text_lines(path: Path, bad: BadRecords) -> Iterator[tuple[int, str, str]]:
+    """(line number, "file:line", text) of every non-blank line; a line that is not UTF-8
+    is rejected through ``bad`` (an error, or skipped and counted)."""
+    for lineno, raw in _lines(path):
+        where = f"{path}:{lineno}"
+        try:
+            yield lineno, where, decode_utf8(raw, where, whole_file=False).rstrip("\r\n")
+        except DataFormatError as err:
+            bad.reject(str(err))
 
 
 def read_jsonl(
     path: str | Path, bad: BadRecords | None = None
 ) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line; a broken line names file and line."""
-    path, bad = Path(path), bad or BadRecords()
-    for lineno, raw in _lines(path):
-        where = f"{path}:{lineno}"
-        line = _decoded(raw, where, bad)
-        if line is None:
-            continue
+    bad = bad or BadRecords()
+    for lineno, where, line in _text_lines(Path(path), bad):
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as err:
@@ -100,12 +98,8 @@ def read_csv_rows(
     (a whole-file parse would carry it on, swallowing the lines after it, and report the
     end of the file).
     """
-    path, bad = Path(path), bad or BadRecords()
-    for lineno, raw in _lines(path):
-        where = f"{path}:{lineno}"
-        line = _decoded(raw, where, bad)
-        if line is None:
-            continue
+    bad = bad or BadRecords()
+    for lineno, where, line in _text_lines(Path(path), bad):
         try:
             row = next(csv.reader([line], strict=True))
         except csv.Error as err:
