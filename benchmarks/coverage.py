@@ -49,14 +49,24 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(row, file=sys.stderr, flush=True)
     table = pd.DataFrame(rows)
-    wide = table.pivot_table(
-        index=["measure", "interval", "estimand"], columns="n", values="coverage", sort=False
-    )
-    wide.columns = [f"N = {n}" for n in wide.columns]
-    print(wide.reset_index().to_markdown(index=False, floatfmt=".2f"))
     if args.csv:
         table.to_csv(args.csv, index=False)
+    print(markdown(table))
     return 0
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """measure | interval | estimand | coverage at each N, as a markdown table."""
+    wide = table.pivot_table(
+        index=["measure", "interval", "estimand"], columns="n", values="coverage", sort=False
+    ).reset_index()
+    sizes = [c for c in wide.columns if isinstance(c, int | float)]
+    head = ["measure", "interval", "estimand", *(f"N = {n}" for n in sizes)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in wide.itertuples(index=False):
+        cells = [r[0], r[1], r[2], *(f"{v:.3f}" for v in r[3:])]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

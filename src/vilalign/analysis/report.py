@@ -293,7 +293,7 @@ def _draw_line(ax, part: pd.DataFrame, pos: Mapping[str, int], label: str, style
         ax.plot(xs, part["null_mean"], ":", color=colour, lw=1, label=f"{label}: chance")
     if part["init_value"].notna().any():
         ax.plot(xs, part["init_value"], marker="x", ls=(0, (1, 1)), color=colour, lw=1,
-                label=f"{label}: at init")  # fmt: skip
+                label=f"{label}: at init (epoch 0)")  # fmt: skip
         _band(ax, xs, part["init_lo"], part["init_hi"], colour, alpha=0.08)
 
 
@@ -321,18 +321,19 @@ def figure_across_layers(
     rows = _select(table, measure, dataset=dataset)
     if views is not None:
         rows = rows[rows["view"].isin(list(views))]
+    start = rows[rows["epoch"] == 0]
     rows = _last_epoch(rows, epoch, by)
     layers = _layer_order(rows)
     pos = {layer: i for i, layer in enumerate(layers)}
     if ax is None:
-        fig = Figure(figsize=(max(5.5, 0.7 * len(layers) + 3), 4.0))
+        fig = Figure(figsize=(max(7.5, 0.7 * len(layers) + 5), 4.2))
         ax = fig.add_subplot()
     _mark_coattention(ax, layers, _coattention_layers(rows))
     if null is not None:
         lo, hi = _null_bounds(null, layers)
         ax.fill_between(range(len(layers)), lo, hi, color="0.6", alpha=0.35, label="null 5–95 %")
     keys = [by, "view", "layer"] if by else ["view", "layer"]
-    summary = _summarise(rows, keys)
+    summary = _with_epoch_zero(_summarise(rows, keys), start, rows, keys)
     colours = _colours(summary[by] if by else summary["view"])
     for key, part in summary.groupby(keys[:-1], sort=False):
         group, view = key if by else (None, key[0] if isinstance(key, tuple) else key)
@@ -349,6 +350,19 @@ def figure_across_layers(
     ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.figure.tight_layout()
     return ax.figure
+
+
+def _with_epoch_zero(
+    summary: pd.DataFrame, start: pd.DataFrame, shown: pd.DataFrame, keys: list[str]
+) -> pd.DataFrame:
+    """Epoch 0 (the model before training) as the "at init" reference of a later epoch."""
+    if start.empty or not (shown["epoch"] > 0).any():
+        return summary
+    zero = _summarise(start, keys)[[*keys, "value", "lo", "hi"]]
+    zero = zero.rename(columns={"value": "init_value", "lo": "init_lo", "hi": "init_hi"})
+    return summary.drop(columns=["init_value", "init_lo", "init_hi"]).merge(
+        zero, on=keys, how="left"
+    )
 
 
 def _colours(names: Iterable[object]) -> dict[str, str]:
@@ -553,12 +567,18 @@ def format_interval(value: float, low: float, high: float, digits: int = 3) -> s
     if not math.isfinite(value):
         return "–"
     if not (math.isfinite(low) and math.isfinite(high)):
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+        return _number(value, f".{digits}f")
+    return f"{_number(value, f'.{digits}f')} [{_number(low, f'.{digits}f')}, " + (
+        f"{_number(high, f'.{digits}f')}]"
+    )
 
 
 def _number(value: float, fmt: str = ".3f") -> str:
-    return "–" if not math.isfinite(value) else format(value, fmt)
+    """``value`` formatted; "–" when missing, and never "-0.000"."""
+    if not math.isfinite(value):
+        return "–"
+    text = format(value, fmt)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
 
 
 def layer_block(rows: pd.DataFrame) -> pd.DataFrame:
@@ -654,3 +674,96 @@ def text_report(
     if best_pair is not None:
         parts.append("\n" + best_pair.sentence())  # type: ignore[attr-defined]
     return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- the answer
+
+
+def epoch_change(table: pd.DataFrame, measure: str, layer: str, view: str) -> pd.DataFrame:
+    """Per model (``run``): ``measure`` at ``layer`` before training (epoch 0) and at its
+    last epoch, each the mean over seeds with its interval, their difference, the chance
+    level (the permutation null's mean) and whether the layer is a co-attention layer.
+
+    The difference is taken per seed (same seed, same samples) and its interval combines
+    the seeds' spread with the two rows' sampling half-widths in quadrature (conservative:
+    the shared samples make the two estimates positively correlated).
+    """
+    from vilalign.analysis.stats import seed_interval
+
+    rows = _select(table, measure, layer=layer, view=view)
+    rows = rows[rows["epoch"].notna()]
+    out = []
+    for run, part in rows.groupby("run", sort=False):
+        first, last = int(part["epoch"].min()), int(part["epoch"].max())
+        start, end = part[part["epoch"] == first], part[part["epoch"] == last]
+        paired = start.merge(end, on="seed", suffixes=("_0", "_1"))
+        half = np.hypot(
+            (paired["ci_high_0"] - paired["ci_low_0"]) / 2,
+            (paired["ci_high_1"] - paired["ci_low_1"]) / 2,
+        )
+        diff = paired["value_1"] - paired["value_0"]
+        record = {
+            "run": run, "first_epoch": first, "last_epoch": last, "seeds": len(paired),
+            "coattention": bool((part["layer_kind"] == COATTENTION).any()),
+            "chance": float(part["null_mean"].mean()),
+        }  # fmt: skip
+        for name, frame in (("init", start), ("trained", end)):
+            record.update(zip((name, f"{name}_low", f"{name}_high"),
+                              seed_interval(frame["value"], frame["ci_low"], frame["ci_high"]),
+                              strict=True))  # fmt: skip
+        record.update(zip(("delta", "delta_low", "delta_high"),
+                          seed_interval(diff, diff - half, diff + half), strict=True))  # fmt: skip
+        out.append(record)
+    return pd.DataFrame(out)
+
+
+def _change(row: pd.Series) -> tuple[int, str, str]:
+    """(direction −1/0/+1 by the difference's interval, at-init text, trained text)."""
+    moved = row["delta_low"] > 0 or row["delta_high"] < 0
+    direction = 0 if not moved else (1 if row["delta"] > 0 else -1)
+    init = format_interval(row["init"], row["init_low"], row["init_high"])
+    trained = format_interval(row["trained"], row["trained_low"], row["trained_high"])
+    return direction, init, trained
+
+
+def _acts_on(row: pd.Series, subject: str) -> str:
+    """ "raises <subject> from A at init to B after training" (or lowers, or leaves)."""
+    direction, init, trained = _change(row)
+    if direction == 0:
+        return f"leaves {subject} at {trained} after training ({init} at init, no clear change)"
+    verb = "raises" if direction > 0 else "lowers"
+    return f"{verb} {subject} from {init} at init to {trained} after training"
+
+
+def _moves(row: pd.Series) -> str:
+    """ "rises from A at init to B after training" (or falls, or stays at)."""
+    direction, init, trained = _change(row)
+    if direction == 0:
+        return f"stays at {trained} ({init} at init, no clear change)"
+    verb = "rises" if direction > 0 else "falls"
+    return f"{verb} from {init} at init to {trained} after training"
+
+
+def answer_sentence(changes: pd.DataFrame, measure: str, layer: str, view: str) -> str:
+    """The answer in one sentence, from :func:`epoch_change`'s rows.
+
+    With one model whose ``layer`` is a co-attention layer and one whose is not:
+    "co-attention (vilbert) raises <measure> at <layer> from A [..] at init to B [..]
+    after training; without co-attention (no_coattention) it stays at C [..]; chance D".
+    Otherwise one clause per model. Intervals are 95 %, over seeds and samples.
+    """
+    if changes.empty:
+        return f"no {measure} rows at {layer} ({view} view) with epochs to compare"
+    where = f"{measure} at {layer} ({view} view)"
+    chance = float(changes["chance"].mean())
+    tail = f"; chance {chance:.3f}" if math.isfinite(chance) else ""
+    tail += f" ({int(changes['seeds'].min())} seeds per model; 95 % intervals)"
+    co, plain = changes[changes["coattention"]], changes[~changes["coattention"]]
+    if len(co) == 1 and len(plain) == 1:
+        a, b = co.iloc[0], plain.iloc[0]
+        return (
+            f"co-attention ({a['run']}) {_acts_on(a, where)}; without co-attention "
+            f"({b['run']}) it {_moves(b)}{tail}"
+        )
+    parts = [f"{r['run']} {_moves(r)}" for _, r in changes.iterrows()]
+    return f"{where}: " + "; ".join(parts) + tail

@@ -44,6 +44,9 @@ MeasureLike = M.Measure | str | Callable[..., float]
 
 #: Share of the rows a "subsample" interval draws (without replacement) by default.
 SUBSAMPLE_FRACTION = 0.5
+#: Share of the rows each interval method keeps in a subsample.
+FRACTIONS = {"subsample": SUBSAMPLE_FRACTION, "subsample_bc": SUBSAMPLE_FRACTION,
+             "subsample_large": 0.8}  # fmt: skip
 #: Quantiles of the permutation null that the table reports as the chance band.
 NULL_BAND = (0.05, 0.95)
 
@@ -366,12 +369,13 @@ def half_sample_size(n: int, fraction: float = SUBSAMPLE_FRACTION) -> int:
 def interval_min_samples(measure: M.Measure, options: dict | None = None) -> int:
     """The fewest samples N for which ``measure`` can give its registered interval.
 
-    Each half-sample must itself be a sample the measure is defined on (k-NN measures
+    Each subsample must itself be a sample the measure is defined on (k-NN measures
     need more than k rows, unbiased HSIC 4), and at least 2 rows must be left out.
     """
     need = measure.min_samples(options)
-    n = max(2 * need - 1, need + 2)
-    while half_sample_size(n) < need or n - half_sample_size(n) < 2:
+    fraction = FRACTIONS[measure.interval]
+    n = need + 2
+    while half_sample_size(n, fraction) < need or n - half_sample_size(n, fraction) < 2:
         n += 1
     return n
 
@@ -384,9 +388,10 @@ def check_interval_possible(
     if n < need:
         k = {**measure.defaults, **(options or {})}.get("k")
         why = f"k={k} neighbours" if isinstance(k, int) else f"at least {measure.min_samples()}"
+        size = half_sample_size(n, FRACTIONS[measure.interval])
         raise ValueError(
-            f"{measure.name}: {what} needs at least {need} samples (each half-sample of "
-            f"{half_sample_size(n)} rows must allow {why}); got N = {n}"
+            f"{measure.name}: {what} needs at least {need} samples (each subsample of "
+            f"{size} rows must allow {why}); got N = {n}"
         )
 
 
@@ -433,6 +438,7 @@ def confidence_interval(
     generator: torch.Generator | np.random.Generator | None = None,
     method: str | None = None,
     text_mask: torch.Tensor | None = None,
+    fraction: float | None = None,
     **options: Any,
 ) -> Interval:
     """The measure's registered interval (``Measure.interval``) of ``measure(x, y)``.
@@ -447,6 +453,8 @@ def confidence_interval(
     * ``"subsample_bc"``: re-centred by the half-sample jackknife bias estimate
       (m/(N−m))·(mean of half-sample values − θ̂): an O(1/N) bias towards the population
       value (biased HSIC, CCA fits) is removed, so the interval targets the population.
+    * ``"subsample_large"``: as ``"subsample"``, keeping 80 % of the rows (``fraction``
+      overrides the method's share).
 
     The limits are θ̃ ± t·s with s the rescaled spread (a Student t with n_resamples − 1
     degrees of freedom, as s is estimated from them), widened if needed to contain θ̂:
@@ -463,9 +471,9 @@ def confidence_interval(
         raise ValueError(f"method must be one of {INTERVALS}, got {method!r}")
     sampled = _sampled(registered, x, y, text_mask, options)
     n = sampled.n
-    if isinstance(registered, M.Measure):
+    if isinstance(registered, M.Measure) and fraction is None:
         check_interval_possible(registered, n, options)
-    size = half_sample_size(n)
+    size = half_sample_size(n, FRACTIONS[method] if fraction is None else fraction)
     if not 2 <= size <= n - 2:
         raise ValueError(f"{sampled.name}: N = {n} is too few rows for half-sample intervals")
     value = sampled.at(None)
@@ -524,12 +532,17 @@ def reference_comparison(trained: Interval, references: Sequence[Interval]) -> R
     return ReferenceComparison(ref, delta)
 
 
+def _seed_half(values: np.ndarray, like: Interval) -> float:
+    if values.size < 2:
+        return 0.0
+    t = float(scipy.stats.t.ppf((1 + like.confidence) / 2, values.size - 1))
+    return t * float(values.std(ddof=1)) / math.sqrt(values.size)
+
+
 def _combined(value: float, samples: np.ndarray, seeds: np.ndarray, like: Interval) -> Interval:
     """A jackknife interval of ``value`` widened by the spread of its per-seed values."""
     centre, half = _jackknife(value, samples, like.ratio, like.confidence, like.method)
-    if seeds.size > 1:
-        t = float(scipy.stats.t.ppf((1 + like.confidence) / 2, seeds.size - 1))
-        half = math.hypot(half, t * float(seeds.std(ddof=1)) / math.sqrt(seeds.size))
+    half = math.hypot(half, _seed_half(seeds, like))
     low, high = min(centre - half, value), max(centre + half, value)
     return Interval(value, low, high, like.confidence, like.method, samples, like.ratio)
 
