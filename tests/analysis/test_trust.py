@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 
-from vilalign.analysis import measures as M
 from vilalign.analysis import report as R
 from vilalign.analysis import stats as S
 from vilalign.analysis.align import RunInfo, alignment_table, bias_warnings
@@ -59,7 +58,9 @@ def test_family_wise_p_values_equal_the_max_over_layers_permutation_test():
     reps = _reps(aligned=(False, False, False))
     xs = [reps.get(f"fusion.{i}", "text", "cls") for i in range(3)]
     ys = [reps.get(f"fusion.{i}", "image", "cls") for i in range(3)]
-    nulls = [S.permutation_test("cka_unbiased", x, y, 40, seed=3) for x, y in zip(xs, ys)]
+    nulls = [
+        S.permutation_test("cka_unbiased", x, y, 40, seed=3) for x, y in zip(xs, ys, strict=True)
+    ]
     best = S.max_permutation_test("cka_unbiased", xs, ys, 40, seed=3,
                                   pairs=[(0, 0), (1, 1), (2, 2)])  # fmt: skip
     adjusted = S.familywise_p_values([n.observed for n in nulls], [n.null for n in nulls])
@@ -131,6 +132,7 @@ def test_seed_interval_combines_seeds_and_shared_samples():
     seeds = 4.302653 * 0.1 / math.sqrt(3)  # t(0.975, 2) · sd / √3
     assert mean == pytest.approx(0.5)
     assert high - mean == pytest.approx(math.hypot(seeds, 0.05), rel=1e-5)
+    assert mean - low == pytest.approx(high - mean)
     assert S.seed_interval([0.3], [0.2], [0.4]) == (0.3, 0.2, 0.4)
 
 

@@ -30,10 +30,11 @@ def _trainer(make_config, toy_dataset, collate, run_dir, callbacks, epochs=1):
     seed_everything(0)
     model = build_model(make_config())
     initial = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = TrainConfig(batch_size=4, epochs=epochs, progress=False, monitor="val/loss",
-                      monitor_mode="min")  # fmt: skip
-    trainer = Trainer(FinetuneTask(model, "easyvqa"), cfg, OptimConfig(lr=1e-3), run_dir,
-                      toy_dataset(8), toy_dataset(4, seed=1), collate, callbacks=callbacks)  # fmt: skip
+    cfg = TrainConfig(
+        batch_size=4, epochs=epochs, progress=False, monitor="val/loss", monitor_mode="min"
+    )
+    task, data = FinetuneTask(model, "easyvqa"), (toy_dataset(8), toy_dataset(4, seed=1))
+    trainer = Trainer(task, cfg, OptimConfig(lr=1e-3), run_dir, *data, collate, callbacks=callbacks)
     return trainer, initial
 
 

@@ -134,12 +134,22 @@ def _pair_stats(
     options: dict[str, dict[str, Any]],
     text_mask: torch.Tensor | None = None,
 ) -> dict[str, S.MeasureStats]:
-    """Each measure's value, interval and null on one pair (shared View caches)."""
-    p, r, c, seed = stats.permutations, stats.resamples, stats.confidence, stats.seed
-    return {
-        name: S.measure_stats(name, x, y, p, r, c, seed, text_mask, **options.get(name, {}))
-        for name in names
-    }
+    """Each measure's value, interval and null on one pair (shared View caches).
+
+    The spec checked ``n_samples`` against every interval before collection; a split
+    with fewer samples than that leaves a measure whose interval N cannot carry without
+    one (a warning, not a failure at the end of an epoch).
+    """
+    p, c, seed = stats.permutations, stats.confidence, stats.seed
+    n = x.n if isinstance(x, M.View) else int(x.shape[0])
+    out = {}
+    for name in names:
+        r = stats.resamples
+        if r and n < S.interval_min_samples(M.get_measure(name), options.get(name)):
+            log.warning("%s: only %d samples collected, too few for its interval: none", name, n)
+            r = 0
+        out[name] = S.measure_stats(name, x, y, p, r, c, seed, text_mask, **options.get(name, {}))
+    return out
 
 
 def _layer_stats(

@@ -477,14 +477,37 @@ def confidence_interval(
     if not 2 <= size <= n - 2:
         raise ValueError(f"{sampled.name}: N = {n} is too few rows for half-sample intervals")
     value = sampled.at(None)
-    g = _generator(seed, generator)
-    samples = np.array(
-        [sampled.at(torch.randperm(n, generator=g)[:size]) for _ in range(n_resamples)]
-    )
+    samples = _subsample_values(sampled, size, n_resamples, _generator(seed, generator))
     ratio = size / (n - size)
     centre, half = _jackknife(value, samples, ratio, confidence, method)
     low, high = min(centre - half, value), max(centre + half, value)
     return Interval(value, low, high, confidence, method, samples, ratio)
+
+
+def _subsample_values(sampled: _Sampled, size: int, count: int, g: torch.Generator) -> np.ndarray:
+    """The measure on ``count`` subsamples of ``size`` rows.
+
+    A subsample on which the measure is undefined (every row the same — a few images
+    asked about many times —, a degenerate kernel) is drawn again: it says nothing
+    about the spread, only that such a subsample exists. More failures than successes
+    mean N is too small for this measure's interval: an error naming it.
+    """
+    values: list[float] = []
+    failures = 0
+    while len(values) < count:
+        try:
+            values.append(sampled.at(torch.randperm(sampled.n, generator=g)[:size]))
+        except ValueError as err:
+            failures += 1
+            if failures > count:
+                raise ValueError(
+                    f"{sampled.name}: {failures} of {failures + len(values)} subsamples of "
+                    f"{size} rows (of N = {sampled.n}) are degenerate ({err}); collect more "
+                    "samples or set resamples to 0"
+                ) from None
+    if failures:
+        log.info("%s: %d degenerate subsamples drawn again", sampled.name, failures)
+    return np.asarray(values)
 
 
 def _jackknife(
