@@ -41,7 +41,7 @@ def test_every_model_on_one_panel_with_interval_and_null_bands_for_every_view():
     labels = [line.get_label() for line in ax.get_lines() if ": " not in line.get_label()]
     assert labels == ["vilbert (cls)", "vilbert (mean)", "no_coattention (cls)",
                       "no_coattention (mean)"]  # fmt: skip
-    at_init = [li for li in ax.get_lines() if li.get_label().endswith("at init (epoch 0)")]
+    at_init = [li for li in ax.get_lines() if li.get_label().endswith(": at init")]
     assert len(at_init) == 4  # epoch 0 beside the last epoch, for every model and view
     np.testing.assert_allclose(at_init[0].get_ydata(), [0.001, 0.051])
     colour = {line.get_label(): line.get_color() for line in ax.get_lines()}

@@ -293,7 +293,7 @@ def _draw_line(ax, part: pd.DataFrame, pos: Mapping[str, int], label: str, style
         ax.plot(xs, part["null_mean"], ":", color=colour, lw=1, label=f"{label}: chance")
     if part["init_value"].notna().any():
         ax.plot(xs, part["init_value"], marker="x", ls=(0, (1, 1)), color=colour, lw=1,
-                label=f"{label}: at init (epoch 0)")  # fmt: skip
+                label=f"{label}: at init")  # fmt: skip
         _band(ax, xs, part["init_lo"], part["init_hi"], colour, alpha=0.08)
 
 
@@ -551,9 +551,14 @@ def plot_report(
         if rows["epoch"].nunique() > 1:
             paths.append(plot_over_epochs(table, measure, out_dir / f"epochs_{name}.png", by=by))
     if matrix is not None:
+        measure = str(matrix.attrs.get("measure", ""))
+        title = f"{measure} ({matrix.attrs.get('view', '')}): text layer × image layer"
         paths.append(
             plot_layer_heatmap(
-                matrix, out_dir / "layer_heatmap.png", coattention=_coattention_layers(table)
+                matrix,
+                out_dir / "layer_heatmap.png",
+                coattention=_coattention_layers(table),
+                title=title if measure else None,
             )
         )
     return paths

@@ -331,8 +331,9 @@ class ExperimentReport:
             caption = (
                 f"{measure} across layers at each group's last epoch: mean over seeds with its "
                 "95 % interval (seeds and samples); hatched: permutation null 5–95 % (per "
-                "group and view), dotted: chance level (null mean); grey columns: "
-                "co-attention layers; line style: view"
+                "group and view), dotted: chance level (null mean); crosses: epoch 0, the "
+                "same model before its first optimiser step; grey columns: co-attention "
+                "layers; line style: view"
             )
             items.append(_safe(lambda t=table, m=measure, c=caption: figure_html(
                 R.figure_across_layers(t, m, by="run", title=f"{m} across layers"), c, 820,
@@ -587,7 +588,8 @@ def analysis_report(folder: Path) -> str:
         + table_html(R.layer_block(rows))
         for (r, v, m), rows in groups
     ]
-    spec = f"<pre>{html.escape(json.dumps(meta.get('spec', {}), indent=2))}</pre>" if meta else ""
+    spec = yaml.safe_dump(meta.get("spec", {}), sort_keys=False)
+    spec = f"<pre>{html.escape(spec)}</pre>" if meta else ""
     body = [
         f"<h1>{html.escape(folder.name)}: alignment by layer</h1>"
         f"<p class='meta'>{len(table)} rows · folder {html.escape(str(folder))} · written "
@@ -604,7 +606,8 @@ def _layers_caption(measure: str) -> str:
     return (
         f"{measure} across layers: value with its 95 % interval (band), permutation null "
         "5–95 % (hatched, per view) and chance level (dotted); crosses: the same "
-        "architecture at initialisation (when measured); grey columns: co-attention layers"
+        "architecture at initialisation on the same samples (--reference init; mean over "
+        "init seeds); grey columns: co-attention layers"
     )
 
 
