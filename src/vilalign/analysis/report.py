@@ -1,14 +1,19 @@
-"""The tidy alignment table and its pictures.
+"""The tidy alignment table, its pictures, and the answer in words.
 
 The table has exactly the columns of :data:`COLUMNS`, one row per (run, seed, epoch,
 dataset, layer, view, measure). ``layer`` is the layer's name (e.g. ``fusion.3``), in
 depth order of first appearance; ``layer_kind`` is ``coattention``, ``self_attention``,
-``single_stream`` or ``encoder``; ``ci_low``/``ci_high``/``p_value`` are NaN when no
-interval or null was computed.
+``single_stream`` or ``encoder``; the statistics (interval, null, family-wise p, the
+at-init reference; docs/statistics.md) are NaN when not computed, and a table written
+before a column existed reads with it NaN (:data:`ADDED`).
 
 Plots are written as PNG with matplotlib's Agg canvas (``Figure`` objects, never
 pyplot), so nothing needs a display. Each ``figure_*`` function returns the Figure (for
-tests and notebooks); each ``plot_*`` function writes it and returns the path.
+tests and notebooks); each ``plot_*`` function writes it and returns the path. Figures
+compare: several models on one panel with shared axes, each line with its interval
+band and its permutation-null band, epoch 0 beside the last epoch, layer matrices of
+one measure on one named colour scale. :func:`text_report`, :func:`best_layer_sentence`
+and :func:`answer_sentence` put the result in words with numbers and intervals.
 """
 
 from __future__ import annotations
@@ -470,7 +475,8 @@ def figure_layer_heatmap(
         for (i, j), v in np.ndenumerate(values):
             if math.isfinite(v):  # dark text on the bright end of viridis
                 colour = "k" if v > mid else "w"
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color=colour)
+                label = _number(v, ".2f")
+                ax.text(j, i, label, ha="center", va="center", fontsize=6, color=colour)
     ax.set_title(title or "text layer × image layer" + (" (* co-attention)" if coattention else ""))
     if own:
         ax.figure.tight_layout()

@@ -136,8 +136,8 @@ def metrics_figure(groups: pd.DataFrame, metric: str) -> Figure:
     stds = np.nan_to_num(groups[f"{metric}_std"].to_numpy(float))
     xs = np.arange(len(groups))
     ax.bar(xs, means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
-    for x, m, n in zip(xs, means, groups[f"{metric}_n"], strict=True):
-        ax.text(x, m, f"{m:.3f}\n(n={n})", ha="center", va="bottom", fontsize=8)
+    for x, m, s, n in zip(xs, means, stds, groups[f"{metric}_n"], strict=True):
+        ax.text(x, m + s, f"{m:.3f}\n(n={n})", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(xs, groups["group"], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_ylim(0, max(1.0, float(np.nanmax(means + stds)) * 1.15))
@@ -219,7 +219,7 @@ def entropy_figure(frames: dict[str, pd.DataFrame], value: str = "effective_keys
         ax.set_xticks(layers, [f"fusion.{x}" for x in layers], fontsize=8)
         ax.set_title(group, fontsize=9)
         ax.set_ylabel(FOCUS_LABELS.get(value, value) if i == 0 else "")
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
     fig.suptitle("attention concentration, mean over heads (shaded: co-attention layers)",
                  fontsize=10)  # fmt: skip
     fig.tight_layout()
