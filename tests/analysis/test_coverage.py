@@ -4,7 +4,7 @@ The fast tests run the registered interval of linear CKA (biased, with the jackk
 bias correction) and unbiased CKA on x ~ N(0, I₅), y = x + equal-variance noise, whose
 population linear CKA is 0.5, and check that the old percentile bootstrap fails the same
 test (so the test can fail). The slow sweep runs every registered measure at N = 60 and
-240 with 100 repetitions each (``benchmarks/coverage.py`` prints the table of
+240 with 200 repetitions each (``benchmarks/coverage.py`` prints the table of
 docs/statistics.md).
 """
 
@@ -71,9 +71,12 @@ def test_biased_cka_on_unrelated_wide_features_is_the_reported_case():
     assert ci.low < ci.value - 0.05  # and the bias correction pulls the interval down
 
 
+# 200 repetitions, the draws of benchmarks/coverage.py's table (docs/statistics.md): at
+# 100, a measure whose coverage sits just above 0.90 (RBF CKA at N = 60: 0.91) would pass
+# or fail by the luck of the draws. About 25 minutes on one core.
 @pytest.mark.slow
 @pytest.mark.parametrize("n", [60, 240])
 @pytest.mark.parametrize("measure", sorted(CASES))
 def test_coverage_of_every_measure(measure, n):
-    row = coverage(measure, n, repeats=100)
+    row = coverage(measure, n, repeats=200)
     assert row["coverage"] >= 0.90, row

@@ -231,6 +231,8 @@ def models_at_init(model: nn.Module, seeds: Sequence[int]) -> list[nn.Module]:
     encoders in the config (``init: pretrained``) load as they did for training. The
     global RNG state is restored afterwards.
     """
+    if not seeds:
+        return []
     from vilalign.model import build_model
 
     config = unwrap(model).config
