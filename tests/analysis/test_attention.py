@@ -266,7 +266,9 @@ def test_no_difference_is_rarely_detected():
 def test_summary_reports_words_and_numbers():
     rng = np.random.default_rng(2)
     df = synthetic_attentions(rng, co_sharpness=3.0)
-    text = compare_coattention_focus(df, layer=3, n_resamples=999).summary()
+    text = compare_coattention_focus(
+        df, layer=3, n_resamples=999, value="normalized_entropy"
+    ).summary()
     assert text.startswith("co-attention heads in layer 3 have lower normalized entropy")
     assert re.search(r"Δ = -\d\.\d{3} \[95% CI -\d\.\d{3}, -\d\.\d{3}\]", text)
     assert "Mann–Whitney U =" in text and "permutation p =" in text

@@ -80,7 +80,8 @@ def test_experiment_and_run_files_accept_a_registered_measure_and_its_needs(toys
     from vilalign.experiments.spec import AnalysisConfig, ExperimentConfig
     from vilalign.train.config import EpochAlignmentConfig
 
-    exp = {"name": "toy", "analysis": {"n_samples": 30, "measures": ["toy_mean_product"]}}
+    exp = {"name": "toy", "analysis": {"n_samples": 30, "measures": ["toy_mean_product"],
+                                       "resamples": 0}}  # fmt: skip
     assert validate(ExperimentConfig, exp).analysis.measures == ["toy_mean_product"]
     assert EpochAlignmentConfig(measures=["toy_mean_product"]).heatmap_measure == (
         "toy_mean_product"

@@ -64,7 +64,7 @@ def test_write_tables_writes_both_formats(tmp_path):
     assert all(p.exists() for p in paths)
 
 
-@pytest.mark.parametrize("column", R.COLUMNS)
+@pytest.mark.parametrize("column", R.REQUIRED)
 def test_missing_column_raises_naming_it(column):
     frame = pd.DataFrame(_rows())
     with pytest.raises(ValueError, match=f"missing column\\(s\\): {column}"):

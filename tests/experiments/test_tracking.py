@@ -40,7 +40,7 @@ def test_runs_are_recorded_and_queryable(tmp_path):
     assert "test/accuracy" in ft.data.metrics
     align = [k for k in ft.data.metrics if k.startswith("align/fusion.1/cls/")]
     assert align  # per-layer alignment values, per epoch
-    assert len(client.get_metric_history(ft.info.run_id, align[0])) == 2
+    assert len(client.get_metric_history(ft.info.run_id, align[0])) == 3  # epochs 0, 1, 2
     artifacts = {a.path for a in client.list_artifacts(ft.info.run_id)}
     assert {"config.json", "results.json", "alignment"} <= artifacts
     assert "train/loss" in runs["pretrain"].data.metrics or runs["pretrain"].data.metrics

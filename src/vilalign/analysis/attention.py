@@ -3,9 +3,17 @@ more focused than self-attention; bertviz views of any layer.
 
 Entropy follows Clark et al. (2019, "What Does BERT Look At?", §3): for each query, the
 entropy ``H = −Σ_k p_k log p_k`` of its attention distribution over the real (unmasked)
-keys, averaged over real queries. Normalised entropy divides by ``log n`` with ``n`` the
-number of real keys — for co-attention the *other* stream's key count — so that a head over
-10 tokens and a head over 196 patches compare on one scale (1 = uniform, 0 = one key).
+keys, averaged over real queries. Three forms of concentration per head:
+
+* ``effective_keys`` = exp(H), averaged over real queries: the number of keys a query
+  spreads its attention over as if uniformly (uniform over 3 keys → 3, whatever the
+  number of keys). It compares heads with different key counts — a text→image head over
+  197 patches with a text self-attention head over 12 tokens — like with like, and is
+  what the co- vs self-attention focus test compares by default.
+* ``effective_share`` = exp(H) / n: that number as a share of the real keys (1 = uniform).
+* ``normalized_entropy`` = H / log n (1 = uniform, 0 = one key). It depends on the key
+  count itself: uniform attention over 3 keys scores 0.44 among 12 keys but 0.21 among
+  197, so with different key counts it makes the head with more keys look more focused.
 
 Weights are read from the model's explicit-attention path in eval mode: the pre-dropout
 softmax, which the model test suite shows computes the same function as the fused path.
@@ -117,21 +125,41 @@ def head_entropy(
     """Per sample and head: entropy averaged over real queries, raw and normalised.
 
     Normalised by ``log n_keys`` of each sample's real keys (Clark et al. 2019 compare raw
-    entropies within BERT; normalising lets text heads and patch heads compare). A
-    sample with a single real key has normalised entropy NaN (no choice to measure).
-    Returns two (B, H) float64 tensors.
+    entropies within BERT). A sample with a single real key has normalised entropy NaN
+    (no choice to measure). Returns two (B, H) float64 tensors. The key-count-free form
+    is :func:`head_focus`.
+    """
+    focus = head_focus(weights, key_mask, query_mask)
+    return focus["entropy"], focus["normalized_entropy"]
+
+
+def head_focus(
+    weights: Tensor, key_mask: Tensor | None = None, query_mask: Tensor | None = None
+) -> dict[str, Tensor]:
+    """Per sample and head, every form of concentration (see the module doc), averaged
+    over real queries: ``entropy``, ``normalized_entropy``, ``effective_keys`` (exp H per
+    query, then averaged) and ``effective_share`` (effective keys / real keys). Each (B, H).
     """
     B, _, Q, K = weights.shape
     ent = query_entropy(weights, key_mask)  # (B, H, Q)
     qm = torch.ones(B, Q, dtype=ent.dtype) if query_mask is None else query_mask.to(ent)
-    qm = qm.to(ent.device)
-    mean = (ent * qm[:, None, :]).sum(-1) / qm.sum(-1, keepdim=True)  # (B, H)
+    qm = qm.to(ent.device)[:, None, :]  # (B, 1, Q)
+
+    def over_queries(per_query: Tensor) -> Tensor:
+        return (per_query * qm).sum(-1) / qm.sum(-1)  # (B, H)
+
+    mean, effective = over_queries(ent), over_queries(ent.exp())
     n_keys = torch.full((B,), float(K), dtype=ent.dtype, device=ent.device)
     if key_mask is not None:
         n_keys = key_mask.to(ent).sum(-1)
     log_n = n_keys.log()[:, None]  # (B, 1)
     normalised = torch.where(log_n > 0, mean / log_n, torch.full_like(mean, float("nan")))
-    return mean, normalised
+    return {
+        "entropy": mean,
+        "normalized_entropy": normalised,
+        "effective_keys": effective,
+        "effective_share": effective / n_keys[:, None],
+    }
 
 
 def _real_positions(stream: str, attention_mask: Tensor, length: int) -> Tensor | None:
@@ -159,7 +187,7 @@ def entropy_frame(
     ``attentions[i]`` is fusion layer ``i``'s dict of weights (``VilbertOutput.attentions``)
     and ``layer_kinds[i]`` its kind (``VilbertOutput.layer_kinds``; see :func:`kind_name`).
     Columns: id, layer, layer_kind, direction, query_stream, key_stream, head, entropy,
-    normalized_entropy, n_keys.
+    normalized_entropy, effective_keys, effective_share, n_keys.
     """
     B = attention_mask.shape[0]
     ids = [str(i) for i in range(B)] if ids is None or len(ids) == 0 else [str(i) for i in ids]
@@ -207,9 +235,10 @@ def _direction_frame(
     attention_mask = attention_mask.to(weights.device)
     k_mask = _real_positions(k_stream, attention_mask, weights.shape[-1])
     q_mask = _real_positions(q_stream, attention_mask, weights.shape[-2])
-    raw, norm = head_entropy(weights, k_mask, q_mask)  # (B, H)
-    B, H = raw.shape
+    focus = head_focus(weights, k_mask, q_mask)  # each (B, H)
+    B, H = focus["entropy"].shape
     n_keys = k_mask.sum(-1) if k_mask is not None else torch.full((B,), weights.shape[-1])
+    columns = {name: values.cpu().numpy().ravel() for name, values in focus.items()}
     return pd.DataFrame(
         {
             "id": np.repeat(ids, H),
@@ -219,8 +248,7 @@ def _direction_frame(
             "query_stream": q_stream,
             "key_stream": k_stream,
             "head": np.tile(np.arange(H), B),
-            "entropy": raw.cpu().numpy().ravel(),
-            "normalized_entropy": norm.cpu().numpy().ravel(),
+            **columns,
             "n_keys": np.repeat(n_keys.cpu().numpy().astype(int), H),
         }
     )
@@ -282,14 +310,35 @@ def attention_entropy(
     return pd.concat(frames, ignore_index=True)
 
 
+#: The concentration the co- vs self-attention test compares by default: comparable
+#: across key counts (see the module doc).
+FOCUS_VALUE = "effective_keys"
+#: Every form of concentration a per-sample table carries.
+FOCUS_FORMS = ("normalized_entropy", "effective_keys", "effective_share")
+
+
 def head_means(df: pd.DataFrame, value: str = "normalized_entropy") -> pd.DataFrame:
-    """One row per (layer, layer_kind, direction, head): mean, std and count over samples."""
+    """One row per (layer, layer_kind, direction, head): mean, std and count over samples
+    of ``value``, and the mean of every other form of concentration the table has."""
     keys = ["layer", "layer_kind", "direction", "query_stream", "key_stream", "head"]
-    out = df.groupby(keys, sort=True)[value].agg(["mean", "std", "count"]).reset_index()
-    return out.rename(columns={"mean": value, "std": f"{value}_std", "count": "n_samples"})
+    grouped = df.groupby(keys, sort=True)
+    out = grouped[value].agg(["mean", "std", "count"]).reset_index()
+    out = out.rename(columns={"mean": value, "std": f"{value}_std", "count": "n_samples"})
+    others = [f for f in (*FOCUS_FORMS, "n_keys") if f in df.columns and f != value]
+    if others:
+        out = out.merge(grouped[others].mean().reset_index(), on=keys)
+    return out
 
 
 # --------------------------------------------------------------------------- statistics
+
+
+#: How the focus test's summary names each form of concentration.
+VALUE_NAMES = {
+    "effective_keys": "effective number of attended keys (exp H)",
+    "effective_share": "share of the real keys attended (exp H / n)",
+    "normalized_entropy": "normalized entropy",
+}
 
 
 @dataclass(frozen=True)
@@ -330,7 +379,7 @@ class FocusComparison:
         where = f"in layer {self.layer}" if self.layer is not None else "in all layers"
         stream = f" ({self.query_stream} queries)" if self.query_stream else ""
         verdict = "have" if self.significant else "do not have detectably"
-        name = self.value.replace("_", " ")
+        name = VALUE_NAMES.get(self.value, self.value.replace("_", " "))
         pct = round(100 * self.confidence)
         return (
             f"co-attention heads {where}{stream} {verdict} lower {name} than self-attention "
@@ -434,18 +483,21 @@ def compare_coattention_focus(
     df: pd.DataFrame,
     layer: int | None = None,
     query_stream: str | None = None,
-    value: str = "normalized_entropy",
+    value: str = FOCUS_VALUE,
     alpha: float = 0.05,
     n_resamples: int = 9999,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> FocusComparison:
-    """Do co-attention heads have lower (normalised) entropy than self-attention heads?
+    """Are co-attention heads more focused than self-attention heads?
 
-    ``df`` is a per-sample table from :func:`attention_entropy`. Co-attention heads of
-    ``layer`` (every co-attention layer when None) are compared with all self-attention
-    heads; ``query_stream`` ('text' or 'image') restricts both groups to heads whose
-    queries come from that stream, comparing like with like.
+    ``value`` is the concentration compared (lower = more focused): by default the
+    effective number of attended keys exp(H), which does not depend on how many keys a
+    head could attend to — normalised entropy would make a head over 197 patches look
+    more focused than an identical one over 12 tokens. ``df`` is a per-sample table from
+    :func:`attention_entropy`. Co-attention heads of ``layer`` (every co-attention layer
+    when None) are compared with all self-attention heads; ``query_stream`` ('text' or
+    'image') restricts both groups to heads whose queries come from that stream.
     """
     means = head_means(df, value)
     if query_stream is not None:

@@ -78,6 +78,26 @@ class Explanation:
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # R_tt, R_ii, R_ti, R_it
     #: The streams the method attributed; the others' scores are zeros, not measurements.
     attributed: tuple[str, ...] = (TEXT, IMAGE)
+    #: What the target and predicted outputs mean (``ModelConfig.label_names``; None:
+    #: unnamed), and the model's probability of the target (softmax over the head's
+    #: outputs; sigmoid of a single binary logit).
+    target_name: str | None = None
+    predicted_name: str | None = None
+    probability: float | None = None
+
+    def label(self, which: str = "target") -> str:
+        """The answer string of the target (or ``"predicted"``) output, else "class N"."""
+        index = self.target if which == "target" else self.predicted
+        name = self.target_name if which == "target" else self.predicted_name
+        return name if name is not None else f"class {index}"
+
+    def title(self) -> str:
+        """'<id>: relevancy for "circle" (p = 0.83; predicted "circle")'."""
+        p = f"p = {self.probability:.2f}; " if self.probability is not None else ""
+        said = "predicted" if self.predicted == self.target else "but predicted"
+        return (
+            f'{self.id}: {self.method} for "{self.label()}" ({p}{said} "{self.label("predicted")}")'
+        )
 
     def patch_mass(self, region: np.ndarray) -> float:
         """Share of positive patch relevance inside ``region`` (a (rows, cols) bool mask)."""
@@ -509,11 +529,16 @@ def _explanation(
     n = prep.n_text[b]
     tokens = r["tokens"]
     token_scores = np.zeros(n) if tokens is None else tokens.detach().double().cpu().numpy()
+    names = unwrap(model).config.label_names
+    predicted, probability = _prediction(r["logits"].detach().double(), r["target"])
     return Explanation(
         id=prep.ids[b],
         method=method,
         target=r["target"],
-        predicted=int(r["logits"].argmax()),
+        predicted=predicted,
+        target_name=_name(names, r["target"]),
+        predicted_name=_name(names, predicted),
+        probability=probability,
         tokens=prep.tokens[b],
         special=prep.special[b],
         token_scores=token_scores,
@@ -521,6 +546,22 @@ def _explanation(
         maps=r["maps"],
         attributed=r["attributed"],
     )
+
+
+def _prediction(logits: Tensor, target: int) -> tuple[int, float]:
+    """The predicted output and the probability of ``target``: a single logit is a binary
+    head (sigmoid; output 1 = positive), several are classes (softmax)."""
+    if logits.numel() == 1:
+        p = float(torch.sigmoid(logits.reshape(())))
+        return int(p > 0.5), p if target == 1 else 1 - p
+    return int(logits.argmax()), float(torch.softmax(logits.reshape(-1), 0)[target])
+
+
+def _name(names: Sequence[str] | None, index: int) -> str | None:
+    """``names[index]`` (a binary head's two names: negative, positive), else None."""
+    if names is None or not 0 <= index < len(names):
+        return None
+    return names[index]
 
 
 # --------------------------------------------------------------------------- outputs
@@ -555,8 +596,7 @@ def save_explanations(
     paths, snippets = [], []
     for e, image in zip(explanations, images, strict=True):
         stem = f"{safe_name(e.id)}_{e.method}"
-        title = f"{e.id}: {e.method}, class {e.target} (predicted {e.predicted})"
-        png = save_heatmap_overlay(image, e.patch_scores, out_dir / f"{stem}.png", title)
+        png = save_heatmap_overlay(image, e.patch_scores, out_dir / f"{stem}.png", e.title())
         snippet = explanation_html(e, png.name)
         (out_dir / f"{stem}.html").write_text(snippet, encoding="utf-8")
         paths += [png, out_dir / f"{stem}.html"]

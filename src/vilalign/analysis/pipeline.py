@@ -4,28 +4,42 @@ Used by ``vilalign analyse`` and by :class:`EpochAlignment`, the one per-epoch c
 of multi-dataset fine-tuning, of every cell of an experiment grid and of a tuning trial,
 so the numbers after training and during training come from the same code. What to
 measure is an :class:`~vilalign.analysis.spec.AlignmentSpec`.
+
+Learned against built-in alignment: the callback also measures *epoch 0*, the model
+before its first optimiser step (on the same samples), and :func:`models_at_init` builds
+the same architecture freshly initialised (one model per init seed) for
+``run_alignment(..., references=...)``, whose table then carries trained − at-init.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, SequentialSampler
 
 from vilalign import distributed as dist
-from vilalign.analysis.align import RunInfo, alignment_table, layer_matrix
+from vilalign.analysis.align import (
+    BestPair,
+    RunInfo,
+    alignment_table,
+    best_layer_pair,
+    bias_warnings,
+    layer_matrix,
+)
 from vilalign.analysis.collect import Representations, collect, gather_representations
 from vilalign.analysis.retrieval import average_representations
 from vilalign.analysis.spec import AlignmentSpec
 from vilalign.data import Collator, DataConfig, build_dataset, build_transform
-from vilalign.io import write_atomic
+from vilalign.io import write_atomic, write_json_atomic
 from vilalign.model.checkpoint import unwrap
 
 log = logging.getLogger(__name__)
@@ -43,6 +57,7 @@ __all__ = [
     "alignment_loader",
     "alignment_metrics",
     "analysis_loader",
+    "models_at_init",
     "null_bands",
     "run_alignment",
     "write_alignment",
@@ -51,10 +66,16 @@ __all__ = [
 
 @dataclass
 class AlignmentResult:
+    """The table, the layer×layer matrix, what was collected and the files written;
+    ``warnings`` name the measures biased at this N and width; ``best_pair`` is the
+    matrix's best layer pair with its family-wise p-value (when asked for)."""
+
     table: pd.DataFrame
     matrix: pd.DataFrame | None
     representations: Representations
     files: list[Path]
+    warnings: list[str] = field(default_factory=list)
+    best_pair: BestPair | None = None
 
 
 def evaluation_dataset(model: nn.Module, data: DataConfig, split: str) -> Dataset:
@@ -132,26 +153,42 @@ def run_alignment(
     out_dir: str | Path | None = None,
     loader: DataLoader | None = None,
     progress: bool = True,
+    references: Sequence[nn.Module] = (),
+    figures: bool = False,
 ) -> AlignmentResult:
     """Collect representations once, measure every fusion layer, optionally write files.
 
-    Under ``torchrun`` every rank then holds the same table; rank 0 writes.
+    ``references``: models of the same architecture (e.g. :func:`models_at_init`), run
+    over the same samples; the table then carries init_value and delta = trained −
+    init with intervals. ``figures``: also draw the report's pictures into ``out_dir``
+    and name the layer matrix's best pair with a family-wise p-value (``vilalign
+    analyse``; the epoch callback leaves both out). Under ``torchrun`` every rank then
+    holds the same table; rank 0 writes.
     """
     loader = loader or analysis_loader(model, tokenizer, spec)
     reps = collect_for(model, loader, spec, progress)
-    table = alignment_table(reps, spec.measures, info, spec.stats, progress=progress)
+    refs = [collect_for(r, loader, spec, False) for r in references]
+    table = alignment_table(
+        reps, spec.measures, info, spec.stats, progress=progress, references=refs
+    )
     pooled = [v for v in spec.views if v != "tokens"]
-    matrix = layer_matrix(reps, str(spec.heatmap_measure), pooled[0]) if pooled else None
-    files: list[Path] = []
+    heatmap = str(spec.heatmap_measure)
+    matrix = layer_matrix(reps, heatmap, pooled[0]) if pooled else None
+    best = None
+    if figures and matrix is not None and spec.permutations:
+        best = best_layer_pair(reps, heatmap, pooled[0], spec.permutations, spec.seed)
+    result = AlignmentResult(table, matrix, reps, [], bias_warnings(reps, spec.measures), best)
     if out_dir is not None and dist.is_main_process():
-        files = write_alignment(table, matrix, Path(out_dir), info)
-    return AlignmentResult(table, matrix, reps, files)
+        result.files = write_alignment(table, matrix, Path(out_dir), info)
+        if figures:
+            result.files += write_analysis_extras(result, Path(out_dir), spec)
+    return result
 
 
 def write_alignment(
     table: pd.DataFrame, matrix: pd.DataFrame | None, out_dir: Path, info: RunInfo
 ) -> list[Path]:
-    """alignment.csv (+ .parquet), the layer×layer matrix, and the plots."""
+    """alignment.csv (+ .parquet) and the layer×layer matrix."""
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = "alignment" if info.epoch is None else f"alignment_epoch{info.epoch}"
     files = [out_dir / f"{stem}.csv", out_dir / f"{stem}.parquet"]
@@ -160,6 +197,52 @@ def write_alignment(
     if matrix is not None:
         files.append(write_atomic(out_dir / f"{stem}_layer_matrix.csv", matrix.to_csv))
     return files
+
+
+#: Written beside an analysis: what was measured (the spec), the bias warnings, and the
+#: layer matrix's measure and best pair; ``vilalign report`` reads it.
+ANALYSIS_FILE = "analysis.json"
+
+
+def write_analysis_extras(
+    result: AlignmentResult, out_dir: Path, spec: AlignmentSpec
+) -> list[Path]:
+    """The pictures of one analysis and ``analysis.json`` (spec, warnings, best pair)."""
+    from vilalign.analysis.report import plot_report
+
+    files = plot_report(result.table, out_dir, result.matrix)
+    record = {
+        "spec": json.loads(spec.model_dump_json()),
+        "warnings": result.warnings,
+        "heatmap_measure": spec.heatmap_measure,
+        "best_pair": asdict(result.best_pair) if result.best_pair else None,
+        "best_pair_sentence": result.best_pair.sentence() if result.best_pair else None,
+    }
+    files.append(write_json_atomic(out_dir / ANALYSIS_FILE, record))
+    return files
+
+
+def models_at_init(model: nn.Module, seeds: Sequence[int]) -> list[nn.Module]:
+    """The same architecture freshly initialised, one model per seed, on ``model``'s device.
+
+    ``torch.manual_seed(seed)`` then ``build_model(config)``, as a run starts (the seeded
+    global RNG, then the model): the checkpoint's own initial weights are matched in
+    distribution, and exactly when nothing else drew from the RNG first. Pretrained
+    encoders in the config (``init: pretrained``) load as they did for training. The
+    global RNG state is restored afterwards.
+    """
+    if not seeds:
+        return []
+    from vilalign.model import build_model
+
+    config = unwrap(model).config
+    device = next(unwrap(model).parameters()).device
+    out = []
+    for seed in seeds:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out.append(build_model(config).to(device).eval())
+    return out
 
 
 def alignment_metrics(table: pd.DataFrame, prefix: str = ALIGN_PREFIX) -> dict[str, float]:
@@ -234,6 +317,12 @@ class EpochAlignment:
         values = self.measure(ctx.task.model, ctx.epoch)
         ctx.metrics.update(values)  # later callbacks (pruning) may read alignment values
         return values
+
+    def on_fit_start(self, ctx: Any) -> dict[str, float]:
+        """Epoch 0: the model before its first optimiser step, on the same samples as
+        every later epoch, so "after training" has its own starting point to compare with
+        (co-attention mixes the streams by construction, before anything is learned)."""
+        return self.measure(ctx.task.model, 0)
 
     def loader(self, model: nn.Module, target: int = 0) -> DataLoader:
         """A target's loader, built once (the attention analysis reuses it)."""

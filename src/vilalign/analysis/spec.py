@@ -20,12 +20,16 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from vilalign.analysis.defaults import DEFAULT_MEASURES
+from vilalign.analysis.defaults import (
+    DEFAULT_MEASURES,
+    DEFAULT_PERMUTATIONS,
+    DEFAULT_RESAMPLES,
+)
 from vilalign.config import StrictModel
 from vilalign.data.config import DataConfig
 
 #: The layer×layer matrix's measure when no pooled measure is requested.
-FALLBACK_HEATMAP = "cka_linear"
+FALLBACK_HEATMAP = "cka_unbiased"
 POOLED_VIEWS = ("cls", "mean")
 
 
@@ -33,8 +37,8 @@ POOLED_VIEWS = ("cls", "mean")
 class StatsOptions:
     """Permutations for p-values and resamples for intervals; 0 turns either off."""
 
-    permutations: int = 0
-    resamples: int = 0
+    permutations: int = DEFAULT_PERMUTATIONS
+    resamples: int = DEFAULT_RESAMPLES
     confidence: float = 0.95
     seed: int = 0
 
@@ -48,8 +52,17 @@ class AlignmentOptions(StrictModel):
     )
     measures: list[str] = Field(default_factory=lambda: list(DEFAULT_MEASURES), min_length=1)
     include_encoders: bool = Field(True, description="Encoder layers in the layer matrix.")
-    permutations: int = Field(0, ge=0, description="Permutation-null size for p-values.")
-    resamples: int = Field(0, ge=0, description="Bootstrap resamples for intervals.")
+    permutations: int = Field(
+        DEFAULT_PERMUTATIONS,
+        ge=0,
+        description="Permutation-null size behind each p-value, chance level and null band; "
+        "0: none.",
+    )
+    resamples: int = Field(
+        DEFAULT_RESAMPLES,
+        ge=0,
+        description="Half-samples behind each measure's registered interval; 0: none.",
+    )
     batch_size: int = Field(64, ge=1)
     heatmap_measure: str | None = Field(
         None,
@@ -111,24 +124,26 @@ class AlignmentOptions(StrictModel):
 
     def _enough_samples(self) -> None:
         # A k-NN measure needs k < N (self is not its own neighbour), an unbiased HSIC
-        # N > 3, and intervals of a "subsample" measure see half the rows; found here,
-        # not after the first epoch of training.
+        # N > 3, and the half-samples of an interval as much again; found here, before
+        # any collection, not after the first epoch of training.
         from vilalign.analysis.measures import get_measure
-        from vilalign.analysis.stats import SUBSAMPLE_FRACTION
+        from vilalign.analysis.stats import check_interval_possible
 
         for name in self.measures:
             measure = get_measure(name)
-            need, rows = measure.min_samples(), self.n_samples
-            if self.resamples and measure.resample == "subsample":
-                rows = round(SUBSAMPLE_FRACTION * self.n_samples)
-                need = round(need / SUBSAMPLE_FRACTION)
-            if rows < measure.min_samples():
+            need = measure.min_samples()
+            if self.n_samples < need:
                 k = measure.defaults.get("k")
                 what = f"k={k} neighbours" if isinstance(k, int) else "its estimator"
                 raise ValueError(
                     f"n_samples: {self.n_samples} is too few for {name} ({what} among "
-                    f"{rows} rows); use at least {need}"
+                    f"{self.n_samples} rows); use at least {need}"
                 )
+            if self.resamples:
+                try:
+                    check_interval_possible(measure, self.n_samples, what="an interval")
+                except ValueError as err:
+                    raise ValueError(f"n_samples: {err} (or set resamples: 0)") from None
 
     def options(self) -> dict[str, Any]:
         """These fields alone (a section's own fields dropped), to build a spec from."""

@@ -3,9 +3,17 @@
 * :func:`permutation_test` — shuffle which image row goes with which text row; the
   p-value, z-score and null-calibrated score say how far a score is above chance.
 * :func:`max_permutation_test` — the same for "the best layer pair": the maximum over
-  pairs is taken inside every permutation, or searching many pairs inflates the score.
-* :func:`bootstrap_ci` — paired resampling of samples (rows of x and y together);
-  subsampling without replacement for measures that duplicated rows would bias.
+  pairs is taken inside every permutation, or searching many pairs inflates the score;
+  :func:`familywise_p_values` gives the same (single-step max-T) adjustment from nulls
+  already drawn with one shared permutation sequence.
+* :func:`confidence_interval` — the interval each measure registers (``Measure.interval``):
+  a delete-d jackknife on half-samples drawn without replacement (no duplicated rows),
+  centred on the estimate or re-centred by the jackknife's bias estimate. Its coverage is
+  tested on known answers (docs/statistics.md has the table).
+* :func:`bootstrap_ci` — the older paired percentile bootstrap / subsample interval,
+  kept for callers that ask for it by name.
+* :func:`measure_stats` — value, interval and null of one measure on one pair: what a
+  row of the alignment table carries.
 * :func:`aggregate_over_seeds` — mean, std and a t-interval across runs/seeds.
 
 Every random draw comes from a ``torch.Generator`` (given, derived from a given numpy
@@ -28,6 +36,7 @@ import scipy.stats
 import torch
 
 from vilalign.analysis import measures as M
+from vilalign.analysis.measures.registry import INTERVALS
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +44,11 @@ MeasureLike = M.Measure | str | Callable[..., float]
 
 #: Share of the rows a "subsample" interval draws (without replacement) by default.
 SUBSAMPLE_FRACTION = 0.5
+#: Share of the rows each interval method keeps in a subsample.
+FRACTIONS = {"subsample": SUBSAMPLE_FRACTION, "subsample_bc": SUBSAMPLE_FRACTION,
+             "subsample_large": 0.8}  # fmt: skip
+#: Quantiles of the permutation null that the table reports as the chance band.
+NULL_BAND = (0.05, 0.95)
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -281,6 +295,8 @@ class Interval:
     confidence: float
     method: str
     samples: np.ndarray
+    #: m/(N − m) of a half-sample interval (kept over left-out rows); NaN for bootstraps.
+    ratio: float = float("nan")
 
 
 def bootstrap_ci(
@@ -342,11 +358,358 @@ def bootstrap_ci(
     return Interval(value, float(low), float(high), confidence, method, samples)
 
 
+# --------------------------------------------------------------------------- registered intervals
+
+
+def half_sample_size(n: int, fraction: float = SUBSAMPLE_FRACTION) -> int:
+    """Rows in each subsample of a "subsample" interval over ``n`` rows."""
+    return round(fraction * n)
+
+
+def interval_min_samples(measure: M.Measure, options: dict | None = None) -> int:
+    """The fewest samples N for which ``measure`` can give its registered interval.
+
+    Each subsample must itself be a sample the measure is defined on (k-NN measures
+    need more than k rows, unbiased HSIC 4), and at least 2 rows must be left out.
+    """
+    need = measure.min_samples(options)
+    fraction = FRACTIONS[measure.interval]
+    n = need + 2
+    while half_sample_size(n, fraction) < need or n - half_sample_size(n, fraction) < 2:
+        n += 1
+    return n
+
+
+def check_interval_possible(
+    measure: M.Measure, n: int, options: dict | None = None, what: str = "an interval"
+) -> None:
+    """Raise, naming the measure and the numbers, when N is too small for its interval."""
+    need = interval_min_samples(measure, options)
+    if n < need:
+        k = {**measure.defaults, **(options or {})}.get("k")
+        why = f"k={k} neighbours" if isinstance(k, int) else f"at least {measure.min_samples()}"
+        size = half_sample_size(n, FRACTIONS[measure.interval])
+        raise ValueError(
+            f"{measure.name}: {what} needs at least {need} samples (each subsample of "
+            f"{size} rows must allow {why}); got N = {n}"
+        )
+
+
+@dataclass(frozen=True)
+class _Sampled:
+    """One measure on one pair, as a function of which rows (samples) it sees."""
+
+    name: str
+    n: int
+    at: Callable[[torch.Tensor | None], float]  # None: every row
+
+
+def _sampled(measure: MeasureLike, x: Any, y: Any, text_mask: Any, options: dict) -> _Sampled:
+    """Pooled measures see View subsets (Gram caches are re-indexed, not recomputed); token
+    measures see the same samples' tokens, with the text mask taken along."""
+    m = M.get_measure(measure) if isinstance(measure, str) else measure
+    if isinstance(m, M.Measure) and m.level == M.TOKENS:
+
+        def tokens_at(idx: torch.Tensor | None) -> float:
+            if idx is None:
+                return m(x, y, text_mask, **options)
+            mask = None if text_mask is None else text_mask[idx.to(text_mask.device)]
+            return m(x[idx.to(x.device)], y[idx.to(y.device)], mask, **options)
+
+        return _Sampled(m.name, x.shape[0], tokens_at)
+    r = _resolve(m, None, None, options)
+    vx, vy = _view(x, "x"), _view(y, "y")
+    if vx.n != vy.n:
+        raise ValueError(f"x and y must have the same N, got {vx.n} and {vy.n}")
+
+    def pooled_at(idx: torch.Tensor | None) -> float:
+        return r.evaluate(vx, vy) if idx is None else r.evaluate(vx.subset(idx), vy.subset(idx))
+
+    return _Sampled(r.name, vx.n, pooled_at)
+
+
+def confidence_interval(
+    measure: MeasureLike,
+    x: torch.Tensor | M.View,
+    y: torch.Tensor | M.View,
+    n_resamples: int = 200,
+    confidence: float = 0.95,
+    seed: int | None = None,
+    generator: torch.Generator | np.random.Generator | None = None,
+    method: str | None = None,
+    text_mask: torch.Tensor | None = None,
+    fraction: float | None = None,
+    **options: Any,
+) -> Interval:
+    """The measure's registered interval (``Measure.interval``) of ``measure(x, y)``.
+
+    Both methods draw ``n_resamples`` half-samples of the rows without replacement (a row
+    drawn twice would be its own nearest neighbour, put a diagonal term back into the
+    unbiased HSIC, and inflate biased CKA) and rescale their spread to size N with the
+    delete-d jackknife factor √(m/(N−m)) (Shao & Wu 1989):
+
+    * ``"subsample"``: centred on the estimate θ̂; targets E[θ̂_N], which is the population
+      value for the (nearly) unbiased measures;
+    * ``"subsample_bc"``: re-centred by the half-sample jackknife bias estimate
+      (m/(N−m))·(mean of half-sample values − θ̂): an O(1/N) bias towards the population
+      value (biased HSIC, CCA fits) is removed, so the interval targets the population.
+    * ``"subsample_large"``: as ``"subsample"``, keeping 80 % of the rows (``fraction``
+      overrides the method's share).
+
+    The limits are θ̃ ± t·s with s the rescaled spread (a Student t with n_resamples − 1
+    degrees of freedom, as s is estimated from them), widened if needed to contain θ̂:
+    an interval never excludes its own estimate. Token-level measures take the text
+    states as ``x``, the image states as ``y`` and ``text_mask``; samples are resampled.
+    """
+    _check_count(n_resamples, "n_resamples", 2)
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    registered = M.get_measure(measure) if isinstance(measure, str) else measure
+    if method is None:
+        method = registered.interval if isinstance(registered, M.Measure) else "subsample"
+    if method not in INTERVALS:
+        raise ValueError(f"method must be one of {INTERVALS}, got {method!r}")
+    sampled = _sampled(registered, x, y, text_mask, options)
+    n = sampled.n
+    if isinstance(registered, M.Measure) and fraction is None:
+        check_interval_possible(registered, n, options)
+    size = half_sample_size(n, FRACTIONS[method] if fraction is None else fraction)
+    if not 2 <= size <= n - 2:
+        raise ValueError(f"{sampled.name}: N = {n} is too few rows for half-sample intervals")
+    value = sampled.at(None)
+    samples = _subsample_values(sampled, size, n_resamples, _generator(seed, generator))
+    ratio = size / (n - size)
+    centre, half = _jackknife(value, samples, ratio, confidence, method)
+    low, high = min(centre - half, value), max(centre + half, value)
+    return Interval(value, low, high, confidence, method, samples, ratio)
+
+
+def _subsample_values(sampled: _Sampled, size: int, count: int, g: torch.Generator) -> np.ndarray:
+    """The measure on ``count`` subsamples of ``size`` rows.
+
+    A subsample on which the measure is undefined (every row the same — a few images
+    asked about many times —, a degenerate kernel) is drawn again: it says nothing
+    about the spread, only that such a subsample exists. More failures than successes
+    mean N is too small for this measure's interval: an error naming it.
+    """
+    values: list[float] = []
+    failures = 0
+    while len(values) < count:
+        try:
+            values.append(sampled.at(torch.randperm(sampled.n, generator=g)[:size]))
+        except ValueError as err:
+            failures += 1
+            if failures > count:
+                raise ValueError(
+                    f"{sampled.name}: {failures} of {failures + len(values)} subsamples of "
+                    f"{size} rows (of N = {sampled.n}) are degenerate ({err}); collect more "
+                    "samples or set resamples to 0"
+                ) from None
+    if failures:
+        log.info("%s: %d degenerate subsamples drawn again", sampled.name, failures)
+    return np.asarray(values)
+
+
+def _jackknife(
+    value: float, samples: np.ndarray, ratio: float, confidence: float, method: str
+) -> tuple[float, float]:
+    """Centre and half-width of a delete-d jackknife interval; ``ratio`` = m/(N − m)."""
+    centre = value
+    if method == "subsample_bc":
+        centre = value - ratio * (float(samples.mean()) - value)
+    spread = math.sqrt(ratio) * float(samples.std(ddof=1))
+    return centre, float(scipy.stats.t.ppf((1 + confidence) / 2, samples.size - 1)) * spread
+
+
+@dataclass(frozen=True)
+class ReferenceComparison:
+    """A reference (e.g. the architecture at initialisation, mean over init seeds) and
+    the difference trained − reference, each with its interval."""
+
+    reference: Interval
+    delta: Interval
+
+
+def reference_comparison(trained: Interval, references: Sequence[Interval]) -> ReferenceComparison:
+    """Intervals of the mean reference value and of trained − reference.
+
+    All intervals must come from :func:`confidence_interval` with the same seed on the
+    same samples, so that their half-samples are the same rows: the difference is then
+    resampled as one paired statistic, and what the two models share (which samples were
+    drawn) cancels. With several references (init seeds), the spread between seeds adds
+    to the half-width: t_{S−1}·sd/√S, combined in quadrature with the sampling part, so
+    the interval targets the difference from the *expected* model at initialisation.
+    """
+    if not references:
+        raise ValueError("reference_comparison needs at least one reference interval")
+    every = [trained, *references]
+    if len({(i.method, i.samples.size, i.ratio, i.confidence) for i in every}) != 1:
+        raise ValueError("trained and reference intervals must share method, size and resamples")
+    values = np.array([r.value for r in references])
+    ref = _combined(
+        float(values.mean()), np.mean([r.samples for r in references], axis=0), values, trained
+    )
+    delta = _combined(
+        trained.value - ref.value, trained.samples - ref.samples, trained.value - values, trained
+    )
+    return ReferenceComparison(ref, delta)
+
+
+def _seed_half(values: np.ndarray, like: Interval) -> float:
+    if values.size < 2:
+        return 0.0
+    t = float(scipy.stats.t.ppf((1 + like.confidence) / 2, values.size - 1))
+    return t * float(values.std(ddof=1)) / math.sqrt(values.size)
+
+
+def _combined(value: float, samples: np.ndarray, seeds: np.ndarray, like: Interval) -> Interval:
+    """A jackknife interval of ``value`` widened by the spread of its per-seed values."""
+    centre, half = _jackknife(value, samples, like.ratio, like.confidence, like.method)
+    half = math.hypot(half, _seed_half(seeds, like))
+    low, high = min(centre - half, value), max(centre + half, value)
+    return Interval(value, low, high, like.confidence, like.method, samples, like.ratio)
+
+
+# --------------------------------------------------------------------------- table rows
+
+
+def familywise_p_values(
+    observed: Sequence[float], nulls: Sequence[np.ndarray], higher_is_better: bool = True
+) -> np.ndarray:
+    """Single-step max-T adjusted p-values over a family (Westfall & Young 1993, §2.6).
+
+    ``nulls[l]`` must be drawn with the *same* permutation sequence for every member l
+    (e.g. one seed for every layer), so that column b of the stacked nulls is one shuffle
+    of the samples seen by all members; its maximum is then a draw of the null of "the
+    best member". Member l's adjusted p is (1 + #{b: max_l' null_l'[b] ≥ observed_l}) /
+    (B + 1): the p-value of the best layer when the best of the family is what is named,
+    and a valid family-wise p-value for every member.
+    """
+    stacked = np.vstack([np.asarray(n, dtype=np.float64) for n in nulls])
+    if stacked.shape[0] != len(observed):
+        raise ValueError(f"{len(observed)} observed values but {stacked.shape[0]} nulls")
+    extreme = stacked.max(axis=0) if higher_is_better else stacked.min(axis=0)
+    counts = [_exceed_count(extreme, float(o), higher_is_better) for o in observed]
+    return (1 + np.asarray(counts, dtype=np.float64)) / (extreme.size + 1)
+
+
+def _token_null(
+    m: M.Measure, text: torch.Tensor, image: torch.Tensor, mask: Any, b: int, g: torch.Generator
+) -> np.ndarray:
+    """Token measures: sample i's text tokens against sample π(i)'s image tokens."""
+    n = text.shape[0]
+    return np.array([m(text, image[torch.randperm(n, generator=g)], mask) for _ in range(b)])
+
+
+@dataclass(frozen=True)
+class MeasureStats:
+    """One measure on one pair: its value, registered interval and permutation null.
+
+    :meth:`columns` gives what a row of the alignment table carries: value, ci_low,
+    ci_high, p_value, null_mean (the chance level), null_low/null_high (the null's 5 and
+    95 % quantiles), calibrated ((s − τ)/(best − τ), 0 at chance and 1 at a perfect score)
+    and the interval's method. Whatever was not computed is NaN.
+    """
+
+    measure: str
+    value: float
+    interval: Interval | None = None
+    null: PermutationResult | None = None
+
+    def columns(self) -> dict[str, float | str]:
+        nan = float("nan")
+        out: dict[str, float | str] = {"value": self.value}
+        ci = self.interval
+        out.update(ci_low=ci.low if ci else nan, ci_high=ci.high if ci else nan)
+        out["interval"] = ci.method if ci else ""
+        if self.null is None:
+            out.update(p_value=nan, null_mean=nan, null_low=nan, null_high=nan, calibrated=nan)
+            return out
+        low, high = np.quantile(self.null.null, NULL_BAND)
+        out.update(
+            p_value=self.null.p_value,
+            null_mean=float(self.null.null.mean()),
+            null_low=float(low),
+            null_high=float(high),
+            calibrated=self.null.calibrated,
+        )
+        return out
+
+
+def measure_stats(
+    measure: str | M.Measure,
+    x: torch.Tensor | M.View,
+    y: torch.Tensor | M.View,
+    permutations: int = 0,
+    resamples: int = 0,
+    confidence: float = 0.95,
+    seed: int = 0,
+    text_mask: torch.Tensor | None = None,
+    **options: Any,
+) -> MeasureStats:
+    """Value, interval (``resamples`` > 0) and null (``permutations`` > 0) of a measure.
+
+    One ``seed`` for the null and the interval: called with the same seed on every layer
+    of a model (same N), the nulls share one permutation sequence, which is what
+    :func:`familywise_p_values` needs. A measure that ignores the pairing of rows
+    (Wasserstein) gets no null: shuffling the pairing cannot move it.
+    """
+    m = M.get_measure(measure) if isinstance(measure, str) else measure
+    if m.level == M.TOKENS:
+        value = m(x, y, text_mask, **options)
+    else:
+        value = float(m.impl(M.Pair(x, y), **options))
+    ci = null = None
+    if resamples:
+        ci = confidence_interval(
+            m, x, y, resamples, confidence, seed=seed, text_mask=text_mask, **options
+        )
+    if permutations and not m.pairing_invariant:
+        if m.level == M.TOKENS:
+            draws = _token_null(m, x, y, text_mask, permutations, _generator(seed, None))
+            null = null_summary(value, draws, m.higher_is_better, m.best)
+        else:
+            null = permutation_test(m, x, y, permutations, seed=seed, **options)
+    return MeasureStats(m.name, value, ci, null)
+
+
 # --------------------------------------------------------------------------- seeds
 
 
 ID_COLUMNS = ("run", "seed")
-VALUE_COLUMNS = ("value", "ci_low", "ci_high", "p_value")
+VALUE_COLUMNS = (
+    "value", "ci_low", "ci_high", "p_value", "null_mean", "null_low", "null_high", "calibrated",
+    "p_familywise", "interval", "n_samples", "init_value", "init_low", "init_high", "delta",
+    "delta_low", "delta_high",
+)  # fmt: skip
+
+
+def seed_interval(
+    values: Sequence[float], lows: Sequence[float], highs: Sequence[float], confidence: float = 0.95
+) -> tuple[float, float, float]:
+    """Mean over seeds and its interval: (mean, low, high).
+
+    One seed: its own interval. Several: the Student-t half-width of the seeds' spread,
+    t·sd/√S, combined in quadrature with the mean of their own half-widths, because the
+    seeds were measured on the *same* samples — their spread shows the training
+    randomness, not the sampling of the samples, which does not average out over seeds.
+    Missing per-seed intervals leave only the seeds' part. All NaN when no value is finite.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    lo, hi = np.asarray(lows, dtype=np.float64), np.asarray(highs, dtype=np.float64)
+    keep = np.isfinite(v)
+    v, lo, hi = v[keep], lo[keep], hi[keep]
+    if v.size == 0:
+        return (float("nan"),) * 3
+    if v.size == 1:
+        return float(v[0]), float(lo[0]), float(hi[0])
+    t = float(scipy.stats.t.ppf((1 + confidence) / 2, v.size - 1))
+    seeds = t * float(v.std(ddof=1)) / math.sqrt(v.size)
+    halves = (hi - lo) / 2
+    sampling = float(np.nanmean(halves)) if np.isfinite(halves).any() else 0.0
+    half = math.hypot(seeds, sampling)
+    mean = float(v.mean())
+    return mean, mean - half, mean + half
 
 
 def aggregate_over_seeds(
@@ -355,11 +718,15 @@ def aggregate_over_seeds(
     value: str = "value",
     confidence: float = 0.95,
 ) -> pd.DataFrame:
-    """Mean, std, n and a Student-t interval of ``value`` over runs/seeds.
+    """Mean, std, n and an interval of ``value`` over runs/seeds.
 
-    ``by`` defaults to every column except run, seed and the value/interval/p columns,
+    ``by`` defaults to every column except run, seed and the value/statistics columns,
     so rows of the same (epoch, dataset, layer, view, measure) across seeds are pooled.
-    With a single seed std and the interval are NaN (nothing to estimate them from).
+    The interval is :func:`seed_interval`'s: the seeds' Student-t interval, widened by
+    the rows' own sampling intervals when the table has them (``ci_low``/``ci_high``
+    of ``value``). With a single seed std is NaN and the interval is the row's own (NaN
+    without one). ``chance`` and ``calibrated`` are the seeds' mean null mean and
+    null-calibrated score, when the table has them.
     """
     if value not in table.columns:
         raise ValueError(f"column {value!r} not in the table (columns: {list(table.columns)})")
@@ -370,10 +737,18 @@ def aggregate_over_seeds(
     missing = [c for c in by if c not in table.columns]
     if missing:
         raise ValueError(f"group columns not in the table: {missing}")
-    grouped = table.groupby(list(by), dropna=False, sort=False)[value]
-    out = grouped.agg(mean="mean", std="std", n="count").reset_index()
-    t = scipy.stats.t.ppf((1 + confidence) / 2, np.maximum(out["n"] - 1, 1))
-    half = np.where(out["n"] > 1, t * out["std"] / np.sqrt(out["n"]), np.nan)
-    out["ci_low"] = out["mean"] - half
-    out["ci_high"] = out["mean"] + half
-    return out
+    has_ci = value == "value" and {"ci_low", "ci_high"} <= set(table.columns)
+    rows = []
+    for key, part in table.groupby(list(by), dropna=False, sort=False):
+        row = dict(zip(by, key if isinstance(key, tuple) else (key,), strict=True))
+        v = part[value].dropna()
+        row.update(mean=v.mean(), std=v.std(), n=int(v.count()))
+        nan = np.full(len(part), np.nan)
+        lows = part["ci_low"] if has_ci else nan
+        highs = part["ci_high"] if has_ci else nan
+        _, row["ci_low"], row["ci_high"] = seed_interval(part[value], lows, highs, confidence)
+        for name, col in (("chance", "null_mean"), ("calibrated", "calibrated")):
+            if col in part:
+                row[name] = part[col].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from vilalign.io import safe_name as file_name
@@ -48,8 +50,10 @@ def save_heatmap_overlay(
     title: str | None = None,
     cmap: str = "viridis",
     max_alpha: float = 0.8,
+    label: str = "relevance (share of the map's maximum)",
 ) -> Path:
-    """Save the image beside the image overlaid with ``heat`` (rows, cols; one value a patch).
+    """Save the image beside the image overlaid with ``heat`` (rows, cols; one value a patch),
+    with a colour bar saying what the colours mean.
 
     Each patch cell is coloured by its positive score scaled to the map's maximum, with
     opacity growing with the score, so irrelevant patches leave the image visible. No
@@ -61,15 +65,19 @@ def save_heatmap_overlay(
     rgba = colormaps[cmap](heat)  # (rows, cols, 4)
     rgba[..., 3] = max_alpha * heat
     H, W = image.shape[:2]
-    fig = Figure(figsize=(6, 3.3 if title else 3), dpi=100)
+    fig = Figure(figsize=(6.6, 3.4 if title else 3), dpi=100)
     FigureCanvasAgg(fig)
-    top_edge = 0.88 if title else 1.0
+    top_edge = 0.86 if title else 1.0
     for i, overlay in enumerate((False, True)):
-        ax = fig.add_axes((i * 0.5 + 0.01, 0.01, 0.48, top_edge - 0.02))
+        ax = fig.add_axes((i * 0.44 + 0.01, 0.01, 0.42, top_edge - 0.02))
         ax.imshow(image, extent=(0, W, H, 0))
         if overlay:
             ax.imshow(rgba, extent=(0, W, H, 0), interpolation="nearest")
         ax.set_axis_off()
+    bar_ax = fig.add_axes((0.9, 0.08, 0.025, top_edge - 0.16))
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap), cax=bar_ax)
+    bar.set_label(label, fontsize=7)
+    bar.ax.tick_params(labelsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     path = Path(path)
@@ -107,12 +115,9 @@ def tokens_html(
 def explanation_html(explanation: Explanation, image_file: str | None = None) -> str:
     """One explanation as an HTML snippet: heading, the overlay image, the coloured tokens."""
     e = explanation
-    parts = [
-        f'<div class="explanation"><h3>{html.escape(e.id)} — {html.escape(e.method)}, '
-        f"class {e.target} (predicted {e.predicted})</h3>"
-    ]
+    parts = [f'<div class="explanation"><h3>{html.escape(e.title())}</h3>']
     if image_file is not None:
-        parts.append(f'<img src="{html.escape(image_file)}" alt="heat map" width="480">')
+        parts.append(f'<img src="{html.escape(image_file)}" alt="heat map" style="width:100%">')
     if e.token_scores.any():
         parts.append(tokens_html(e.tokens, e.token_scores, e.special))
     parts.append("</div>")

@@ -22,14 +22,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "demo",
-        help="pretrain, fine-tune with/without co-attention, analyse, report (CPU, minutes)",
+        help="fine-tune with/without co-attention (3 seeds), analyse, report (CPU, minutes)",
         description=(
-            "On easy-VQA (shipped by the easy-vqa package) with the tiny preset: brief "
-            "pretraining (MLM + MIM + AP on captions built from the questions and answers), "
-            "fine-tuning with and without co-attention, alignment per layer after every "
-            "epoch, attention entropy, relevancy maps; writes OUTPUT_DIR/report.html. "
-            "Running it again reuses what is finished. The same experiment is "
-            "configs/demo.yaml, for `vilalign run`."
+            "On easy-VQA (shipped by the easy-vqa package) with the tiny preset: fine-tuning "
+            "with and without co-attention, 3 seeds each; alignment per layer before training "
+            "(epoch 0) and after every epoch, each value with its interval and permutation "
+            "null; attention concentration, relevancy maps; writes OUTPUT_DIR/report.html and "
+            "prints the answer in one sentence per measure. Running it again reuses what is "
+            "finished. The same experiment is configs/demo.yaml, for `vilalign run`; "
+            "--set grid.pretraining=[all] adds a brief MLM+MIM+AP pretraining."
         ),
     )
     add_output_dir(p, Path("runs/demo"), "output folder")
@@ -61,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
     print(result.table.to_string(index=False))
     print()
     print("chance on easy-VQA: always 'yes' 0.37, question only about 0.67")
+    for sentence in result.answer:
+        print(f"answer: {sentence}")
     print(f"report: {result.report}")
     if result.tracking_uri:
         print(f"runs recorded in MLflow: mlflow ui --backend-store-uri {result.tracking_uri}")

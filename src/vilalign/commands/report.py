@@ -12,17 +12,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub,
         "report",
-        help="write report.html for an experiment or run folder",
+        help="write report.html for an experiment, run or analyse folder",
         description=(
-            "Read an experiment folder (written by `vilalign run` or `vilalign demo`) or a "
-            "single run folder and write one self-contained HTML page (images embedded): "
+            "Read an experiment folder (written by `vilalign run` or `vilalign demo`), a "
+            "single run folder or a `vilalign analyse` folder and write one self-contained "
+            "HTML page (images embedded): the answer in words with intervals first, then "
             "downstream metrics across cells (mean ± std over seeds), training curves, "
-            "alignment by layer per measure with co-attention layers and null bands marked, "
-            "alignment over epochs, attention entropy, attribution examples, then the tables "
-            "and the configuration."
+            "alignment by layer per measure (every model on shared axes, interval and null "
+            "bands, co-attention layers marked), alignment over epochs from epoch 0, the "
+            "layer x layer matrices on one colour scale, attention concentration, "
+            "attribution examples, then the tables and the configuration."
         ),
     )
-    p.add_argument("directory", type=Path, help="experiment or run folder")
+    p.add_argument("directory", type=Path, help="experiment, run or analyse folder")
     add_output_dir(p, None, "folder for report.html (default: DIRECTORY)")
     # The old option named the file itself; it keeps doing so until it goes.
     add_deprecated_alias(p, "--out", "--output-dir DIR (writes DIR/report.html)", "out_file")

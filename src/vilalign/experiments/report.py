@@ -1,11 +1,16 @@
-"""One self-contained HTML page for an experiment folder (or a single run folder).
+"""One self-contained HTML page for an experiment folder, a run folder or an analyse folder.
 
-Pictures first — downstream metrics across cells, training curves, alignment by layer
-per measure (co-attention shaded, permutation-null band grey), alignment over epochs,
-the layer × layer matrix, attention entropy, attribution examples — then the tables
-(metrics mean ± std over seeds, alignment at the last epoch, the attention test, the
-configuration). Images are embedded as base64 PNG: the page is one file that opens
-anywhere, offline, without scripts.
+The answer first — per measure, in one sentence with numbers and intervals, what
+training did to the alignment at the last fusion layer with and without co-attention,
+against chance — then the pictures — downstream metrics across cells, training curves,
+alignment by layer per measure (every group on shared axes, interval and null bands for
+every view, co-attention shaded), alignment over epochs from epoch 0, the layer × layer
+matrices on one colour scale, attention concentration, attribution examples — then the
+tables (metrics mean ± std over seeds, alignment at the last epoch with intervals, the
+attention test, the configuration). An ``vilalign analyse`` folder gets the same order:
+the best layers with family-wise p-values and bias warnings, the figures, every number.
+Images are embedded as base64 PNG: the page is one file that opens anywhere, offline,
+without scripts.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ pre{background:#f7f7f7;padding:10px;overflow:auto;font-size:12px}
 .explanation{display:inline-block;vertical-align:top;margin:6px;max-width:340px}
 .explanation h3{font-size:13px;margin:4px 0}
 .note{font-size:14px;background:#f4f8ff;border-left:3px solid #69c;padding:6px 10px}
+.answer{font-size:16px;background:#fff8e6;border-left:4px solid #e0a000}
+.warn{font-size:14px;background:#fff0f0;border-left:3px solid #c33;padding:6px 10px}
 """
 
 
@@ -87,8 +94,13 @@ def table_html(frame: pd.DataFrame, floatfmt: str = "{:.4g}") -> str:
     if frame is None or frame.empty:
         return "<p><em>nothing yet</em></p>"
     return frame.to_html(
-        index=False, border=0, na_rep="–", float_format=lambda v: floatfmt.format(v)
+        index=False, border=0, na_rep="–", float_format=lambda v: _unsigned_zero(floatfmt.format(v))
     )
+
+
+def _unsigned_zero(text: str) -> str:
+    """ "-0.000" → "0.000": a rounded zero has no sign worth reading."""
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text
 
 
 def _section(title: str, body: Iterable[str]) -> str:
@@ -125,8 +137,8 @@ def metrics_figure(groups: pd.DataFrame, metric: str) -> Figure:
     stds = np.nan_to_num(groups[f"{metric}_std"].to_numpy(float))
     xs = np.arange(len(groups))
     ax.bar(xs, means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
-    for x, m, n in zip(xs, means, groups[f"{metric}_n"], strict=True):
-        ax.text(x, m, f"{m:.3f}\n(n={n})", ha="center", va="bottom", fontsize=8)
+    for x, m, s, n in zip(xs, means, stds, groups[f"{metric}_n"], strict=True):
+        ax.text(x, m + s, f"{m:.3f}\n(n={n})", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(xs, groups["group"], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel(metric)
     ax.set_ylim(0, max(1.0, float(np.nanmax(means + stds)) * 1.15))
@@ -146,7 +158,10 @@ def history(run_dir: Path) -> pd.DataFrame:
 
 
 def curves_figure(histories: dict[str, list[pd.DataFrame]]) -> Figure:
-    """Train loss and every val metric against epoch; one line per group (mean of seeds)."""
+    """Train loss and every val metric against (integer) epoch; one line per group, the
+    mean over seeds with the seeds' min–max as a band."""
+    from matplotlib.ticker import MaxNLocator
+
     frames = [h for hs in histories.values() for h in hs if not h.empty]
     if not frames:
         raise ValueError("no epoch records")
@@ -159,8 +174,12 @@ def curves_figure(histories: dict[str, list[pd.DataFrame]]) -> Figure:
             parts = [h[["epoch", metric]] for h in hs if metric in h]
             if not parts:
                 continue
-            mean = pd.concat(parts).groupby("epoch")[metric].mean()
-            ax.plot(mean.index, mean.values, marker="o", ms=3, label=group)
+            by_epoch = pd.concat(parts).groupby("epoch")[metric]
+            mean, low, high = by_epoch.mean(), by_epoch.min(), by_epoch.max()
+            (line,) = ax.plot(mean.index, mean.values, marker="o", ms=3, label=group)
+            ax.fill_between(mean.index, low.values, high.values, color=line.get_color(),
+                            alpha=0.15, lw=0)  # fmt: skip
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_title(metric, fontsize=10)
         if i == 0:
@@ -169,12 +188,19 @@ def curves_figure(histories: dict[str, list[pd.DataFrame]]) -> Figure:
     return fig
 
 
-def entropy_figure(frames: dict[str, pd.DataFrame]) -> Figure:
-    """Mean normalised entropy per fusion layer and direction, one panel per group;
-    co-attention layers shaded (lower = more focused attention)."""
+def entropy_figure(frames: dict[str, pd.DataFrame], value: str = "effective_keys") -> Figure:
+    """Attention concentration per fusion layer and direction, mean over heads, one panel
+    per group on a shared axis; co-attention layers shaded.
+
+    ``value`` defaults to the effective number of attended keys exp(H) (lower = more
+    focused), which compares directions with different key counts; tables written before
+    it existed fall back to normalised entropy (the axis says which).
+    """
     frames = {k: v for k, v in frames.items() if not v.empty}
     if not frames:
         raise ValueError("no attention entropy")
+    if not all(value in f.columns for f in frames.values()):
+        value = "normalized_entropy"
     fig = Figure(figsize=(4.4 * len(frames), 3.4))
     directions = sorted({d for f in frames.values() for d in f["direction"]})
     width = 0.8 / max(1, len(directions))
@@ -185,7 +211,7 @@ def entropy_figure(frames: dict[str, pd.DataFrame]) -> Figure:
             ax.axvspan(layer - 0.45, layer + 0.45, color="0.85", alpha=0.6, lw=0)
         for j, direction in enumerate(directions):
             part = frame[frame["direction"] == direction].groupby("layer")
-            means = part["normalized_entropy"].mean()
+            means = part[value].mean()
             if means.empty:
                 continue
             xs = means.index.to_numpy() - 0.4 + width * (j + 0.5)
@@ -193,11 +219,18 @@ def entropy_figure(frames: dict[str, pd.DataFrame]) -> Figure:
             ax.bar(xs, means.values, width, label=direction.replace("_", " "), color=colour)
         ax.set_xticks(layers, [f"fusion.{x}" for x in layers], fontsize=8)
         ax.set_title(group, fontsize=9)
-        ax.set_ylabel("normalised entropy" if i == 0 else "")
-        ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle("attention entropy, mean over heads (shaded: co-attention layers)", fontsize=10)
+        ax.set_ylabel(FOCUS_LABELS.get(value, value) if i == 0 else "")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
+    fig.suptitle("attention concentration, mean over heads (shaded: co-attention layers)",
+                 fontsize=10)  # fmt: skip
     fig.tight_layout()
     return fig
+
+
+FOCUS_LABELS = {
+    "effective_keys": "effective keys attended, exp(H)\n(lower = more focused)",
+    "normalized_entropy": "normalised entropy H / log n",
+}
 
 
 # One colour per attention direction in every panel (self: blue/green, cross: orange/red).
@@ -267,62 +300,68 @@ class ExperimentReport:
             g: [history(self.cell_dir(k) / "finetune") for k in keys]
             for g, keys in self.by_group.items()
         }
-        items = [_safe(lambda: figure_html(curves_figure(hist), "fine-tuning, per epoch"))]
+        caption = "fine-tuning, per epoch: mean over seeds, band: the seeds' range"
+        items = [_safe(lambda: figure_html(curves_figure(hist), caption))]
         for pt in sorted((self.out / "pretrain").glob("*/metrics.png")):
             items.append(figure_html(pt, f"pretraining {pt.parent.name}: losses and metrics", 700))
         return _figs(items)
 
+    def _null_table(self, measure: str) -> pd.DataFrame:
+        """The alignment rows of ``measure``; an old folder's null bands (nulls_epoch*.csv,
+        before the table carried them) are merged in as null_low/null_high."""
+        table = R.validate_table(self.align[self.align["measure"] == measure])
+        if table["null_high"].notna().any():
+            return table
+        for group, keys in self.by_group.items():
+            rows = table["run"] == group
+            if not rows.any():
+                continue
+            band = _null_for(self.out, keys, measure, int(table.loc[rows, "epoch"].max()))
+            for r in band.itertuples():
+                at = rows & (table["layer"] == r.layer) & (table["view"] == r.view)
+                table.loc[at, ["null_low", "null_high"]] = (r.low, r.high)
+        return table
+
     def alignment_figures(self) -> str:
+        """Per measure one panel: every group on the same axes, each with its interval band
+        and its null band, every view (line style)."""
         if self.align.empty:
             return ""
-        rows = []
+        items = []
         for measure in dict.fromkeys(self.align["measure"]):
-            items = []
-            for group, keys in self.by_group.items():
-                table = self.align[self.align["run"] == group]
-                if table.empty:
-                    continue
-                last = int(table["epoch"].max())  # this group's own (early stopping differs)
-                null = _null_for(self.out, keys, measure, last)
-                band = (
-                    f"; grey: permutation null 5–95 % ({null['view'].iloc[0]} view)"
-                    if not null.empty
-                    else ""
-                )
-                items.append(
-                    _safe(
-                        lambda t=table, n=null, g=group, m=measure, e=last, b=band: figure_html(
-                            R.figure_across_layers(
-                                t, m, epoch=e, null=n if not n.empty else None, title=f"{m}: {g}"
-                            ),
-                            f"{m} across layers, {g}, epoch {e} (mean and range over "
-                            f"seeds; orange: co-attention{b})",
-                            520,
-                        )
-                    )
-                )
-            rows.append(_figs(items))
-        return "\n".join(rows)
+            table = self._null_table(measure)
+            caption = (
+                f"{measure} across layers at each group's last epoch: mean over seeds with its "
+                "95 % interval (seeds and samples); hatched: permutation null 5–95 % (per "
+                "group and view), dotted: chance level (null mean); crosses: epoch 0, the "
+                "same model before its first optimiser step; grey columns: co-attention "
+                "layers; line style: view"
+            )
+            items.append(_safe(lambda t=table, m=measure, c=caption: figure_html(
+                R.figure_across_layers(t, m, by="run", title=f"{m} across layers"), c, 820,
+            )))  # fmt: skip
+        return _figs(items)
 
     def epoch_figures(self) -> str:
         if self.align.empty or self.align["epoch"].nunique() < 2:
             return ""
-        measure = str(self.align["measure"].iloc[0])
-        return _figs(
-            _safe(
-                lambda g=group: figure_html(
-                    R.figure_over_epochs(
-                        self.align[self.align["run"] == g], measure, title=f"{measure}: {g}"
-                    ),
-                    f"{measure} over epochs, {g} (solid: co-attention layers)",
-                    520,
-                )
+        view = str(self.align["view"].iloc[0])
+        items = []
+        for measure in dict.fromkeys(self.align["measure"]):
+            caption = (
+                f"{measure} over epochs ({view} view), one panel per group on a shared axis; "
+                "epoch 0 is the model before its first optimiser step; bands: 95 % intervals "
+                "(seeds and samples); solid: co-attention layers"
             )
-            for group in self.by_group
-        )
+            items.append(_safe(lambda m=measure, c=caption: figure_html(
+                R.figure_over_epochs(self.align, m, view=view, by="run"), c, 1100,
+            )))  # fmt: skip
+        return _figs(items)
 
     def heatmap_figures(self) -> str:
-        items = []
+        """The groups' last layer matrices side by side on one colour scale, named."""
+        measure = self.experiment.get("analysis", {}).get("heatmap_measure") or "measure"
+        matrices, co = {}, {}
         for group, keys in self.by_group.items():
             files = sorted(
                 self.cell_dir(keys[0]).glob("alignment/alignment_epoch*_layer_matrix.csv"),
@@ -330,12 +369,17 @@ class ExperimentReport:
             )
             if not files:
                 continue
-            matrix = pd.read_csv(files[-1], index_col=0)
+            matrices[group] = pd.read_csv(files[-1], index_col=0)
             kinds = self.align[(self.align["run"] == group)]
-            co = set(kinds.loc[kinds["layer_kind"] == COATTENTION, "layer"].astype(str))
-            fig = R.figure_layer_heatmap(matrix, coattention=co, title=f"{group}")
-            items.append(figure_html(fig, f"text layer × image layer, {files[-1].stem}", 520))
-        return _figs(items)
+            co[group] = set(kinds.loc[kinds["layer_kind"] == COATTENTION, "layer"].astype(str))
+        if not matrices:
+            return ""
+        fig = R.figure_layer_heatmaps(matrices, measure, co)
+        caption = (
+            f"{measure} between every text layer and every image layer at the last epoch "
+            f"(first seed of each group), one colour scale for all"
+        )
+        return _figs([figure_html(fig, caption, 1100)])
 
     def attention_figures(self) -> str:
         frames = {}
@@ -372,18 +416,38 @@ class ExperimentReport:
         return table_html(frame[keep + n].rename(columns={n[0]: "seeds"} if n else {}))
 
     def alignment_table(self) -> str:
+        """Each group's last epoch: mean over seeds with its interval, chance, calibrated."""
         if self.align.empty:
             return ""
-        last = self.align[self.align["epoch"] == self.align["epoch"].max()]
-        wide = last.pivot_table(
-            index=["run", "layer", "layer_kind"],
-            columns=["view", "measure"],
-            values="value",
-            aggfunc="mean",
-            sort=False,
-        )
-        wide.columns = [f"{v}/{m}" for v, m in wide.columns]
-        return table_html(wide.reset_index(), "{:.3f}")
+        from vilalign.analysis.stats import aggregate_over_seeds
+
+        table = R.validate_table(self.align)
+        last = table.groupby("run")["epoch"].transform("max")
+        table = table[table["epoch"] == last]
+        by = ["run", "layer", "layer_kind", "view", "measure"]
+        agg = aggregate_over_seeds(table, by=by)
+        agg["value [95% interval]"] = [
+            R.format_interval(r.mean, r.ci_low, r.ci_high) for r in agg.itertuples()
+        ]
+        keep = [*by, "value [95% interval]", "chance", "calibrated", "n"]
+        return table_html(agg[[c for c in keep if c in agg]].rename(columns={"n": "seeds"}),
+                          "{:.3f}")  # fmt: skip
+
+    def answer(self) -> str:
+        """The first screen: per measure, the answer at the last fusion layer in words."""
+        if self.align.empty or self.align["epoch"].nunique() < 2:
+            return ""
+        table = R.validate_table(self.align)
+        view = str(table["view"].iloc[0])
+        fusion = [layer for layer in R._layer_order(table) if layer.startswith("fusion.")]
+        if not fusion:
+            return ""
+        layer = fusion[-1]  # fixed before looking at the values: no selection to correct
+        notes = [
+            R.answer_sentence(R.epoch_change(table, m, layer, view), m, layer, view)
+            for m in dict.fromkeys(table["measure"])
+        ]
+        return "".join(f'<p class="note answer">{html.escape(n)}</p>' for n in notes)
 
     def published_figures(self) -> str:
         """Our groups and the published models against relative depth, one per measure."""
@@ -449,6 +513,7 @@ class ExperimentReport:
         )
         body = [
             head,
+            _section("The answer", [self.answer()]),
             _section("Downstream metrics", [self.metrics_figures()]),
             _section("Training curves", [self.curve_figures()]),
             _section("Alignment by layer", [self.alignment_figures()]),
@@ -496,16 +561,21 @@ def run_report(run_dir: Path) -> str:
     """A page for one pretraining or fine-tuning run folder."""
     items = []
     if (run_dir / "metrics.png").is_file():
-        items.append(figure_html(run_dir / "metrics.png", "losses and metrics per step"))
+        items.append(figure_html(run_dir / "metrics.png", "losses, task metrics and throughput"))
     hist = history(run_dir)
     if not hist.empty:
         items.append(_safe(lambda: figure_html(curves_figure({run_dir.name: [hist]}), "per epoch")))
     align_files = sorted((run_dir.parent / "alignment").glob("alignment_epoch*.csv"))
     align_files += sorted(run_dir.glob("alignment*.csv"))
+    align_files += sorted(run_dir.glob("alignment/*/alignment_epoch*.csv"))  # multi-dataset
     tables = [pd.read_csv(f) for f in align_files if "layer_matrix" not in f.name]
     align = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
     for measure in dict.fromkeys(align.get("measure", [])):
-        items.append(_safe(lambda m=measure: figure_html(R.figure_across_layers(align, m), m, 520)))
+        items.append(_safe(lambda m=measure: figure_html(R.figure_across_layers(align, m), m, 620)))
+        if align["epoch"].nunique() > 1:
+            items.append(_safe(lambda m=measure: figure_html(
+                R.figure_over_epochs(align, m), f"{m} over epochs (0: before training)", 620,
+            )))  # fmt: skip
     config = run_dir / "config.json"
     results = run_dir / "results.json"
     body = [
@@ -519,6 +589,66 @@ def run_report(run_dir: Path) -> str:
         else "",
     ]
     return _page(run_dir.name, "\n".join(b for b in body if b))
+
+
+# ---------------------------------------------------------------------------- analyse folder
+
+ANALYSE_TABLE = "alignment.csv"
+
+
+def analysis_report(folder: Path) -> str:
+    """A page for a ``vilalign analyse`` folder: the answer first (best layer per measure
+    and view with its family-wise p-value and its share present at initialisation, the
+    bias warnings, the best layer pair), then the figures, then every number."""
+    from vilalign.analysis.pipeline import ANALYSIS_FILE
+
+    table = R.read_table(folder / ANALYSE_TABLE)
+    meta_path = folder / ANALYSIS_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    groups = list(table.groupby(["run", "view", "measure"], sort=False))
+    answer = [f'<p class="warn">{html.escape(w)}</p>' for w in meta.get("warnings", [])]
+    answer += [f'<p class="note answer">{html.escape(R.best_layer_sentence(rows))}</p>'
+               for _, rows in groups]  # fmt: skip
+    if meta.get("best_pair_sentence"):
+        answer.append(f'<p class="note">{html.escape(meta["best_pair_sentence"])}</p>')
+    figures = [
+        _safe(lambda m=m: figure_html(R.figure_across_layers(table, m), _layers_caption(m), 820))
+        for m in dict.fromkeys(table["measure"])
+    ]
+    matrix_file = folder / "alignment_layer_matrix.csv"
+    if matrix_file.is_file():
+        measure = meta.get("heatmap_measure") or "measure"
+        matrix = pd.read_csv(matrix_file, index_col=0)
+        co = R._coattention_layers(table)
+        fig = R.figure_layer_heatmap(matrix, co, title=f"{measure}: text × image layer",
+                                     measure=measure)  # fmt: skip
+        figures.append(figure_html(fig, f"{measure} between every text and image layer", 620))
+    tables = [
+        f"<h3>{html.escape(f'{m}, {v} view' + (f', {r}' if r else ''))}</h3>"
+        + table_html(R.layer_block(rows))
+        for (r, v, m), rows in groups
+    ]
+    spec = yaml.safe_dump(meta.get("spec", {}), sort_keys=False)
+    spec = f"<pre>{html.escape(spec)}</pre>" if meta else ""
+    body = [
+        f"<h1>{html.escape(folder.name)}: alignment by layer</h1>"
+        f"<p class='meta'>{len(table)} rows · folder {html.escape(str(folder))} · written "
+        f"{_now()}</p>",
+        _section("The answer", answer),
+        _section("Alignment by layer", [_figs(figures)]),
+        _section("Tables: every layer", tables),
+        _section("What was measured", [spec]),
+    ]
+    return _page(f"{folder.name} alignment", "\n".join(b for b in body if b))
+
+
+def _layers_caption(measure: str) -> str:
+    return (
+        f"{measure} across layers: value with its 95 % interval (band), permutation null "
+        "5–95 % (hatched, per view) and chance level (dotted); crosses: the same "
+        "architecture at initialisation on the same samples (--reference init; mean over "
+        "init seeds); grey columns: co-attention layers"
+    )
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -536,10 +666,12 @@ def write_report(directory: str | Path, out_file: str | Path | None = None) -> P
         page = ExperimentReport(directory).render()
     elif (directory / "config.json").is_file():
         page = run_report(directory)
+    elif (directory / ANALYSE_TABLE).is_file():
+        page = analysis_report(directory)
     else:
         raise FileNotFoundError(
             f"report: {directory} is neither an experiment folder ({EXPERIMENT_FILE}, "
-            "cells/) nor a run folder (config.json)"
+            f"cells/), a run folder (config.json) nor an analyse folder ({ANALYSE_TABLE})"
         )
     out = Path(out_file) if out_file is not None else directory / REPORT_FILE
     out.write_text(page, encoding="utf-8")

@@ -114,11 +114,11 @@ class AnalysisConfig(AlignmentOptions):
     every_epoch: bool = Field(True, description="Alignment per layer after every epoch.")
     split: str = Field("test", description="Split the analyses read (never trained on).")
     n_samples: int = Field(256, ge=4, description="Samples measured: the first N of the split.")
-    measures: list[str] = Field(
-        default_factory=lambda: ["cka_linear", "cka_unbiased", "mutual_knn"], min_length=1
-    )
     null_band: int = Field(
-        20, ge=0, description="Permutations for the plotted null band (5-95 %); 0: none."
+        0,
+        ge=0,
+        description="Permutations for a separate nulls_epoch<N>.csv band file (older "
+        "reports read it); 0: none — every table row carries its null band already.",
     )
     attention: bool = Field(True, description="Attention entropy of the final model.")
     attention_samples: int = Field(128, ge=1)

@@ -145,7 +145,7 @@ class EpochContext:
     """What an epoch callback sees (the alignment analysis runs here)."""
 
     trainer: Trainer
-    epoch: int  # 1-based: the epoch just finished (or cut short by max_steps)
+    epoch: int  # 1-based: the epoch just finished (or cut short by max_steps); 0: before step 1
     step: int
     metrics: dict[str, float]
 
@@ -270,6 +270,8 @@ class Trainer:
         """Train to the end (epochs, max_steps or early stop); ``resume`` continues the run."""
         if resume:
             self.resume()
+        if self.progress.step == 0:  # epoch 0: the model before its first optimiser step
+            self._run_start_callbacks()
         while not self._finished():
             self.train_epoch()
             self._end_epoch()
@@ -548,6 +550,16 @@ class Trainer:
         if not self.is_main:
             self.history[-1].update(added)
         return added
+
+    def _run_start_callbacks(self) -> None:
+        """Callbacks with an ``on_fit_start(ctx)`` measure the untrained model (epoch 0)."""
+        starts = [getattr(c, "on_fit_start", None) for c in self.callbacks]
+        for start in (s for s in starts if callable(s) and self.is_main):
+            with preserved_rng(), dist.local_only():
+                extra = start(EpochContext(self, 0, 0, {}))
+            if extra:
+                self.tracker.log_metrics(dict(extra), 0, 0)
+        dist.barrier()
 
     # ------------------------------------------------------------------ evaluation
 

@@ -92,8 +92,49 @@ class FileTracker:
         self.plot()
 
 
+#: metrics.png's panels, in display order, and which series each shows.
+PANELS = ("losses", "task metrics", "throughput")
+
+
+def _panel(name: str) -> str | None:
+    if "loss" in name:
+        return "losses"
+    if name.endswith(("samples_per_s", "data_wait_share")):
+        return "throughput"
+    return None if name.startswith("align/") else "task metrics"
+
+
 def plot_metrics(records: list[dict[str, float]], path: Path) -> Path | None:
-    """Losses (left) and other metrics (right) against optimiser step; None if nothing to plot."""
+    """Losses, task metrics and throughput, one panel each, against optimiser step;
+    None if nothing to plot. (Alignment series have their own figures in the report.)"""
+    series = _series(records)
+    panels = [(t, {k: v for k, v in series.items() if _panel(k) == t}) for t in PANELS]
+    panels = [(title, lines) for title, lines in panels if lines]
+    if not panels:
+        return None
+    from matplotlib.figure import Figure  # files only, never a window (no pyplot)
+
+    fig = Figure(figsize=(5.2 * len(panels), 4.6), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (title, lines) in zip(axes, panels, strict=True):
+        handles = []
+        for name, (xs, ys) in sorted(lines.items()):
+            # a share (0..1) beside samples/s gets its own axis on the right
+            target = ax.twinx() if name.endswith("_share") and len(lines) > 1 else ax
+            colour = f"C{len(handles) % 10}"
+            marker = "o" if len(xs) < 30 else None
+            handles += target.plot(xs, ys, marker=marker, markersize=3, label=name, color=colour)
+            if target is not ax:
+                target.set_ylabel(name, fontsize=8)
+        ax.set_xlabel("optimiser step")
+        ax.set_title(title)
+        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15),
+                  ncol=2 if len(lines) > 4 else 1, frameon=False)  # fmt: skip
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _series(records: list[dict[str, float]]) -> dict[str, tuple[list[int], list[float]]]:
     series: dict[str, tuple[list[int], list[float]]] = {}
     has_steps = any("train/lr" in r for r in records)
     for r in records:
@@ -103,31 +144,10 @@ def plot_metrics(records: list[dict[str, float]], path: Path) -> Path | None:
         for k, v in r.items():
             if k in ("step", "epoch") or not math.isfinite(v) or k.endswith(("lr", "/time_s")):
                 continue
-            if epoch_summary and has_steps and k.startswith("train/"):
+            throughput = k.endswith(("samples_per_s", "data_wait_share"))  # epoch ends only
+            if epoch_summary and has_steps and k.startswith("train/") and not throughput:
                 continue
             xs, ys = series.setdefault(k, ([], []))
             xs.append(int(r["step"]))
             ys.append(v)
-    if not series:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name, (xs, ys) in sorted(series.items()):
-        is_loss = "loss" in name
-        if not is_loss and (name.endswith(("samples_per_s", "data_wait_share"))):
-            continue
-        ax = ax_loss if is_loss else ax_metric
-        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=name)
-    for ax, title in ((ax_loss, "losses"), (ax_metric, "metrics")):
-        ax.set_xlabel("optimiser step")
-        ax.set_title(title)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return series

@@ -12,7 +12,7 @@ import math
 import torch
 
 from vilalign.analysis.measures.linalg import Tensor
-from vilalign.analysis.measures.registry import register
+from vilalign.analysis.measures.registry import FIT_BIAS, register
 from vilalign.analysis.measures.views import Pair, View
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def _warn_if_trivial(p: Pair, rx: int, ry: int) -> None:
         )
 
 
-@register("cca", resample="subsample")
+@register("cca", resample="subsample", interval="subsample_bc", bias=FIT_BIAS)
 def cca(p: Pair, center: bool = True) -> float:
     """Mean canonical correlation (ρ̄ of Raghu et al. 2017). Invariant to invertible
     linear maps of either view."""
@@ -39,7 +39,7 @@ def cca(p: Pair, center: bool = True) -> float:
     return float(rho.mean())
 
 
-@register("cca_squared", resample="subsample")
+@register("cca_squared", resample="subsample", interval="subsample_bc", bias=FIT_BIAS)
 def cca_squared(p: Pair, center: bool = True) -> float:
     """Mean squared canonical correlation R²_CCA (Kornblith et al. 2019, Table 1):
     ‖Q_xᵀ Q_y‖²_F / min(rank x, rank y).
@@ -75,7 +75,7 @@ def _svd_reduce(view: View, variance: float, n_components: int | None) -> Tensor
     return evecs[:, :keep] / evals[:keep].sqrt()
 
 
-@register("svcca", resample="subsample")
+@register("svcca", resample="subsample", interval="subsample_bc", bias=FIT_BIAS)
 def svcca(p: Pair, variance: float = 0.99, n_components: int | None = None) -> float:
     """SVCCA (Raghu et al. 2017): SVD-reduce each view to the directions keeping
     ``variance`` of its variance (or ``n_components``), then mean canonical correlation."""
@@ -88,7 +88,7 @@ def svcca(p: Pair, variance: float = 0.99, n_components: int | None = None) -> f
     return float(rho.mean())
 
 
-@register("pwcca", resample="subsample")
+@register("pwcca", resample="subsample", interval="subsample_bc", bias=FIT_BIAS)
 def pwcca(p: Pair) -> float:
     """Projection-weighted CCA (Morcos, Raghu & Bengio 2018, eq. in §2.3).
 
@@ -106,7 +106,7 @@ def pwcca(p: Pair) -> float:
     return float((weights * rho).sum() / weights.sum())
 
 
-@register("procrustes")
+@register("procrustes", interval="subsample_bc", bias=FIT_BIAS)
 def procrustes(p: Pair) -> float:
     """Orthogonal Procrustes similarity: ‖xcᵀ yc‖_* / (‖xc‖_F ‖yc‖_F) ∈ [0, 1].
 

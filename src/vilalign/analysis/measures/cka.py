@@ -20,11 +20,11 @@ from vilalign.analysis.measures.linalg import (
     hsic_unbiased_centred,
     upper_triangle,
 )
-from vilalign.analysis.measures.registry import register
+from vilalign.analysis.measures.registry import GRAM_BIAS, register
 from vilalign.analysis.measures.views import Pair, View, need_n
 
 
-@register("cka_linear")
+@register("cka_linear", interval="subsample_bc", bias=GRAM_BIAS)
 def cka_linear(p: Pair) -> float:
     """Linear CKA (Kornblith et al. 2019, eq. 4): ⟨Kc, Lc⟩_F / (‖Kc‖_F ‖Lc‖_F), the
     biased-HSIC estimator (its 1/(n-1)² cancels); equals the RV coefficient of the centred
@@ -94,7 +94,7 @@ def _rbf_kernel(view: View, threshold: float) -> tuple[Tensor, Tensor, float, fl
     return view._cached(("rbf", threshold), make)
 
 
-@register("cka_rbf")
+@register("cka_rbf", interval="subsample_bc", bias=GRAM_BIAS)
 def cka_rbf(p: Pair, threshold: float = 1.0) -> float:
     """RBF-kernel CKA (Kornblith et al. 2019), bandwidth σ = ``threshold`` × median
     pairwise distance; ⟨HKH, HLH⟩ = ⟨K, L⟩ − 2/n (K1)·(L1) + (1ᵀK1)(1ᵀL1)/n²."""

@@ -14,7 +14,7 @@ import scipy.stats
 import torch
 
 from vilalign.analysis.measures.linalg import DTYPE, Tensor, upper_triangle
-from vilalign.analysis.measures.registry import register
+from vilalign.analysis.measures.registry import OFFSET_BIAS, register
 from vilalign.analysis.measures.views import Pair, View, need_n
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def rsa(p: Pair, inner: str = "correlation") -> float:
     return _pearson(a, b, "RSA")
 
 
-@register("cosine", equal_dims=True)
+@register("cosine", equal_dims=True, bias=OFFSET_BIAS)
 def paired_cosine(p: Pair) -> float:
     """Mean cosine similarity of paired rows, cos(x_i, y_i); needs equal widths.
 

@@ -54,7 +54,7 @@ def knn_rank(p: Pair, k: int = 10) -> float:
     return float(torch.where(shared > 0, score / harmonic.clamp_min(1e-300), 0.0).mean())
 
 
-@register("cycle_knn", resample="subsample")
+@register("cycle_knn", resample="subsample", interval="subsample_large")
 def cycle_knn(p: Pair, k: int = 10) -> float:
     """Cycle k-NN (Huh et al. 2024, platonic-rep ``cycle_knn``): the fraction of samples
     i that appear among the x-neighbours of one of their y-neighbours."""

@@ -25,6 +25,63 @@ POOLED = "pooled"
 TOKENS = "tokens"
 LEVELS = (POOLED, TOKENS)
 
+#: How a measure's confidence interval is drawn (implemented in ``analysis/stats.py``;
+#: docs/statistics.md says which quantity each targets and how well it covers it):
+#: "subsample" — delete-d jackknife on half-samples drawn without replacement, centred on
+#: the estimate (no row is ever duplicated, so nothing a duplicate inflates is touched);
+#: "subsample_bc" — the same, re-centred by the half-sample jackknife estimate of an
+#: O(1/N) bias (for estimators biased towards their population value at small N);
+#: "subsample_large" — the same as "subsample" on subsamples of 80 % of the rows, for a
+#: measure whose regime changes with the sample size at a fixed k (cycle k-NN: on half
+#: the rows nearly every sample closes a cycle, and the half-samples barely vary).
+INTERVALS = ("subsample", "subsample_bc", "subsample_large")
+
+
+@dataclass(frozen=True)
+class Bias:
+    """How a measure's estimate is biased, when, and what to do about it.
+
+    ``min_ratio``: the bias matters while N < min_ratio × max(D1, D2) (None: at every N,
+    e.g. a bias from a shared mean offset rather than from too few samples). The analysis
+    warns with ``what`` and ``fix`` whenever :meth:`applies`.
+    """
+
+    what: str
+    fix: str
+    min_ratio: float | None = None
+
+    def applies(self, n: int, dx: int, dy: int) -> bool:
+        return self.min_ratio is None or n < self.min_ratio * max(dx, dy)
+
+    def message(self, measure: str, n: int, dx: int, dy: int) -> str:
+        at = f"N = {n}, D = {dx}/{dy}"
+        return f"{measure} is biased at {at}: {self.what}. Fix: {self.fix}"
+
+
+#: Gram-matrix measures with the biased HSIC (linear and RBF CKA): unrelated isotropic
+#: features score about D/(N + D), 0.09 at N = 10·D and 0.5 at N = D.
+GRAM_BIAS = Bias(
+    "the biased HSIC estimator reads unrelated features as aligned (about D/(N+D) for "
+    "isotropic ones)",
+    "use cka_unbiased, or read the value against its permutation null (null_mean)",
+    min_ratio=10,
+)
+#: Canonical correlations fit D directions to N samples: unrelated features reach a mean
+#: canonical correlation of ~0.65 at N = 2·D and still ~0.3 at N = 10·D; Procrustes'
+#: nuclear norm grows like √(D/N) for unrelated features.
+FIT_BIAS = Bias(
+    "it fits D directions to N samples, so unrelated features score far above 0 "
+    "(its chance level shrinks only like √(D/N))",
+    "use cka_unbiased or mutual_knn, or reduce D (PCA) and read the value against its "
+    "permutation null (null_mean)",
+    min_ratio=100,
+)
+#: Cosine of uncentred rows: a mean offset both streams share makes unrelated pairs close.
+OFFSET_BIAS = Bias(
+    "uncentred cosine is high for unrelated rows that share a mean offset",
+    "read it against its permutation null (null_mean), or use cka_unbiased (centred)",
+)
+
 
 @dataclass(frozen=True)
 class Measure:
@@ -43,7 +100,9 @@ class Measure:
     unbiased HSIC, shrink the effective rank that CCA fits, and add zero dissimilarities
     to both RDMs). ``pairing_invariant`` marks measures that ignore which row goes with
     which (a permutation test of the pairing is meaningless for them); ``equal_dims``
-    those that need D1 == D2.
+    those that need D1 == D2. ``interval`` names how :mod:`~vilalign.analysis.stats`
+    draws its confidence interval (one of :data:`INTERVALS`); ``bias``, when set, says
+    how and when its estimate is biased (the analysis warns then).
     """
 
     name: str
@@ -56,6 +115,8 @@ class Measure:
     level: str = POOLED
     min_n: int = 2
     doc: str = ""
+    interval: str = "subsample"
+    bias: Bias | None = None
 
     def __call__(self, x: Any, y: Any, *masks: Any, **options: Any) -> float:
         if self.level == TOKENS:
@@ -87,6 +148,10 @@ def register(name: str, **meta: Any) -> Callable[[Callable[..., float]], Measure
             raise ValueError(f"measure {name!r} is already registered")
         if meta.get("level", POOLED) not in LEVELS:
             raise ValueError(f"measure {name!r}: level {meta['level']!r} is not one of {LEVELS}")
+        if meta.get("interval", INTERVALS[0]) not in INTERVALS:
+            raise ValueError(
+                f"measure {name!r}: interval {meta['interval']!r} is not one of {INTERVALS}"
+            )
         measure = Measure(name=name, impl=impl, doc=(impl.__doc__ or "").strip(), **meta)
         REGISTRY[name] = measure
         return measure
