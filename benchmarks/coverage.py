@@ -26,7 +26,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vilalign.analysis.coverage import CASES, coverage
+from vilalign.analysis import measures as M
+from vilalign.analysis.coverage import coverage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     sizes = [int(s) for s in args.sizes.split(",")]
-    names = [m for m in args.measures.split(",") if m] or list(CASES)
+    names = [m for m in args.measures.split(",") if m] or list(M.REGISTRY)
     rows = []
     for name in names:
         for n in sizes:
