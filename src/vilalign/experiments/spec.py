@@ -17,7 +17,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -112,7 +112,9 @@ class AnalysisConfig(AlignmentOptions):
 
     every_epoch: bool = Field(True, description="Alignment per layer after every epoch.")
     split: str = Field("test", description="Split the analyses read (never trained on).")
-    n_samples: int = Field(256, ge=4, description="Samples measured: the first N of the split.")
+    n_samples: Annotated[int, Field(ge=4)] | Literal["all"] = Field(
+        256, description="Samples measured: the first N of the split, or 'all'."
+    )
     measures: list[str] = Field(
         default_factory=lambda: ["cka_linear", "cka_unbiased", "mutual_knn"], min_length=1
     )

@@ -1,7 +1,8 @@
 """The CCA family: mean and squared canonical correlation, SVCCA, PWCCA, Procrustes.
 
-All of them work in feature space on the views' cached D×D covariances and whitening
-factors, so their cost grows with N·D², never N².
+All of them work in feature space on the views' cached D×D covariances (accumulated over
+row blocks) and whitening factors, so their time grows with N·D² and their memory with D²,
+never N².
 """
 
 from __future__ import annotations
@@ -99,9 +100,9 @@ def pwcca(p: Pair) -> float:
     rx, ry = p.x.whitener().rank, p.y.whitener().rank
     pair = p if rx <= ry else Pair(p.y, p.x)
     rho, dirs = pair.canonical_directions()
-    xc = pair.x.centred()
-    variates = xc @ dirs  # (N, r), orthonormal columns
-    weights = (variates.T @ xc).abs().sum(dim=1)  # (r,)
+    # ⟨h_i, x_j⟩ for the variates h = xc·dirs (N×r, orthonormal columns): hᵀxc = dirsᵀ·cov,
+    # a D×D product instead of two N-row ones.
+    weights = (dirs.T @ pair.x.cov()).abs().sum(dim=1)  # (r,)
     _warn_if_trivial(p, rx, ry)
     return float((weights * rho).sum() / weights.sum())
 
