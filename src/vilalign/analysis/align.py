@@ -92,8 +92,8 @@ def _pooled_measures(names: Sequence[str], dx: int, dy: int) -> list[str]:
 
 
 def _with_stats(
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: torch.Tensor | M.View,
+    y: torch.Tensor | M.View,
     name: str,
     value: float,
     stats: StatsOptions,
@@ -143,9 +143,10 @@ def alignment_table(
             if view == "tokens":
                 rows += _token_rows(reps, layer.name, layer.kind, measures, info)
                 continue
-            x = reps.get(layer.name, "text", view)
-            y = reps.get(layer.name, "image", view)
-            names = _pooled_measures(measures, x.shape[1], y.shape[1])
+            # Named views: errors say which layer; their caches serve the statistics too.
+            x = M.View(reps.get(layer.name, "text", view), f"{layer.name}/text/{view}")
+            y = M.View(reps.get(layer.name, "image", view), f"{layer.name}/image/{view}")
+            names = _pooled_measures(measures, x.d, y.d)
             values = M.compute_measures(x, y, names, {n: options[n] for n in names if n in options})
             for name, value in values.items():
                 ci, p = _with_stats(x, y, name, value, stats, options.get(name, {}))
@@ -179,8 +180,8 @@ def layer_matrix(
     m = M.get_measure(measure)
     text_layers = [i.name for i in reps.layers if "text" in i.streams]
     image_layers = [i.name for i in reps.layers if "image" in i.streams]
-    text_views = {n: M.View(reps.get(n, "text", view)) for n in text_layers}
-    image_views = {n: M.View(reps.get(n, "image", view)) for n in image_layers}
+    text_views = {n: M.View(reps.get(n, "text", view), f"{n}/text/{view}") for n in text_layers}
+    image_views = {n: M.View(reps.get(n, "image", view), f"{n}/image/{view}") for n in image_layers}
     table = pd.DataFrame(index=text_layers, columns=image_layers, dtype=float)
     for t in text_layers:
         for i in image_layers:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler
 from vilalign import distributed as dist
 from vilalign.analysis.align import RunInfo, alignment_table, layer_matrix
 from vilalign.analysis.collect import Representations, collect, gather_representations
+from vilalign.analysis.measures.budget import settings as measure_settings
 from vilalign.analysis.retrieval import average_representations
 from vilalign.analysis.spec import AlignmentSpec
 from vilalign.data import Collator, DataConfig, build_dataset, build_transform
@@ -107,7 +108,7 @@ def collect_for(
     Under ``torchrun`` each rank collects its share and the shares are gathered, so every
     rank holds the whole set; Karpathy caption sets are averaged per image if asked.
     """
-    n = min(spec.n_samples, len(loader.dataset))  # type: ignore[arg-type]
+    n = spec.sample_count(len(loader.dataset))  # type: ignore[arg-type]
     share = _rank_share(loader, n)
     source, count = share or (loader, n)
     reps = collect(
@@ -138,10 +139,12 @@ def run_alignment(
     Under ``torchrun`` every rank then holds the same table; rank 0 writes.
     """
     loader = loader or analysis_loader(model, tokenizer, spec)
-    reps = collect_for(model, loader, spec, progress)
-    table = alignment_table(reps, spec.measures, info, spec.stats, progress=progress)
-    pooled = [v for v in spec.views if v != "tokens"]
-    matrix = layer_matrix(reps, str(spec.heatmap_measure), pooled[0]) if pooled else None
+    # One memory budget for collection (what stays in memory) and the measures' blocks.
+    with measure_settings(memory_gb=spec.memory_gb, progress=progress):
+        reps = collect_for(model, loader, spec, progress)
+        table = alignment_table(reps, spec.measures, info, spec.stats, progress=progress)
+        pooled = [v for v in spec.views if v != "tokens"]
+        matrix = layer_matrix(reps, str(spec.heatmap_measure), pooled[0]) if pooled else None
     files: list[Path] = []
     if out_dir is not None and dist.is_main_process():
         files = write_alignment(table, matrix, Path(out_dir), info)

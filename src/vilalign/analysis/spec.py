@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from vilalign.analysis.defaults import DEFAULT_MEASURES, DEFAULT_MEMORY_GB
 from vilalign.config import StrictModel
@@ -27,9 +28,24 @@ from vilalign.data.config import DataConfig
 #: The layer×layer matrix's measure when no pooled measure is requested.
 FALLBACK_HEATMAP = "cka_linear"
 POOLED_VIEWS = ("cls", "mean")
-#: A number of samples, or "all": the whole split (collected to a disk-backed store when
-#: it does not fit the memory budget).
-SampleCount = Annotated[int, Field(ge=2)] | Literal["all"]
+
+
+def sample_count(minimum: int) -> Any:
+    """The type of a number of samples (at least ``minimum``) or "all": the whole split
+    (collected to a disk-backed store when it does not fit the memory budget)."""
+
+    def check(value: int | str) -> int | str:
+        if value != "all" and value < minimum:
+            raise PydanticCustomError(
+                "greater_than_equal", "Input should be greater than or equal to {ge}",
+                {"ge": minimum},
+            )  # fmt: skip
+        return value
+
+    return Annotated[int | Literal["all"], AfterValidator(check)]
+
+
+SampleCount = sample_count(2)
 #: The bytes one block row of a blocked form over N columns needs, per column: a float64
 #: similarity or kernel value and its working copies (see measures/budget.py).
 _BLOCK_ROW_BYTES = 96

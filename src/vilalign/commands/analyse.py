@@ -17,7 +17,7 @@ from vilalign.commands import (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from vilalign.analysis.defaults import DEFAULT_MEASURES  # plain data: no torch
+    from vilalign.analysis.defaults import DEFAULT_MEASURES, DEFAULT_MEMORY_GB  # no torch
 
     p = add_command(
         sub,
@@ -34,7 +34,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     add_source_args(p)
     p.add_argument(
-        "--n-samples", type=positive_int, default=500, metavar="N", help="samples to collect"
+        "--n-samples",
+        type=sample_count,
+        default=500,
+        metavar="N",
+        help="samples to collect, or 'all' (the whole split; stored on disk when large)",
+    )
+    p.add_argument(
+        "--memory-gb",
+        type=float,
+        default=DEFAULT_MEMORY_GB,
+        metavar="GB",
+        help="memory for the measures' N x N matrices and blocks and for collected states "
+        "kept in memory; above it, blocked forms and disk (default: %(default)s)",
     )
     p.add_argument("--views", default="cls,mean", help="comma list of cls, mean, tokens")
     p.add_argument(
@@ -73,6 +85,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run)
 
 
+def sample_count(value: str) -> int | str:
+    """A positive number of samples, or 'all'."""
+    return "all" if value.strip().lower() == "all" else positive_int(value)
+
+
 def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -100,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         max_length=model.config.text.max_length,
         heatmap_measure="cka_linear",  # the matrix this command has always drawn
         captions=args.captions,
+        memory_gb=args.memory_gb,
     )
     info = RunInfo(run=run_name, seed=args.seed, dataset=args.dataset)
     result = run_alignment(

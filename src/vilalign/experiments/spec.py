@@ -17,11 +17,11 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from vilalign.analysis.spec import AlignmentOptions
+from vilalign.analysis.spec import AlignmentOptions, sample_count
 from vilalign.config import (
     PRESETS,
     ConfigError,
@@ -112,7 +112,7 @@ class AnalysisConfig(AlignmentOptions):
 
     every_epoch: bool = Field(True, description="Alignment per layer after every epoch.")
     split: str = Field("test", description="Split the analyses read (never trained on).")
-    n_samples: Annotated[int, Field(ge=4)] | Literal["all"] = Field(
+    n_samples: sample_count(4) = Field(
         256, description="Samples measured: the first N of the split, or 'all'."
     )
     measures: list[str] = Field(

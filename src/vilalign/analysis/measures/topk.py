@@ -5,19 +5,21 @@ The blocked form here never holds more than a block of rows × N similarities:
 
 1. each block of rows is multiplied with every unit row in float32 (half the time and
    memory of float64) and keeps its ``c`` best candidates (a running top-k per row);
-2. the candidates' cosines are recomputed exactly in float64 and sorted (ties: lower row
-   index first);
-3. *certification*: a float32 dot product of unit vectors is within ``ε =
-   γ_D(1+u)² + 2u + u²`` of the exact one (Higham 2002, Thm 3.1, for any summation order;
-   ``u = 2⁻²⁴``, ``γ_D = D·u/(1 − D·u)``, the 2u from rounding the unit rows to float32),
-   so no row outside the candidates can be nearer than the smallest candidate's float32
-   value + ε. Every candidate whose exact cosine exceeds that bound is therefore exactly
-   where the float64 ordering puts it: the *certified* prefix of the row's list. A row
-   whose certified prefix is shorter than needed (near-ties within ε) is recomputed in
-   float64 against every row.
+2. a float32 dot product of unit vectors is within ``ε = γ_D(1+u)² + 2u + u²`` of the
+   exact one (Higham 2002, Thm 3.1, for any summation order; ``u = 2⁻²⁴``,
+   ``γ_D = D·u/(1 − D·u)``, the 2u from rounding the unit rows to float32). Candidates
+   whose float32 values are more than 2ε apart are therefore in their exact order; only
+   runs of candidates closer than that (near-ties) are recomputed in float64 and sorted
+   exactly (ties: lower row index first);
+3. *certification*: no row outside the candidates can be nearer than the smallest
+   candidate's float32 value + ε, so every candidate more than 2ε above that value is
+   exactly where the float64 ordering puts it: the *certified* prefix of the row's list.
+   A row whose certified prefix is shorter than needed is recomputed in float64 against
+   every row.
 
 The neighbour sets are therefore those of the float64 cosines, not of float32 ones,
-whatever the data — near-ties cost a float64 row, never a different answer.
+whatever the data — near-ties cost a few float64 dot products (or a float64 row), never a
+different answer.
 """
 
 from __future__ import annotations
@@ -70,17 +72,50 @@ def _sort_exact(cos: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
     return cand.gather(1, order), cos.gather(1, order)
 
 
-def _exact_cos(view: View, start: int, stop: int, cand: Tensor) -> Tensor:
-    """float64 cosines of rows start:stop with their candidates (B×c), in chunks."""
-    c, d = cand.shape[1], view.d
-    rows = view.unit_rows(start, stop)
-    out = torch.empty(cand.shape, dtype=DTYPE, device=rows.device)
-    step = budget.block_rows((c + 1) * d * 8, stop - start, f"{view.name}: exact k-NN cosines")
-    for a in range(0, stop - start, step):
-        b = min(stop - start, a + step)
-        other = view.unit_take(cand[a:b].reshape(-1)).view(b - a, c, d)
-        out[a:b] = torch.einsum("bd,bcd->bc", rows[a:b], other)
+#: Bytes of gathered rows per chunk: small enough to stay in cache while it is used.
+_GATHER_BYTES = 8 * 2**20
+
+
+def dots_at(view: View, rows: Tensor, index: Tensor) -> Tensor:
+    """x_rows[b] · x_index[b, a] (B×k float64): N·k gathered dot products, in chunks."""
+    k = index.shape[1]
+    out = torch.empty(index.shape, dtype=DTYPE, device=view.device)
+    step = max(1, _GATHER_BYTES // max(1, (k + 1) * view.d * 8))
+    for a in range(0, rows.numel(), step):
+        b = min(rows.numel(), a + step)
+        own = view.take(rows[a:b])  # (b, D)
+        other = view.take(index[a:b].reshape(-1)).view(b - a, k, view.d)
+        out[a:b] = torch.einsum("bd,bkd->bk", own, other)
     return out
+
+
+def cosines_at(view: View, rows: Tensor, index: Tensor) -> Tensor:
+    """cos(x_rows[b], x_index[b, a]) in float64 (dot products divided by both norms)."""
+    norms = view.row_norms()
+    return dots_at(view, rows, index) / (norms[rows][:, None] * norms[index])
+
+
+def _exact_order(view: View, own: Tensor, top: Tensor, cand: Tensor, eps: float) -> Tensor:
+    """Reorder float32-sorted candidates into their exact order: only runs of values within
+    2ε of each other are recomputed in float64 (a run's order is the only uncertain one)."""
+    close = (top[:, :-1] - top[:, 1:]) <= 2 * eps  # (B, c-1): a and a+1 may be swapped
+    in_run = torch.zeros_like(top, dtype=torch.bool)
+    in_run[:, :-1] |= close
+    in_run[:, 1:] |= close
+    run = torch.cat([torch.zeros_like(close[:, :1]), ~close], dim=1).cumsum(dim=1)
+    exact = torch.zeros(top.shape, dtype=DTYPE, device=top.device)
+    where = in_run.nonzero()
+    if where.numel():
+        pairs = cand[where[:, 0], where[:, 1]][:, None]
+        exact[where[:, 0], where[:, 1]] = cosines_at(view, own[where[:, 0]], pairs)[:, 0]
+    # Sort by run (float32 order between runs is exact), then exact cosine, then index.
+    key = torch.where(in_run, exact, 0.0)
+    by_index = cand.argsort(dim=1)
+    cand, key, run = (t.gather(1, by_index) for t in (cand, key, run))
+    order = torch.sort(key, dim=1, descending=True, stable=True).indices
+    cand, run = cand.gather(1, order), run.gather(1, order)
+    order = torch.sort(run, dim=1, stable=True).indices
+    return cand.gather(1, order)
 
 
 def _similarities(view: View, units: Tensor | None, queries: Tensor, own: Tensor) -> Tensor:
@@ -109,11 +144,10 @@ def certified_neighbours(view: View, c: int, need: int) -> Neighbours:
             own = torch.arange(start, stop, device=view.device)
             queries = units[start:stop] if fast else view.unit_rows(start, stop)
             top, cand = _similarities(view, units, queries, own).topk(c, dim=1)
-            cand, exact = _sort_exact(_exact_cos(view, start, stop, cand), cand)
-            index[start:stop] = cand
+            top = top.to(DTYPE)
+            index[start:stop] = _exact_order(view, own, top, cand, eps)
             if c < n - 1:  # with every other row a candidate, nothing is left outside
-                bound = top[:, -1].to(DTYPE) + eps
-                certified[start:stop] = (exact > bound[:, None]).sum(dim=1)
+                certified[start:stop] = (top > top[:, -1:] + 2 * eps).sum(dim=1)
             bar.update(1)
     missing = (certified < need).nonzero()[:, 0]
     if missing.numel():

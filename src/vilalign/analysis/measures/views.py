@@ -38,7 +38,12 @@ from vilalign.analysis.measures.linalg import (
     hsic_unbiased,
     self_product,
 )
-from vilalign.analysis.measures.topk import Neighbours, certified_neighbours, exact_rows_topk
+from vilalign.analysis.measures.topk import (
+    Neighbours,
+    certified_neighbours,
+    cosines_at,
+    exact_rows_topk,
+)
 
 log = logging.getLogger(__name__)
 
@@ -538,16 +543,10 @@ class View:
 
     def cos_at(self, index: Tensor) -> Tensor:
         """cos(x_i, x_index[i, a]) (N×k float64): from the cosine Gram if there is one,
-        else as N·k dot products of unit rows (no N×N matrix)."""
+        else as N·k dot products of rows (no N×N matrix)."""
         if self.has("cos_gram"):
             return self.cos_gram().gather(1, index)
-        k = index.shape[1]
-        out = torch.empty(index.shape, dtype=DTYPE, device=self.device)
-        for start, stop in self.blocks(self.d * 8 * (k + 1), "cosines at neighbours"):
-            rows = self.unit_rows(start, stop)  # (B, D)
-            other = self.unit_take(index[start:stop].reshape(-1)).view(stop - start, k, -1)
-            out[start:stop] = torch.einsum("bd,bkd->bk", rows, other)
-        return out
+        return cosines_at(self, torch.arange(self.n, device=self.device), index)
 
     def knn(self, k: int) -> Tensor:
         """Indices (N×k) of each row's k nearest rows by cosine, self excluded, nearest first.
