@@ -58,14 +58,15 @@ _DENSE_ROWS_SHARE = 0.125
 # --------------------------------------------------------------------------- validation
 
 
-def _source(x: Any, name: str) -> Tensor | np.ndarray:
-    """The object holding the rows: a detached tensor or a numpy array (memory maps too)."""
+def _source(x: Any, name: str) -> Any:
+    """The object holding the rows: a detached tensor, a numpy array (memory maps too), or
+    any array-like whose slices and index lists are numpy arrays (e.g. ``DiskRows``)."""
     if isinstance(x, torch.Tensor):
-        src: Tensor | np.ndarray = x.detach()
-    elif isinstance(x, np.ndarray):
+        src = x.detach()
+    elif isinstance(x, np.ndarray) or all(hasattr(x, a) for a in ("shape", "ndim", "__getitem__")):
         src = x
     else:
-        raise ValueError(f"{name} must be a torch.Tensor or a numpy array, got {type(x).__name__}")
+        raise ValueError(f"{name} must be a torch.Tensor or an array, got {type(x).__name__}")
     if src.ndim != 2:
         raise ValueError(f"{name} must be 2-D (N×D), got shape {tuple(src.shape)}")
     if src.shape[1] < 1:
@@ -73,9 +74,9 @@ def _source(x: Any, name: str) -> Tensor | np.ndarray:
     return src
 
 
-def _to_float64(block: Tensor | np.ndarray, device: torch.device) -> Tensor:
-    if isinstance(block, np.ndarray):
-        block = torch.from_numpy(np.ascontiguousarray(block))
+def _to_float64(block: Any, device: torch.device) -> Tensor:
+    if not isinstance(block, torch.Tensor):  # a numpy array, or an array-like's whole
+        block = torch.from_numpy(np.ascontiguousarray(np.asarray(block)))
     return block.to(device=device, dtype=DTYPE)
 
 
@@ -220,7 +221,7 @@ class View:
     def __init__(self, x: Tensor | np.ndarray, name: str = "x", device: Any = None) -> None:
         src = _source(x, name)
         self.name = name
-        self._src: Tensor | np.ndarray | None = src
+        self._src: Any = src
         self._shape = (int(src.shape[0]), int(src.shape[1]))
         on = src.device if isinstance(src, torch.Tensor) else torch.device("cpu")
         self.device = torch.device(device) if device is not None else on
@@ -351,9 +352,9 @@ class View:
             parent, own, _ = self._parent
             return parent.take(own[index.to(own.device)])
         src = self._src
-        if isinstance(src, np.ndarray):
-            return _to_float64(src[index.cpu().numpy()], self.device)
-        return _to_float64(src[index.to(src.device)], self.device)
+        if isinstance(src, torch.Tensor):
+            return _to_float64(src[index.to(src.device)], self.device)
+        return _to_float64(src[index.cpu().numpy()], self.device)
 
     def blocks(self, row_bytes: int, what: str, share: float = 0.25) -> Iterator[tuple[int, int]]:
         """(start, stop) of row blocks whose working set of ``row_bytes`` per row fits
