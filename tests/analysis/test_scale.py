@@ -258,3 +258,19 @@ def test_blocked_forms_agree_on_gpu():
         gpu = M.compute_measures(x.cuda(), y.cuda(), names, {"cka_minibatch": {"batch_size": 64}})
     for name in names:
         assert gpu[name] == pytest.approx(cpu[name], abs=1e-10), name
+
+
+def test_rsa_null_reindexes_ranks_and_keeps_its_subsample():
+    x, y = _pair(n=80, dx=8, dy=8)
+    fresh = S.permutation_test("rsa", x, y, n_permutations=4, seed=5)
+    g = torch.Generator().manual_seed(5)
+    by_hand = [M.rsa(x, y[torch.randperm(80, generator=g)]) for _ in range(4)]
+    np.testing.assert_allclose(fresh.null, by_hand, atol=1e-12)
+    with M.settings(memory_gb=64 * 30**2 / 1e9):  # 30 of the 80 rows fit
+        sub = S.permutation_test("rsa", x, y, n_permutations=4, seed=5)
+    rows = torch.randperm(80, generator=torch.Generator().manual_seed(SUBSAMPLE_SEED))[:30]
+    xs, ys = x[rows.sort().values], y[rows.sort().values]
+    assert sub.observed == pytest.approx(M.rsa(xs, ys), abs=1e-12)
+    g = torch.Generator().manual_seed(5)
+    perms = [torch.randperm(80, generator=g)[rows.sort().values].argsort() for _ in range(4)]
+    np.testing.assert_allclose(sub.null, [M.rsa(xs, ys[p]) for p in perms], atol=1e-12)

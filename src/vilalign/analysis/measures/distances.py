@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import scipy.stats
@@ -95,17 +96,44 @@ def _rdm_upper(view: View, inner: str) -> Tensor:
     return upper_triangle(mat)
 
 
-@register("rsa", resample="subsample", min_n=_RSA_MIN_N)
-def rsa(p: Pair, inner: str = "correlation") -> float:
-    """RSA (Kriegeskorte et al. 2008): Spearman correlation of the upper triangles of the
-    two representational dissimilarity matrices (default: correlation distance, as ReSi)."""
+def _rsa_value(p: Pair, inner: str) -> float:
+    a = p.x._cached(("rdm_rank", inner), lambda: _rank(_rdm_upper(p.x, inner)))
+    b = p.y._cached(("rdm_rank", inner), lambda: _rank(_rdm_upper(p.y, inner)))
+    return _pearson(a, b, "RSA")
+
+
+def _rsa_pair(p: Pair, inner: str) -> Pair:
+    """The pair RSA ranks: all rows while their dense form fits the budget, else a subsample."""
     need_n(p.x, _RSA_MIN_N, "RSA")
     if inner not in ("correlation", "cosine", "euclidean"):
         raise ValueError(f"inner must be 'correlation', 'cosine' or 'euclidean', got {inner!r}")
-    q = p.subsample("rsa", budget.largest_dense_n(_RSA_BYTES))
-    a = q.x._cached(("rdm_rank", inner), lambda: _rank(_rdm_upper(q.x, inner)))
-    b = q.y._cached(("rdm_rank", inner), lambda: _rank(_rdm_upper(q.y, inner)))
-    return _pearson(a, b, "RSA")
+    return p.subsample("rsa", budget.largest_dense_n(_RSA_BYTES))
+
+
+def _rsa_null(x: View, y: View, perms: Iterable[Tensor], inner: str = "correlation") -> list[float]:
+    """RSA of many permutations, each re-indexing y's ranks (O(N²), no sort).
+
+    Subsampled (N over the budget), the null is that of the subsampled statistic: each
+    permutation π pairs the kept rows of x with the kept rows of y in π's relative order
+    on them (a uniform permutation of the subsample), so y's ranks are re-indexed too
+    instead of re-sorted for a new set of rows.
+    """
+    pair = Pair(x, y)
+    kept = _rsa_pair(pair, inner)
+    if kept is pair:
+        return [_rsa_value(Pair(x, y.permuted(perm)), inner) for perm in perms]
+    rows = kept.x._parent[1]  # the subsample's positions (see Pair.subsample)
+    return [
+        _rsa_value(Pair(kept.x, kept.y.permuted(perm.to(rows.device)[rows].argsort())), inner)
+        for perm in perms
+    ]
+
+
+@register("rsa", resample="subsample", min_n=_RSA_MIN_N, null=_rsa_null)
+def rsa(p: Pair, inner: str = "correlation") -> float:
+    """RSA (Kriegeskorte et al. 2008): Spearman correlation of the upper triangles of the
+    two representational dissimilarity matrices (default: correlation distance, as ReSi)."""
+    return _rsa_value(_rsa_pair(p, inner), inner)
 
 
 @register("cosine", equal_dims=True)
