@@ -300,6 +300,16 @@ def floor_products(x: torch.Tensor, y: torch.Tensor) -> None:
         _ = xb.T @ xb, yb.T @ yb, xb.T @ yb
 
 
+def floor_linear(x: torch.Tensor, y: torch.Tensor) -> None:
+    """Linear CKA's floor: the two N×N Grams or the feature products, whichever is less
+    arithmetic (N²(Dx+Dy)/2 against N(Dx²+Dy²)/2 + N·Dx·Dy), the choice the measure makes."""
+    n, dx, dy = x.shape[0], x.shape[1], y.shape[1]
+    if n * (dx + dy) / 2 < (dx * dx + dy * dy) / 2 + dx * dy:
+        floor(list(zip([x], [y], strict=True)))
+    else:
+        floor_products(x, y)
+
+
 def floor_neighbours(x: torch.Tensor, y: torch.Tensor) -> None:
     """Unit rows times every unit row in float32, block by block: the k-NN lists' floor."""
     for v in (x, y):
@@ -372,7 +382,7 @@ def floor_null_products(x: torch.Tensor, y: torch.Tensor, permutations: int) -> 
 
 #: family -> (measures, floor); a null family's measure gets a permutation test.
 FAMILIES: dict[str, tuple[list[str], Callable[..., None]]] = {
-    "linear": (["cka_linear", "cka_unbiased"], floor_products),
+    "linear": (["cka_linear", "cka_unbiased"], floor_linear),
     "minibatch": (["cka_minibatch"], floor_minibatches),
     "cca": (["cca", "cca_squared", "svcca", "pwcca", "procrustes"], floor_products),
     "knn": (["mutual_knn", "knn_jaccard", "knn_rank", "cycle_knn", "cknna"], floor_neighbours),
