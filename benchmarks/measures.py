@@ -429,6 +429,8 @@ def child(args: argparse.Namespace) -> None:
     from vilalign.analysis import stats as S
 
     logging.getLogger("vilalign").setLevel(logging.ERROR)
+    if ":" in args.child:  # platonic-rep against ours, on its inputs
+        return child_platonic(args)
     names, floor = FAMILIES[args.child]
     is_null = args.child.startswith("null_")
     rows, elapsed = [], 0.0
@@ -452,6 +454,49 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
+def child_platonic(args: argparse.Namespace) -> None:
+    """``--child platonic:<ours>`` or ``--child ours:<ours>``: one measure on every layer's
+    unit float32 rows (what platonic-rep's measure_alignment.py feeds its metrics)."""
+    import resource
+
+    from vilalign.analysis import measures as M
+
+    who, ours = args.child.split(":")
+    theirs, kw = PLATONIC[ours]
+    ref = load_module(args.platonic_rep / "metrics.py", "platonic_metrics").AlignmentMetrics
+    elapsed = 0.0
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    for layer in range(args.layers):
+        x, y = (F.normalize(v, dim=-1) for v in _layer(args.workdir, layer))
+        start = time.perf_counter()
+        if who == "platonic":
+            getattr(ref, theirs)(x, y, **kw)
+        else:
+            with M.settings(memory_gb=args.memory_gb):
+                M.compute_measures(x, y, [ours])
+        elapsed += time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    print(json.dumps({"seconds": elapsed, "peak_gb": peak, "base_gb": base, "rows": 0}))
+
+
+def compare_platonic_at(args: argparse.Namespace, n: int, directory: Path) -> None:
+    """platonic-rep's metrics beside ours at this N, where its N×N matrices fit."""
+    need = 4 * 4 * n * n / 1e9  # its float32 N×N similarity and mask matrices
+    for ours in PLATONIC:
+        if need > 16:
+            print(f"{n:7d} {'platonic ' + ours:24s} cannot run: its N×N matrices need "
+                  f"~{need:.0f} GB")  # fmt: skip
+            continue
+        theirs = _run_child(args, f"platonic:{ours}", directory, 1, floor=False)
+        mine = _run_child(args, f"ours:{ours}", directory, 1, floor=False)
+        if "error" in theirs or "error" in mine:
+            print(f"{n:7d} {'platonic ' + ours:24s} {theirs.get('error') or mine.get('error')}")
+            continue
+        print(f"{n:7d} {'platonic ' + ours:24s}{theirs['seconds']:9.2f}{theirs['peak_gb']:9.2f}"
+              f"{mine['seconds']:9.2f}{mine['peak_gb']:9.2f}"
+              f"{mine['seconds'] / theirs['seconds']:9.2f}", flush=True)  # fmt: skip
+
+
 def _run_child(args: argparse.Namespace, family: str, directory: Path, layers: int,
                floor: bool) -> dict:  # fmt: skip
     cmd = [sys.executable, __file__, "--child", family, "--workdir", str(directory),
@@ -459,6 +504,7 @@ def _run_child(args: argparse.Namespace, family: str, directory: Path, layers: i
     cmd += ["--floor"] if floor else []
     cmd += ["--memory-gb", str(args.memory_gb)] if args.memory_gb else []
     cmd += ["--threads", str(args.threads)] if args.threads else []
+    cmd += ["--platonic-rep", str(args.platonic_rep)] if args.platonic_rep else []
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode:
         return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
@@ -496,6 +542,10 @@ def scaling(args: argparse.Namespace) -> None:
                   f"{ours['seconds'] / layers:9.2f}{ours['peak_gb']:9.2f}{ours['base_gb']:9.2f}"
                   f"{base['seconds']:9.2f}"
                   f"{ratio:9.2f}{rows}", flush=True)  # fmt: skip
+        if args.platonic_rep is not None:
+            print(f"{'N':>7s} {'1 layer, unit float32 rows':24s}{'ref s':>9s}{'ref GB':>9s}"
+                  f"{'ours s':>9s}{'ours GB':>9s}{'ours/ref':>9s}")  # fmt: skip
+            compare_platonic_at(args, n, directory)
 
 
 if __name__ == "__main__":

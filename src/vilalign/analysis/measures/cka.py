@@ -194,7 +194,7 @@ def _rbf_blocked(p: Pair, threshold: float) -> float:
         if sq_median <= 0:
             raise ValueError(f"{view.name}: median pairwise distance is 0 (constant rows)")
         scales.append(-1.0 / (2 * threshold**2 * sq_median))
-    dots = torch.zeros(3, dtype=DTYPE)
+    dots = torch.zeros(3, dtype=DTYPE, device=p.x.device)
     rk = torch.empty(n, dtype=DTYPE, device=p.x.device)
     rl = torch.empty_like(rk)
     blocks = list(p.x.blocks(n * 8 * 4, f"RBF kernels with {p.y.name}"))
