@@ -144,8 +144,8 @@ def alignment_table(
                 rows += _token_rows(reps, layer.name, layer.kind, measures, info)
                 continue
             # Named views: errors say which layer; their caches serve the statistics too.
-            x = M.View(reps.get(layer.name, "text", view), f"{layer.name}/text/{view}")
-            y = M.View(reps.get(layer.name, "image", view), f"{layer.name}/image/{view}")
+            x = M.View(reps.rows(layer.name, "text", view), f"{layer.name}/text/{view}")
+            y = M.View(reps.rows(layer.name, "image", view), f"{layer.name}/image/{view}")
             names = _pooled_measures(measures, x.d, y.d)
             values = M.compute_measures(x, y, names, {n: options[n] for n in names if n in options})
             for name, value in values.items():
@@ -180,8 +180,10 @@ def layer_matrix(
     m = M.get_measure(measure)
     text_layers = [i.name for i in reps.layers if "text" in i.streams]
     image_layers = [i.name for i in reps.layers if "image" in i.streams]
-    text_views = {n: M.View(reps.get(n, "text", view), f"{n}/text/{view}") for n in text_layers}
-    image_views = {n: M.View(reps.get(n, "image", view), f"{n}/image/{view}") for n in image_layers}
+    text_views = {n: M.View(reps.rows(n, "text", view), f"{n}/text/{view}") for n in text_layers}
+    image_views = {
+        n: M.View(reps.rows(n, "image", view), f"{n}/image/{view}") for n in image_layers
+    }
     table = pd.DataFrame(index=text_layers, columns=image_layers, dtype=float)
     for t in text_layers:
         for i in image_layers:

@@ -89,6 +89,15 @@ class Representations:
             raise KeyError(f"no {view!r} view for {layer}/{stream}; collected: {self.views}")
         return torch.as_tensor(np.asarray(self.pooled[key3])).float()
 
+    def rows(self, layer: str, stream: str, view: str) -> Any:
+        """The stored N×D array of a pooled view as it is (a tensor or ``DiskRows``), for a
+        :class:`~vilalign.analysis.measures.View` to read block by block: nothing is
+        loaded or converted, so many layers' views cost no memory until measured."""
+        key = (layer, stream, view)
+        if key not in self.pooled:
+            raise KeyError(f"no {view!r} view for {layer}/{stream}; collected: {self.views}")
+        return self.pooled[key]
+
     def layer(self, name: str) -> LayerInfo:
         for info in self.layers:
             if info.name == name:

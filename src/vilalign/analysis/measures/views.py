@@ -9,7 +9,7 @@ raises a ``ValueError`` that names the problem instead of becoming a silent NaN.
 Scale: a view reads its rows in blocks from whatever holds them (a tensor on any device,
 a numpy array, a memory-mapped file of collected states) and converts each block to
 float64 only when it is used; the full float64 matrix is materialised only while it is
-small (1/8 of the memory budget, :mod:`.budget`). N×N matrices are built only by the
+small (1/64 of the memory budget, :mod:`.budget`). N×N matrices are built only by the
 measures' dense forms, which are chosen only while they fit the budget; every quantity
 here also has a form whose memory grows linearly in N: blocked feature-space products
 (covariances, cross-covariances), blocked row statistics, and certified blocked k-NN
@@ -51,9 +51,10 @@ log = logging.getLogger(__name__)
 SUBSAMPLE_SEED = 0
 _SUBSAMPLED: set[tuple] = set()  # (measure, views, N, rows) already logged
 
-#: A view keeps its rows as one float64 matrix while it takes at most this share of the
-#: memory budget; above it, rows are converted block by block.
-_DENSE_ROWS_SHARE = 0.125
+#: A view converts its rows to one float64 matrix up front while it takes at most this
+#: share of the memory budget (a layer×layer grid holds dozens of views at once); above
+#: it, rows are converted block by block (and whole only if a dense form asks for them).
+_DENSE_ROWS_SHARE = 1 / 64
 
 # --------------------------------------------------------------------------- validation
 
