@@ -274,3 +274,17 @@ def test_rsa_null_reindexes_ranks_and_keeps_its_subsample():
     g = torch.Generator().manual_seed(5)
     perms = [torch.randperm(80, generator=g)[rows.sort().values].argsort() for _ in range(4)]
     np.testing.assert_allclose(sub.null, [M.rsa(xs, ys[p]) for p in perms], atol=1e-12)
+
+
+@pytest.mark.slow
+def test_forms_agree_at_a_few_thousand_samples():
+    # Realistic widths and several blocks per pass at the default budget's scale: the
+    # dense forms still fit at N = 3,000, so both can be compared on the same inputs.
+    x, y = _pair(n=3000, dx=256, dy=192, seed=7)
+    names = [n for n in EXACT if not M.MEASURES[n].equal_dims]
+    with M.settings(form="dense"):
+        dense = M.compute_measures(x, y, names)
+    with M.settings(form="blocked", memory_gb=0.02):
+        blocked = M.compute_measures(x, y, names)
+    for name in names:
+        assert blocked[name] == pytest.approx(dense[name], abs=1e-10), name
