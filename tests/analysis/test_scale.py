@@ -288,3 +288,22 @@ def test_forms_agree_at_a_few_thousand_samples():
         blocked = M.compute_measures(x, y, names)
     for name in names:
         assert blocked[name] == pytest.approx(dense[name], abs=1e-10), name
+
+
+def test_duplicated_rows_tie_by_lower_index_in_both_forms():
+    # Several samples showing the same image give identical image rows (exact ties): the
+    # lists keep the lowest-index duplicates, whatever the form.
+    g = torch.Generator().manual_seed(4)
+    base = torch.randn(30, 12, generator=g, dtype=torch.float64)
+    x = base[torch.arange(150) % 30]  # every row 5 times
+    lists = []
+    for form, gb in (("dense", None), ("blocked", TINY_GB), ("blocked", 0.05)):
+        with M.settings(form=form, memory_gb=gb):
+            lists.append(M.View(x).knn(7))
+    for other in lists[1:]:
+        torch.testing.assert_close(other, lists[0], rtol=0, atol=0)
+    # row 0's 4 copies (30, 60, 90, 120) come first, then the lowest-index duplicates of
+    # its nearest other base row
+    assert lists[0][0, :4].tolist() == [30, 60, 90, 120]
+    nearest = lists[0][0, 4:].tolist()
+    assert nearest == sorted(nearest) and len({j % 30 for j in nearest}) == 1

@@ -10,7 +10,7 @@ The blocked form here never holds more than a block of rows × N similarities:
    ``γ_D = D·u/(1 − D·u)``, the 2u from rounding the unit rows to float32). Candidates
    whose float32 values are more than 2ε apart are therefore in their exact order; only
    runs of candidates closer than that (near-ties) are recomputed in float64 and sorted
-   exactly (ties: lower row index first);
+   exactly;
 3. *certification*: no row outside the candidates can be nearer than the smallest
    candidate's float32 value + ε, so every candidate more than 2ε above that value is
    exactly where the float64 ordering puts it: the *certified* prefix of the row's list.
@@ -20,6 +20,12 @@ The blocked form here never holds more than a block of rows × N similarities:
 The neighbour sets are therefore those of the float64 cosines, not of float32 ones,
 whatever the data — near-ties cost a few float64 dot products (or a float64 row), never a
 different answer.
+
+Ties: cosines within :data:`TIE` of each other (duplicated rows — several samples
+showing one image — differ only by float64 rounding, which differs between forms) are
+equal, and equal cosines are ordered by lower row index, in every form. A run of ties
+that straddles the end of a list is completed from the row, so the list holds the
+lowest-index members.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ if TYPE_CHECKING:
     from vilalign.analysis.measures.views import View
 
 _UNIT_ROUNDING = 2.0**-24
+#: Cosines closer than this are ties (float64 rounding of a dot product is ~1e-15).
+TIE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -43,10 +51,13 @@ class Neighbours:
     """Candidate neighbours per row, nearest first, and how many of them are certified.
 
     ``index[i, :certified[i]]`` are exactly row i's nearest rows by float64 cosine (self
-    excluded), in order; the rest are candidates whose order is not guaranteed.
+    excluded, ties by lower index), in order, and end with a whole run of ties; the rest
+    are candidates whose order is not guaranteed. ``values`` are their cosines (exact
+    where neighbours were close, else within the float32 bound: enough to order them).
     """
 
     index: Tensor  # (N, c) long
+    values: Tensor  # (N, c) float64
     certified: Tensor  # (N,) long
 
 
@@ -64,12 +75,37 @@ def float32_products_exact_enough(device: torch.device) -> bool:
     return not (device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32)
 
 
-def _sort_exact(cos: Tensor, cand: Tensor) -> tuple[Tensor, Tensor]:
-    """Candidates by descending cosine, ties by ascending row index (deterministic)."""
-    by_index = cand.argsort(dim=1)
-    cand, cos = cand.gather(1, by_index), cos.gather(1, by_index)
-    order = torch.sort(cos, dim=1, descending=True, stable=True).indices
-    return cand.gather(1, order), cos.gather(1, order)
+def order_ties(values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """The order (B×c positions) of each row's candidates: by descending value, values
+    within :data:`TIE` of their neighbour forming one run ordered by ascending index;
+    and the run of each position (in that order)."""
+    by_value = values.argsort(dim=1, descending=True)
+    sorted_values = values.gather(1, by_value)
+    gap = (sorted_values[:, :-1] - sorted_values[:, 1:]) > TIE
+    run = torch.cat([torch.zeros_like(gap[:, :1]), gap], dim=1).long().cumsum(dim=1)
+    key = run * (int(index.max()) + 2) + index.gather(1, by_value)
+    within = key.argsort(dim=1)
+    return by_value.gather(1, within), run.gather(1, within)
+
+
+def _open_end(run: Tensor, k: int) -> Tensor:
+    """Rows whose k-th position's run continues to the last fetched position."""
+    return run[:, k - 1] == run[:, -1]
+
+
+def topk_by_index(values: Tensor, k: int, width: int | None = None) -> tuple[Tensor, Tensor]:
+    """Indices and values of each row's k largest values, ties (within :data:`TIE`) by
+    ascending index. A tie run reaching past the fetched candidates is fetched wider."""
+    n = values.shape[1]
+    width = min(n, width or k + 8)
+    top, cand = values.topk(width, dim=1)
+    order, run = order_ties(top, cand)
+    index, kept = cand.gather(1, order)[:, :k], top.gather(1, order)[:, :k]
+    if width < n:
+        open_rows = _open_end(run, k).nonzero()[:, 0]
+        if open_rows.numel():
+            index[open_rows], kept[open_rows] = topk_by_index(values[open_rows], k, 4 * width)
+    return index, kept
 
 
 #: Bytes of gathered rows per chunk: small enough to stay in cache while it is used.
@@ -95,29 +131,6 @@ def cosines_at(view: View, rows: Tensor, index: Tensor) -> Tensor:
     return dots_at(view, rows, index) / (norms[rows][:, None] * norms[index])
 
 
-def _exact_order(view: View, own: Tensor, top: Tensor, cand: Tensor, eps: float) -> Tensor:
-    """Reorder float32-sorted candidates into their exact order: only runs of values within
-    2ε of each other are recomputed in float64 (a run's order is the only uncertain one)."""
-    close = (top[:, :-1] - top[:, 1:]) <= 2 * eps  # (B, c-1): a and a+1 may be swapped
-    in_run = torch.zeros_like(top, dtype=torch.bool)
-    in_run[:, :-1] |= close
-    in_run[:, 1:] |= close
-    run = torch.cat([torch.zeros_like(close[:, :1]), ~close], dim=1).cumsum(dim=1)
-    exact = torch.zeros(top.shape, dtype=DTYPE, device=top.device)
-    where = in_run.nonzero()
-    if where.numel():
-        pairs = cand[where[:, 0], where[:, 1]][:, None]
-        exact[where[:, 0], where[:, 1]] = cosines_at(view, own[where[:, 0]], pairs)[:, 0]
-    # Sort by run (float32 order between runs is exact), then exact cosine, then index.
-    key = torch.where(in_run, exact, 0.0)
-    by_index = cand.argsort(dim=1)
-    cand, key, run = (t.gather(1, by_index) for t in (cand, key, run))
-    order = torch.sort(key, dim=1, descending=True, stable=True).indices
-    cand, run = cand.gather(1, order), run.gather(1, order)
-    order = torch.sort(run, dim=1, stable=True).indices
-    return cand.gather(1, order)
-
-
 def _similarities(view: View, units: Tensor | None, queries: Tensor, own: Tensor) -> Tensor:
     """Cosines (B×N) of ``queries`` (unit rows) with every row; row ``own[b]`` → −inf."""
     if units is not None:
@@ -130,6 +143,31 @@ def _similarities(view: View, units: Tensor | None, queries: Tensor, own: Tensor
     return sims
 
 
+def _ordered_candidates(view: View, own: Tensor, top: Tensor, cand: Tensor, eps: float):
+    """Float32-sorted candidates in their exact order, with the keys that order them and
+    a lower bound on each exact cosine. Only runs of float32 values within 2ε of each
+    other are recomputed in float64 (the only uncertain order)."""
+    close = (top[:, :-1] - top[:, 1:]) <= 2 * eps  # (B, c-1): a and a+1 may be swapped
+    in_run = torch.zeros_like(top, dtype=torch.bool)
+    in_run[:, :-1] |= close
+    in_run[:, 1:] |= close
+    key = top.clone()
+    where = in_run.nonzero()
+    if where.numel():
+        pairs = cand[where[:, 0], where[:, 1]][:, None]
+        key[where[:, 0], where[:, 1]] = cosines_at(view, own[where[:, 0]], pairs)[:, 0]
+    lower = torch.where(in_run, key, top - eps)
+    order, run = order_ties(key, cand)
+    return cand.gather(1, order), key.gather(1, order), lower.gather(1, order), run
+
+
+def _certified(lower: Tensor, run: Tensor, bound: Tensor) -> Tensor:
+    """Leading positions in whole runs that lie above ``bound`` (+ a tie) for sure."""
+    run_min = torch.full_like(lower, torch.inf).scatter_reduce(1, run, lower, "amin")
+    safe = run_min.gather(1, run) > (bound + TIE)[:, None]
+    return safe.long().cumprod(dim=1).sum(dim=1)
+
+
 def certified_neighbours(view: View, c: int, need: int) -> Neighbours:
     """Each row's ``c`` best candidates, at least ``need`` of them certified exact."""
     n, d = view.n, view.d
@@ -137,6 +175,7 @@ def certified_neighbours(view: View, c: int, need: int) -> Neighbours:
     units = view.unit32() if fast else None
     eps = float32_error(d) if fast else 1e-12
     index = torch.empty(n, c, dtype=torch.long, device=view.device)
+    values = torch.empty(n, c, dtype=DTYPE, device=view.device)
     certified = torch.full((n,), c, dtype=torch.long, device=view.device)
     blocks = list(view.blocks(n * (4 if fast else 8) * 3, "k-NN similarities"))
     with budget.progress(len(blocks), float(n) * n * d, f"k-NN {view.name}") as bar:
@@ -144,26 +183,39 @@ def certified_neighbours(view: View, c: int, need: int) -> Neighbours:
             own = torch.arange(start, stop, device=view.device)
             queries = units[start:stop] if fast else view.unit_rows(start, stop)
             top, cand = _similarities(view, units, queries, own).topk(c, dim=1)
-            top = top.to(DTYPE)
-            index[start:stop] = _exact_order(view, own, top, cand, eps)
+            cand, key, lower, run = _ordered_candidates(view, own, top.to(DTYPE), cand, eps)
+            index[start:stop], values[start:stop] = cand, key
             if c < n - 1:  # with every other row a candidate, nothing is left outside
-                certified[start:stop] = (top > top[:, -1:] + 2 * eps).sum(dim=1)
+                certified[start:stop] = _certified(lower, run, top[:, -1].to(DTYPE) + eps)
             bar.update(1)
     missing = (certified < need).nonzero()[:, 0]
     if missing.numel():
-        index[missing] = exact_rows_topk(view, missing, c)
-        certified[missing] = c
-    return Neighbours(index, certified)
+        index[missing], values[missing], certified[missing] = exact_rows(view, missing, c)
+    return Neighbours(index, values, certified)
+
+
+def exact_rows(view: View, rows: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The k nearest rows of ``rows`` from float64 cosines against every row (self
+    excluded), their cosines, and how many lead in closed tie runs."""
+    m = rows.numel()
+    index = torch.empty(m, k, dtype=torch.long, device=view.device)
+    values = torch.empty(m, k, dtype=DTYPE, device=view.device)
+    closed = torch.full((m,), k, dtype=torch.long, device=view.device)
+    wide = min(k + 1, view.n - 1)  # one more: does the last run go on?
+    step = budget.block_rows(view.n * 8 * 3, m, f"{view.name}: exact k-NN rows")
+    for a in range(0, m, step):
+        own = rows[a : a + step].to(view.device)
+        idx, vals = topk_by_index(_similarities(view, None, view.unit_take(own), own), wide)
+        index[a : a + step], values[a : a + step] = idx[:, :k], vals[:, :k]
+        if wide > k:
+            _, run = order_ties(vals, idx)
+            straddles = run[:, k - 1] == run[:, k]
+            first = (run == run[:, k - 1 : k]).long().argmax(dim=1)
+            closed[a : a + step] = torch.where(straddles, first, k)
+    return index, values, closed
 
 
 def exact_rows_topk(view: View, rows: Tensor, k: int) -> Tensor:
     """The k nearest rows of ``rows`` (float64 cosines against every row, self excluded),
     nearest first, ties by ascending index."""
-    out = torch.empty(rows.numel(), k, dtype=torch.long, device=view.device)
-    step = budget.block_rows(view.n * 8 * 3, rows.numel(), f"{view.name}: exact k-NN rows")
-    for a in range(0, rows.numel(), step):
-        own = rows[a : a + step].to(view.device)
-        sims = _similarities(view, None, view.unit_take(own), own)
-        top, cand = sims.topk(k, dim=1)
-        out[a : a + step] = _sort_exact(top, cand)[0]
-    return out
+    return exact_rows(view, rows, k)[0]

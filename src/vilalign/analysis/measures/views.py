@@ -43,6 +43,8 @@ from vilalign.analysis.measures.topk import (
     certified_neighbours,
     cosines_at,
     exact_rows_topk,
+    order_ties,
+    topk_by_index,
 )
 
 log = logging.getLogger(__name__)
@@ -147,7 +149,7 @@ def _neighbours_rule(value: Tensor | Neighbours, index: Tensor, same_set: bool) 
     neighbours of π(i), renamed: π⁻¹(N(π(i))). O(N·k), no similarity recomputed."""
     inv = _inverse(index)
     if isinstance(value, Neighbours):
-        return Neighbours(inv[value.index[index]], value.certified[index])
+        return Neighbours(inv[value.index[index]], value.values[index], value.certified[index])
     return inv[value[index]]
 
 
@@ -562,13 +564,16 @@ class View:
         return self._cached(("knn", k), lambda: self._knn(k))
 
     def _knn(self, k: int) -> Tensor:
-        if self.has("cos_gram") or self.has("gram_c"):
-            return self._knn_dense(k)
-        derived = self._subset_knn(k)
-        if derived is not None:
-            return derived
+        shared = self.has("cos_gram") or self.has("gram_c")  # another measure's Gram
+        if not shared:
+            derived = self._subset_knn(k)
+            if derived is not None:
+                return derived
+        # The products cost the same (float64 syrk or float32 blocks); the dense form adds
+        # N×N float64 passes (cosines, top-k) and memory, so it runs only on a shared Gram.
         n = self.n
-        if budget.use_dense(False, budget.dense_fits(n, 1), n * n * self.d / 2, n * n * self.d):
+        dense, blocked = n * n * (self.d / 2 + 6), n * n * (self.d / 2 + 2)
+        if budget.use_dense(shared, budget.dense_fits(n, 1), dense, blocked):
             return self._knn_dense(k)
         return self.neighbours(k).index[:, :k]
 
@@ -579,7 +584,7 @@ class View:
         # are all 1: one row decides, no N×N pass.
         if float(cos[0, 1:].min()) >= 1 - 1e-12:
             raise ValueError(f"{self.name}: all rows have the same direction (k-NN ties)")
-        return torch.topk(cos, k, dim=1).indices
+        return topk_by_index(cos, k)[0]
 
     def neighbours(self, k: int) -> Neighbours:
         """Blocked, certified candidate lists with at least ``k`` exact neighbours per row."""
@@ -600,8 +605,9 @@ class View:
 
     def _subset_knn(self, k: int) -> Tensor | None:
         """k-NN of a subset (no repeats) from the parent's certified candidate lists: a
-        row's nearest rows within the subset are its first candidates that are in it.
-        Rows left with fewer than k certified candidates are recomputed exactly."""
+        row's nearest rows within the subset are its first candidates that are in it
+        (ties re-ordered by position in the subset). Rows left with fewer than k
+        certified candidates are recomputed exactly."""
         if self._parent is None:
             return None
         parent, index, same_set = self._parent
@@ -615,11 +621,10 @@ class View:
         cand = position[nb.index[index]]  # (m, c) positions in the subset, −1: not in it
         column = torch.arange(cand.shape[1], device=cand.device)
         valid = (cand >= 0) & (column[None, :] < nb.certified[index][:, None])
-        rank = valid.cumsum(dim=1)
-        ok = rank[:, -1] >= k
-        out = torch.empty(self.n, k, dtype=torch.long, device=cand.device)
-        out[ok] = cand[ok][(valid & (rank <= k))[ok]].view(-1, k)
-        missing = (~ok).nonzero()[:, 0]
+        values = torch.where(valid, nb.values[index], -torch.inf)
+        order, _ = order_ties(values, torch.where(valid, cand, self.n))
+        out = cand.gather(1, order)[:, :k]
+        missing = (valid.sum(dim=1) < k).nonzero()[:, 0]
         if missing.numel():
             out[missing] = exact_rows_topk(self, missing, k)
         return out
