@@ -569,10 +569,12 @@ class View:
             derived = self._subset_knn(k)
             if derived is not None:
                 return derived
-        # The products cost the same (float64 syrk or float32 blocks); the dense form adds
-        # N×N float64 passes (cosines, top-k) and memory, so it runs only on a shared Gram.
-        n = self.n
-        dense, blocked = n * n * (self.d / 2 + 6), n * n * (self.d / 2 + 2)
+        # The products cost the same (a float64 syrk or float32 blocks); beyond them the
+        # dense form makes ~10 passes over N×N float64 values, the blocked one gathers
+        # ~(3k+16)·D float64 values per row (at ~20 and ~120 multiply-adds each, measured).
+        n, d = self.n, self.d
+        dense = n * n * (d / 2 + 200)
+        blocked = n * n * d / 2 + 120 * n * candidates_for(k) * d
         if budget.use_dense(shared, budget.dense_fits(n, 1), dense, blocked):
             return self._knn_dense(k)
         return self.neighbours(k).index[:, :k]
