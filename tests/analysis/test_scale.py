@@ -307,3 +307,15 @@ def test_duplicated_rows_tie_by_lower_index_in_both_forms():
     assert lists[0][0, :4].tolist() == [30, 60, 90, 120]
     nearest = lists[0][0, 4:].tolist()
     assert nearest == sorted(nearest) and len({j % 30 for j in nearest}) == 1
+
+
+def test_token_maxsim_in_sample_blocks_equals_one_pass():
+    g = torch.Generator().manual_seed(6)
+    text, image = torch.randn(40, 7, 8, generator=g), torch.randn(40, 9, 8, generator=g)
+    mask = (torch.arange(7)[None, :] < torch.randint(1, 8, (40, 1), generator=g)).long()
+    whole = [M.token_maxsim(text, image, mask, None, d) for d in ("text_to_patch", "patch_to_text")]
+    with M.settings(memory_gb=4 * 3000 / 1e9 / 0.25):  # ~3 samples per block
+        blocks = [
+            M.token_maxsim(text, image, mask, None, d) for d in ("text_to_patch", "patch_to_text")
+        ]
+    assert blocks == pytest.approx(whole, abs=1e-12)
