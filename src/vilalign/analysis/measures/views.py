@@ -252,11 +252,17 @@ class View:
     def _check_finite(self) -> None:
         # One float64 reduction per block instead of an elementwise mask: a NaN or ±inf
         # anywhere makes the sum non-finite (finite values cannot overflow a float64 sum).
+        # The column sums give the mean of a view read in blocks: one pass for both.
         bad: list[Tensor] = []
+        sums = torch.zeros(self.d, dtype=DTYPE, device=self.device)
         for start, stop in self.blocks(self.d * 8, "checking values"):
             block = self.rows(start, stop)
-            if not math.isfinite(float(block.sum())):
+            column = block.sum(dim=0)
+            if not math.isfinite(float(column.sum())):
                 bad.append((~torch.isfinite(block).all(dim=1)).nonzero()[:, 0] + start)
+            sums += column
+        if not bad and "x" not in self._cache:
+            self._cache["mean"] = sums / self.n
         if bad:
             rows = torch.cat(bad).tolist()
             raise ValueError(
@@ -416,8 +422,8 @@ class View:
             if "x" in self._cache:
                 xc = self.centred()
                 value = float(frobenius_dot(xc, xc))
-            else:
-                value = sum(float((b * b).sum()) for b in self._centred_blocks())
+            else:  # Σ‖xc_i‖², the diagonal a pair's feature pass also fills
+                value = float(self.diag_c().sum())
             mean = self.mean()
             total = value + self.n * float(mean @ mean)  # ‖x‖²_F = ‖xc‖²_F + N‖m‖²
             if value <= 0 or value <= (1e-12) ** 2 * total:
@@ -817,30 +823,55 @@ class Pair:
 
     def gram_c_dot(self) -> float:
         """⟨Kc, Lc⟩_F = ‖xcᵀyc‖²_F, shared by the linear CKA variants."""
-        self.x.spread(), self.y.spread()  # raise on constant features first
 
         def make() -> float:
             if self.gram_form():
+                self.x.spread(), self.y.spread()  # raise on constant features first
                 return float(frobenius_dot(self.x.gram_c(), self.y.gram_c()))
-            cross = self.cross_cov()
+            cross = self.cross_cov()  # one pass fills the views' self terms too
+            self.x.spread(), self.y.spread()
             return float(frobenius_dot(cross, cross))
 
         return self._cached("gram_c_dot", make)
 
     def cross_cov(self, center: bool = True) -> Tensor:
-        """xcᵀ yc (D1×D2) (raw xᵀy when not ``center``), accumulated over row blocks."""
+        """xcᵀ yc (D1×D2) (raw xᵀy when not ``center``), accumulated over row blocks.
+
+        Read in blocks, the pass also accumulates what the views still lack of their own
+        covariances and centred row norms: one read of each view's rows for all of them.
+        """
 
         def make() -> Tensor:
             x, y = self.x, self.y
             if "x" in x._cache and "x" in y._cache:
                 return x.centred(center).T @ y.centred(center)
-            total = torch.zeros(x.d, y.d, dtype=DTYPE, device=x.device)
-            row_bytes = (x.d + y.d) * 8 * 2
-            for start, stop in x.blocks(row_bytes, f"cross-covariance with {y.name}"):
-                total += x.centred_rows(start, stop, center).T @ y.centred_rows(start, stop, center)
-            return total
+            return self._feature_pass(center)
 
         return self._cached(("cross_cov", center), make)
+
+    def _feature_pass(self, center: bool) -> Tensor:
+        """xcᵀyc over row blocks, filling the views' missing ``cov``/``diag_c`` on the way."""
+        x, y = self.x, self.y
+        key = "cov" if center else "cov_raw"
+        views = [x] if y is x else [x, y]
+        own = [v for v in views if not v.has(key)]
+        norms = [v for v in views if center and not v.has("diag_c")]
+        covs = {id(v): torch.zeros(v.d, v.d, dtype=DTYPE, device=v.device) for v in own}
+        diags: dict[int, list[Tensor]] = {id(v): [] for v in norms}
+        total = torch.zeros(x.d, y.d, dtype=DTYPE, device=x.device)
+        row_bytes = (x.d + y.d) * 8 * 3
+        for start, stop in x.blocks(row_bytes, f"feature products with {y.name}"):
+            blocks = {id(v): v.centred_rows(start, stop, center) for v in views}
+            total += blocks[id(x)].T @ blocks[id(y)]
+            for v in own:
+                covs[id(v)] += self_product(blocks[id(v)], outer=False)
+            for v in norms:
+                diags[id(v)].append((blocks[id(v)] ** 2).sum(dim=1))
+        for v in own:
+            v._cache[key] = covs[id(v)]
+        for v in norms:
+            v._cache["diag_c"] = torch.cat(diags[id(v)])
+        return total
 
     def whitened_cross(self, center: bool = True) -> Tensor:
         """Wxᵀ Cxy Wy (rx×ry): the cross-covariance of orthonormal bases of both views.
@@ -850,8 +881,9 @@ class Pair:
         """
 
         def make() -> Tensor:
+            cross = self.cross_cov(center)  # first: its pass also fills the covariances
             wx, wy = self.x.whitener(center), self.y.whitener(center)
-            left = wx.t_apply(self.cross_cov(center))  # Wxᵀ Cxy
+            left = wx.t_apply(cross)  # Wxᵀ Cxy
             return wy.t_apply(left.T).T  # (Wyᵀ (Wxᵀ Cxy)ᵀ)ᵀ = Wxᵀ Cxy Wy
 
         return self._cached(("whitened_cross", center), make)
