@@ -358,7 +358,10 @@ def floor_minibatches(x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> Non
 
 
 def floor_rows(x: torch.Tensor, y: torch.Tensor) -> None:
-    _ = (x.double() * y.double()).sum(dim=1)
+    """One float64 pass over both views' rows, in blocks."""
+    step = _pass_rows((x.shape[1] + y.shape[1]) * 16, x.shape[0])
+    for a in range(0, x.shape[0], step):
+        _ = (x[a : a + step].double() * y[a : a + step].double()).sum(dim=1)
 
 
 def floor_null_products(x: torch.Tensor, y: torch.Tensor, permutations: int) -> None:
