@@ -171,3 +171,63 @@ def test_rows_carry_the_image_ids_of_their_batches(setup):
     assert reps.image_ids == ["img0", "img0", "img1", "img1", "img2"]
     # a hand-made batch without image ids: every row shows its own image
     assert collect(model, batches, num_samples=4, progress=False).image_ids == reps.ids[:4]
+
+
+def test_collection_beyond_the_budget_goes_to_disk_with_the_same_values(setup):
+    import gc
+
+    from vilalign.analysis.measures import settings
+    from vilalign.analysis.store import DiskRows
+
+    model, batches = setup
+    kept = collect(model, batches, num_samples=8, views=("cls", "mean"), progress=False)
+    with settings(memory_gb=1e-5):  # 5 kB in memory: most arrays go to files
+        spilled = collect(model, batches, num_samples=8, views=("cls", "mean"), progress=False)
+    on_disk = [k for k, v in spilled.pooled.items() if isinstance(v, DiskRows)]
+    assert len(on_disk) >= len(spilled.pooled) - 1
+    folder = spilled.pooled[on_disk[0]].path.parent
+    for key in kept.pooled:
+        torch.testing.assert_close(spilled.get(*key), kept.get(*key), rtol=0, atol=0)
+    del spilled, on_disk
+    gc.collect()
+    assert not folder.exists()  # the temporary files go with the representations
+
+
+def test_non_finite_states_fail_at_once_naming_layer_and_samples(setup):
+    model, batches = setup
+
+    def poison(_module, _inputs, output):
+        output[1][1] = float("nan")  # image states of the batch's second sample
+
+    handle = model.fusion_layers[2].register_forward_hook(poison)
+    try:
+        with pytest.raises(ValueError) as err:
+            collect(model, batches, num_samples=8, progress=False)
+    finally:
+        handle.remove()
+    message = str(err.value)
+    assert "states of fusion.2 (image stream)" in message and "ids: ['s1']" in message
+
+
+def test_all_samples_of_a_split(tmp_path):
+    from tests.data.helpers import write_flickr_karpathy
+
+    from vilalign.analysis.align import RunInfo
+    from vilalign.analysis.pipeline import AlignmentSpec, run_alignment
+    from vilalign.cli import build_parser
+    from vilalign.config import model_config
+    from vilalign.data import DataConfig
+    from vilalign.model import build_model, load_tokenizer
+
+    args = build_parser().parse_args(["analyse", "--preset", "tiny", "--n-samples", "all"])
+    assert args.n_samples == "all"
+    root = write_flickr_karpathy(tmp_path, images=3, captions=2)
+    cfg = model_config("tiny")
+    torch.manual_seed(0)
+    data = DataConfig(name="flickr30k_karpathy", root=str(root))
+    spec = AlignmentSpec(data, "test", n_samples="all", views=("cls",), measures=("cka_linear",))
+    result = run_alignment(build_model(cfg).eval(), load_tokenizer(cfg.text), spec, RunInfo(),
+                           progress=False)  # fmt: skip
+    assert len(result.representations.ids) == 6
+    with pytest.raises(ValueError, match="greater than or equal to 2"):
+        AlignmentSpec(data, "test", n_samples=1)

@@ -111,8 +111,8 @@ def bias_warnings(reps: Representations, measures: Sequence[str]) -> list[str]:
         return []
     n = len(reps.ids)
     dims = [
-        (reps.get(layer.name, "text", pooled[0]).shape[1],
-         reps.get(layer.name, "image", pooled[0]).shape[1])
+        (reps.rows(layer.name, "text", pooled[0]).shape[1],
+         reps.rows(layer.name, "image", pooled[0]).shape[1])
         for layer in reps.fusion_layers
     ]  # fmt: skip
     dx, dy = max(d[0] for d in dims), max(d[1] for d in dims)
@@ -164,8 +164,9 @@ def _layer_stats(
         text, image = reps.get(layer, "text", "tokens"), reps.get(layer, "image", "tokens")
         names = [m.name for m in _of_level(measures, M.TOKENS)]
         return _pair_stats(text, image, names, stats, options, reps.text_mask)
-    x = M.View(reps.get(layer, "text", view), f"{layer}/text/{view}")
-    y = M.View(reps.get(layer, "image", view), f"{layer}/image/{view}")
+    # Named views of the stored rows (read block by block when spilled to disk).
+    x = M.View(reps.rows(layer, "text", view), f"{layer}/text/{view}")
+    y = M.View(reps.rows(layer, "image", view), f"{layer}/image/{view}")
     names = _pooled_measures(measures, x.d, y.d)
     return _pair_stats(x, y, names, stats, options)
 
@@ -251,13 +252,15 @@ def _reference_columns(
 
 def _layer_views(reps: Representations, view: str) -> tuple[dict[str, M.View], dict[str, M.View]]:
     """Per-layer views of both streams, wrapped once (their Gram caches are shared)."""
-    text = {
-        i.name: M.View(reps.get(i.name, "text", view)) for i in reps.layers if "text" in i.streams
-    }
-    image = {
-        i.name: M.View(reps.get(i.name, "image", view)) for i in reps.layers if "image" in i.streams
-    }
-    return text, image
+
+    def views(stream: str) -> dict[str, M.View]:
+        return {
+            i.name: M.View(reps.rows(i.name, stream, view), f"{i.name}/{stream}/{view}")
+            for i in reps.layers
+            if stream in i.streams
+        }
+
+    return views("text"), views("image")
 
 
 def layer_matrix(

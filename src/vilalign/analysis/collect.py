@@ -13,8 +13,11 @@ the reduced views are kept:
   real image patches (prefix tokens such as the image CLS excluded);
 - ``tokens``: every token / patch state, with the text mask (for token-level measures).
 
-Storage is preallocated for the number of samples collected, optionally float16 and
-optionally memory-mapped on disk (``spill_dir``) so that large N stays within memory.
+Storage is preallocated for the number of samples collected, optionally float16, in
+memory while it fits half the memory budget (``analysis.memory_gb``) and in files on
+disk beyond that (:mod:`vilalign.analysis.store`; ``spill_dir`` puts every array there),
+so any number of samples — ``--n-samples all`` — is collected with bounded memory. A NaN
+or inf state is an error naming the layer and the samples as soon as it is collected.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vilalign import distributed as dist
+from vilalign.analysis.measures import budget
+from vilalign.analysis.store import IN_MEMORY_SHARE, NonFiniteRows, Store
 from vilalign.config import ENCODER
 from vilalign.data.types import Batch
 from vilalign.model.checkpoint import unwrap
@@ -54,7 +59,9 @@ class LayerInfo:
 
 @dataclass
 class Representations:
-    """Per layer, per stream, per view: N×D (pooled views) or N×T×D (tokens).
+    """Per layer, per stream, per view: N×D (pooled views) or N×T×D (tokens), each a
+    tensor or, when collection spilled it to disk, a :class:`~vilalign.analysis.store.DiskRows`
+    (a :class:`~vilalign.analysis.measures.View` reads either block by block).
 
     Row ``r`` is sample ``ids[r]``, showing image ``image_ids[r]`` (``Batch.image_ids``;
     left empty, every row shows its own image).
@@ -87,6 +94,15 @@ class Representations:
             raise KeyError(f"no {view!r} view for {layer}/{stream}; collected: {self.views}")
         return torch.as_tensor(np.asarray(self.pooled[key3])).float()
 
+    def rows(self, layer: str, stream: str, view: str) -> Any:
+        """The stored N×D array of a pooled view as it is (a tensor or ``DiskRows``), for a
+        :class:`~vilalign.analysis.measures.View` to read block by block: nothing is
+        loaded or converted, so many layers' views cost no memory until measured."""
+        key = (layer, stream, view)
+        if key not in self.pooled:
+            raise KeyError(f"no {view!r} view for {layer}/{stream}; collected: {self.views}")
+        return self.pooled[key]
+
     def layer(self, name: str) -> LayerInfo:
         for info in self.layers:
             if info.name == name:
@@ -109,47 +125,6 @@ def _mean(states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return states.mean(dim=1)
     m = mask.to(states.dtype)[..., None]  # (B, T, 1)
     return (states * m).sum(1) / m.sum(1).clamp_min(1.0)
-
-
-def _pad_tokens(values: torch.Tensor, length: int) -> torch.Tensor:
-    """Zero-pad (B, T, D) token states to ``length`` (batches padded to their longest text)."""
-    if values.shape[1] > length:
-        raise ValueError(
-            f"token view: a batch has {values.shape[1]} tokens but the first had {length}; "
-            "collate with padding='max_length' to collect token states"
-        )
-    return torch.nn.functional.pad(values, (0, 0, 0, length - values.shape[1]))
-
-
-class _Store:
-    """Preallocated storage for ``n`` rows per key, in memory or memory-mapped."""
-
-    def __init__(self, n: int, dtype: torch.dtype, spill_dir: Path | None) -> None:
-        self.n = n
-        self.dtype = dtype
-        self.spill_dir = spill_dir
-        self.arrays: dict[Any, Any] = {}
-
-    def write(self, key: Any, start: int, values: torch.Tensor) -> None:
-        values = values.detach().to("cpu", self.dtype)
-        if key not in self.arrays:
-            shape = (self.n, *values.shape[1:])
-            if self.spill_dir is None:
-                self.arrays[key] = torch.zeros(shape, dtype=self.dtype)
-            else:
-                name = "__".join(map(str, key if isinstance(key, tuple) else (key,))) + ".npy"
-                np_dtype = np.float16 if self.dtype == torch.float16 else np.float32
-                self.arrays[key] = np.lib.format.open_memmap(
-                    self.spill_dir / name, mode="w+", dtype=np_dtype, shape=shape
-                )
-        target = self.arrays[key]
-        if values.ndim == 3 and values.shape[1] != target.shape[1]:
-            values = _pad_tokens(values, target.shape[1])
-        stop = start + values.shape[0]
-        if isinstance(target, torch.Tensor):
-            target[start:stop] = values
-        else:
-            target[start:stop] = values.numpy()
 
 
 @dataclass
@@ -272,7 +247,7 @@ class Collector:
         model: nn.Module,
         views: Sequence[str],
         include_encoders: bool,
-        store: _Store,
+        store: Store,
     ) -> None:
         self.source = as_layer_source(model)
         self.source.check_views(views)
@@ -332,8 +307,8 @@ def collect(
     """Run ``model`` over ``batches`` once (eval mode, no grad) and gather views per layer.
 
     Collects the first ``num_samples`` samples (fewer if the batches run out). Sample
-    ids are kept in order. ``spill_dir`` memory-maps the arrays there instead of
-    holding them in memory.
+    ids are kept in order. Arrays beyond half the memory budget (``measures.settings``)
+    go to files in a temporary folder; ``spill_dir`` puts every array in files there.
     """
     bad = [v for v in views if v not in VIEWS]
     if bad:
@@ -343,7 +318,7 @@ def collect(
     spill = Path(spill_dir) if spill_dir is not None else None
     if spill is not None:
         spill.mkdir(parents=True, exist_ok=True)
-    store = _Store(num_samples, dtype, spill)
+    store = Store(num_samples, dtype, spill, IN_MEMORY_SHARE * budget.budget_bytes())
     was_training = model.training
     model.eval()
     device = device or next(unwrap(model).parameters()).device
@@ -356,7 +331,10 @@ def collect(
         take = min(len(batch), num_samples - len(ids))
         if take <= 0:
             break
-        text_mask = collector.run(head(batch.to(device), take), len(ids))
+        try:
+            text_mask = collector.run(head(batch.to(device), take), len(ids))
+        except NonFiniteRows as err:
+            raise _non_finite(err, batch.ids[:take], len(ids)) from None
         ids.extend(str(i) for i in batch.ids[:take])
         image_ids.extend(str(i) for i in batch.image_ids[:take])
         text_masks.append(text_mask.cpu())
@@ -370,8 +348,19 @@ def collect(
     return _finish(store, ids, image_ids, collector, views, text_masks)
 
 
+def _non_finite(err: NonFiniteRows, batch_ids: Sequence[Any], start: int) -> ValueError:
+    """The error of a NaN/inf state: which layer, stream and view, and which samples."""
+    samples = [str(batch_ids[row - start]) for row in err.rows]
+    layer, stream, view = err.key
+    return ValueError(
+        f"collected {view} states of {layer} ({stream} stream) contain NaN or inf for "
+        f"{len(samples)} of {len(batch_ids)} samples in a batch (ids: {samples[:5]}); "
+        "the model's outputs are not finite (e.g. float16 overflow or diverged training)"
+    )
+
+
 def _finish(
-    store: _Store,
+    store: Store,
     ids: list[str],
     image_ids: list[str],
     collector: Collector,
@@ -386,8 +375,7 @@ def _finish(
         num_prefix_tokens=collector.prefix,
         image_ids=image_ids,
     )
-    for key, array in store.arrays.items():
-        array = array[:n]
+    for key, array in store.finish(n).items():
         if key[2] == "tokens":
             reps.tokens[(key[0], key[1])] = array
         else:
@@ -416,7 +404,14 @@ def gather_representations(reps: Representations, total: int) -> Representations
         reps,
         ids=[sample for sample, _ in rows],
         image_ids=[image for _, image in rows],
-        pooled={k: dist.gather_in_order(v.contiguous(), total) for k, v in reps.pooled.items()},
-        tokens={k: dist.gather_in_order(v.contiguous(), total) for k, v in reps.tokens.items()},
+        pooled={k: dist.gather_in_order(_tensor(v), total) for k, v in reps.pooled.items()},
+        tokens={k: dist.gather_in_order(_tensor(v), total) for k, v in reps.tokens.items()},
         text_mask=None if reps.text_mask is None else dist.gather_in_order(reps.text_mask, total),
     )
+
+
+def _tensor(values: Any) -> torch.Tensor:
+    """An in-memory tensor of stored values (read from disk when they were spilled)."""
+    if isinstance(values, torch.Tensor):
+        return values.contiguous()
+    return torch.as_tensor(np.asarray(values))

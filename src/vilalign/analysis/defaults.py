@@ -23,3 +23,9 @@ DEFAULT_RESAMPLES = 100
 
 #: Samples ``vilalign analyse`` collects by default.
 DEFAULT_SAMPLES = 1000
+
+#: Memory the alignment measures may use for their working blocks, in GB (``--memory-gb``,
+#: ``analysis.memory_gb``): sized for a laptop. Gram-matrix (N×N) forms are used only
+#: while they fit in it; above that every measure switches to blocked or feature-space
+#: forms whose memory grows linearly in N (see docs/scale.md).
+DEFAULT_MEMORY_GB = 2.0

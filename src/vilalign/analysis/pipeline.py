@@ -36,6 +36,7 @@ from vilalign.analysis.align import (
     layer_matrix,
 )
 from vilalign.analysis.collect import Representations, collect, gather_representations
+from vilalign.analysis.measures.budget import settings as measure_settings
 from vilalign.analysis.retrieval import average_representations
 from vilalign.analysis.spec import AlignmentSpec
 from vilalign.data import Collator, DataConfig, build_dataset, build_transform
@@ -128,7 +129,7 @@ def collect_for(
     Under ``torchrun`` each rank collects its share and the shares are gathered, so every
     rank holds the whole set; Karpathy caption sets are averaged per image if asked.
     """
-    n = min(spec.n_samples, len(loader.dataset))  # type: ignore[arg-type]
+    n = spec.sample_count(len(loader.dataset))  # type: ignore[arg-type]
     share = _rank_share(loader, n)
     source, count = share or (loader, n)
     reps = collect(
@@ -166,17 +167,19 @@ def run_alignment(
     holds the same table; rank 0 writes.
     """
     loader = loader or analysis_loader(model, tokenizer, spec)
-    reps = collect_for(model, loader, spec, progress)
-    refs = [collect_for(r, loader, spec, False) for r in references]
-    table = alignment_table(
-        reps, spec.measures, info, spec.stats, progress=progress, references=refs
-    )
-    pooled = [v for v in spec.views if v != "tokens"]
-    heatmap = str(spec.heatmap_measure)
-    matrix = layer_matrix(reps, heatmap, pooled[0]) if pooled else None
-    best = None
-    if figures and matrix is not None and spec.permutations:
-        best = best_layer_pair(reps, heatmap, pooled[0], spec.permutations, spec.seed)
+    # One memory budget for collection (what stays in memory) and the measures' blocks.
+    with measure_settings(memory_gb=spec.memory_gb, progress=progress):
+        reps = collect_for(model, loader, spec, progress)
+        refs = [collect_for(r, loader, spec, False) for r in references]
+        table = alignment_table(
+            reps, spec.measures, info, spec.stats, progress=progress, references=refs
+        )
+        pooled = [v for v in spec.views if v != "tokens"]
+        heatmap = str(spec.heatmap_measure)
+        matrix = layer_matrix(reps, heatmap, pooled[0]) if pooled else None
+        best = None
+        if figures and matrix is not None and spec.permutations:
+            best = best_layer_pair(reps, heatmap, pooled[0], spec.permutations, spec.seed)
     result = AlignmentResult(table, matrix, reps, [], bias_warnings(reps, spec.measures), best)
     if out_dir is not None and dist.is_main_process():
         result.files = write_alignment(table, matrix, Path(out_dir), info)

@@ -16,12 +16,14 @@ registry (torch, scipy) is imported only when a spec is validated.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from vilalign.analysis.defaults import (
     DEFAULT_MEASURES,
+    DEFAULT_MEMORY_GB,
     DEFAULT_PERMUTATIONS,
     DEFAULT_RESAMPLES,
 )
@@ -31,6 +33,27 @@ from vilalign.data.config import DataConfig
 #: The layer×layer matrix's measure when no pooled measure is requested.
 FALLBACK_HEATMAP = "cka_unbiased"
 POOLED_VIEWS = ("cls", "mean")
+
+
+def sample_count(minimum: int) -> Any:
+    """The type of a number of samples (at least ``minimum``) or "all": the whole split
+    (collected to a disk-backed store when it does not fit the memory budget)."""
+
+    def check(value: int | str) -> int | str:
+        if value != "all" and value < minimum:
+            raise PydanticCustomError(
+                "greater_than_equal", "Input should be greater than or equal to {ge}",
+                {"ge": minimum},
+            )  # fmt: skip
+        return value
+
+    return Annotated[int | Literal["all"], AfterValidator(check)]
+
+
+SampleCount = sample_count(2)
+#: The bytes one block row of a blocked form over N columns needs, per column: a float64
+#: similarity or kernel value and its working copies (see measures/budget.py).
+_BLOCK_ROW_BYTES = 96
 
 
 @dataclass(frozen=True)
@@ -46,7 +69,9 @@ class StatsOptions:
 class AlignmentOptions(StrictModel):
     """What to measure: the one owner of these fields and of their validation."""
 
-    n_samples: int = Field(500, ge=2, description="Samples measured: the first N of the split.")
+    n_samples: SampleCount = Field(
+        500, description="Samples measured: the first N of the split, or 'all'."
+    )
     views: list[Literal["cls", "mean", "tokens"]] = Field(
         default_factory=lambda: ["cls", "mean"], min_length=1
     )
@@ -75,6 +100,12 @@ class AlignmentOptions(StrictModel):
         description="Several captions per image (Karpathy COCO / Flickr30k): 'each' measures "
         "every caption as a sample; 'average' first averages each image's rows (both "
         "streams), one per image.",
+    )
+    memory_gb: float = Field(
+        DEFAULT_MEMORY_GB,
+        gt=0,
+        description="Memory the measures may use for N×N matrices and working blocks (GB); "
+        "above it they use blocked or feature-space forms, and collection spills to disk.",
     )
 
     @field_validator("measures")
@@ -108,8 +139,27 @@ class AlignmentOptions(StrictModel):
         if self.captions == "average" and "tokens" in self.views:
             raise ValueError("captions: 'average' works on pooled views; drop 'tokens'")
         self._every_measure_has_its_view()
-        self._enough_samples()
+        if self.n_samples != "all":  # "all": checked once the split's size is known
+            self._enough_samples()
+            self._enough_memory()
         return self
+
+    def sample_count(self, available: int) -> int:
+        """How many of ``available`` samples this analysis measures."""
+        return available if self.n_samples == "all" else min(self.n_samples, available)
+
+    def _enough_memory(self) -> None:
+        # A block of a blocked form holds at least one row of N values; a budget below
+        # that would fail after the whole collection, so it is refused here.
+        from vilalign.analysis.measures import get_measure
+
+        wide = [n for n in self.measures if get_measure(n).blocks_over_n]
+        need = _BLOCK_ROW_BYTES * int(self.n_samples) / 1e9
+        if wide and self.memory_gb < need:
+            raise ValueError(
+                f"memory_gb: {self.memory_gb:g} GB is too small for {', '.join(wide)} at "
+                f"n_samples={self.n_samples}: one block row of N values needs {need:.3g} GB"
+            )
 
     def _every_measure_has_its_view(self) -> None:
         """A measure whose level no requested view gives would silently measure nothing."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +64,14 @@ class _Resolved:
     resample: str
     name: str
     pairing_invariant: bool = False
+    # The measure on many permutations at once, reusing what they share (the measures'
+    # own ``permuted_values``); None: one evaluation per permutation.
+    permuted: Callable[[M.View, M.View, Iterable[torch.Tensor]], np.ndarray] | None = None
+
+    def null(self, vx: M.View, vy: M.View, perms: Iterable[torch.Tensor]) -> np.ndarray:
+        if self.permuted is not None:
+            return self.permuted(vx, vy, perms)
+        return np.array([self.evaluate(vx, vy.permuted(p)) for p in perms], dtype=np.float64)
 
 
 def _resolve(
@@ -82,6 +90,7 @@ def _resolve(
             m.resample,
             m.name,
             m.pairing_invariant,
+            lambda vx, vy, perms: m.permuted_values(vx, vy, perms, **options),
         )
     if not callable(measure):
         raise ValueError(f"measure must be a name, a Measure or a callable, got {measure!r}")
@@ -211,10 +220,7 @@ def permutation_test(
     vx, vy = _view(x, "x"), _view(y, "y")
     observed = m.evaluate(vx, vy)
     g = _generator(seed, generator)
-    null = np.empty(n_permutations)
-    for b in range(n_permutations):
-        perm = torch.randperm(vy.n, generator=g)
-        null[b] = m.evaluate(vx, vy.permuted(perm))
+    null = m.null(vx, vy, (torch.randperm(vy.n, generator=g) for _ in range(n_permutations)))
     return null_summary(observed, null, m.higher_is_better, m.best, quantile)
 
 
@@ -273,10 +279,13 @@ def max_permutation_test(
 
     observed, where, values = best_over(vys)
     g = _generator(seed, generator)
-    null = np.empty(n_permutations)
-    for b in range(n_permutations):
-        perm = torch.randperm(vys[0].n, generator=g)
-        null[b] = best_over([v.permuted(perm) for v in vys])[0]
+    start = g.get_state()
+    draws = []
+    for i, j in pairs:  # the same permutations for every pair: the generator is rewound
+        g.set_state(start)
+        perms = (torch.randperm(vys[0].n, generator=g) for _ in range(n_permutations))
+        draws.append(m.null(vxs[i], vys[j], perms))
+    null = np.max(draws, axis=0) if m.higher_is_better else np.min(draws, axis=0)
     return MaxPermutationResult(
         values, where, null_summary(observed, null, m.higher_is_better, m.best)
     )

@@ -25,7 +25,7 @@ DEFAULT_COST = (
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     # plain data: no torch
-    from vilalign.analysis.defaults import DEFAULT_MEASURES, DEFAULT_SAMPLES
+    from vilalign.analysis.defaults import DEFAULT_MEASURES, DEFAULT_MEMORY_GB, DEFAULT_SAMPLES
 
     p = add_command(
         sub,
@@ -49,10 +49,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_source_args(p, published=True)
     p.add_argument(
         "--n-samples",
-        type=positive_int,
+        type=sample_count,
         default=DEFAULT_SAMPLES,
         metavar="N",
-        help="samples to collect",
+        help="samples to collect, or 'all' (the whole split; stored on disk when large)",
+    )
+    p.add_argument(
+        "--memory-gb",
+        type=float,
+        default=DEFAULT_MEMORY_GB,
+        metavar="GB",
+        help="memory for the measures' N x N matrices and blocks and for collected states "
+        "kept in memory; above it, blocked forms and disk (default: %(default)s)",
     )
     p.add_argument(
         "--views",
@@ -117,6 +125,11 @@ def _add_statistics(p: argparse.ArgumentParser) -> None:
     )
 
 
+def sample_count(value: str) -> int | str:
+    """A positive number of samples, or 'all'."""
+    return "all" if value.strip().lower() == "all" else positive_int(value)
+
+
 def _split(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -172,6 +185,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_length=model.max_text_length if published else model.config.text.max_length,
         captions=args.captions,
+        memory_gb=args.memory_gb,
     )
     info = RunInfo(run=run_name, seed=args.seed, dataset=args.dataset)
     loader = None

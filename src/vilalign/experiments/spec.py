@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from vilalign.analysis.spec import AlignmentOptions
+from vilalign.analysis.spec import AlignmentOptions, sample_count
 from vilalign.config import (
     PRESETS,
     ConfigError,
@@ -113,7 +113,9 @@ class AnalysisConfig(AlignmentOptions):
 
     every_epoch: bool = Field(True, description="Alignment per layer after every epoch.")
     split: str = Field("test", description="Split the analyses read (never trained on).")
-    n_samples: int = Field(256, ge=4, description="Samples measured: the first N of the split.")
+    n_samples: sample_count(4) = Field(
+        256, description="Samples measured: the first N of the split, or 'all'."
+    )
     null_band: int = Field(
         0,
         ge=0,

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from vilalign.analysis.spec import AlignmentOptions
+from vilalign.analysis.spec import AlignmentOptions, SampleCount
 from vilalign.config import (
     PRESETS,
     ConfigError,
@@ -318,7 +318,9 @@ class EpochAlignmentConfig(AlignmentOptions):
     split: Literal["val", "test"] = Field(
         "val", description="Which of each dataset's splits to measure on."
     )
-    n_samples: int = Field(200, ge=2, description="Samples measured: the first N of the split.")
+    n_samples: SampleCount = Field(
+        200, description="Samples measured: the first N of the split, or 'all'."
+    )
     measures: list[str] = Field(default_factory=lambda: ["cka_linear"], min_length=1)
 
 

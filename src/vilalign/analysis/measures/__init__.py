@@ -18,7 +18,9 @@ where a cosine is needed, k ≥ N, NaN/inf values, or mismatched shapes raise a
 The package, by family (each module registers its own measures when imported here):
 
 * :mod:`.views` — :class:`View`, :class:`Pair` and their caches; :mod:`.linalg` — the
-  numerical primitives they share;
+  numerical primitives they share; :mod:`.topk` — certified blocked k-NN lists;
+* :mod:`.budget` — the memory budget (``settings(memory_gb=...)``) every measure reads to
+  choose between its dense (N×N) and blocked / feature-space forms (see docs/scale.md);
 * :mod:`.registry` — :class:`Measure`, :func:`register`, :func:`get_measure`,
   :func:`measures_for`, :func:`compute_measures`;
 * :mod:`.cka`, :mod:`.cca`, :mod:`.neighbours`, :mod:`.distances` — pooled measures;
@@ -64,6 +66,7 @@ from vilalign.analysis.measures.tokens import (
 )
 
 # isort: on
+from vilalign.analysis.measures.budget import settings
 from vilalign.analysis.measures.registry import (
     LEVELS,
     MEASURES,
@@ -72,8 +75,10 @@ from vilalign.analysis.measures.registry import (
     TOKEN_MEASURES,
     TOKENS,
     Measure,
+    Result,
     compute_measures,
     get_measure,
+    measure_results,
     measures_for,
     register,
 )
@@ -89,6 +94,7 @@ __all__ = [
     "Measure",
     "MinibatchCKA",
     "Pair",
+    "Result",
     "View",
     "cca",
     "cca_squared",
@@ -104,6 +110,7 @@ __all__ = [
     "knn_rank",
     "maxsim_patch_to_text",
     "maxsim_text_to_patch",
+    "measure_results",
     "measures_for",
     "minibatch_cka",
     "mutual_knn",
@@ -112,6 +119,7 @@ __all__ = [
     "pwcca",
     "register",
     "rsa",
+    "settings",
     "svcca",
     "token_maxsim",
     "wasserstein",

@@ -1,7 +1,8 @@
 """The CCA family: mean and squared canonical correlation, SVCCA, PWCCA, Procrustes.
 
-All of them work in feature space on the views' cached D×D covariances and whitening
-factors, so their cost grows with N·D², never N².
+All of them work in feature space on the views' cached D×D covariances (accumulated over
+row blocks) and whitening factors, so their time grows with N·D² and their memory with D²,
+never N².
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def _svd_reduce(view: View, variance: float, n_components: int | None) -> Tensor
 def svcca(p: Pair, variance: float = 0.99, n_components: int | None = None) -> float:
     """SVCCA (Raghu et al. 2017): SVD-reduce each view to the directions keeping
     ``variance`` of its variance (or ``n_components``), then mean canonical correlation."""
+    p.cross_cov()  # first: its pass over the rows also fills both covariances
     ax = _svd_reduce(p.x, variance, n_components)
     ay = _svd_reduce(p.y, variance, n_components)
     # The reduced views xc·ax, yc·ay are already orthonormal bases, so their canonical
@@ -96,12 +98,13 @@ def pwcca(p: Pair) -> float:
     the representation's neurons x_j (centred columns) the canonical variate h_i accounts
     for; weights come from the view with the smaller rank, as in the authors' code.
     """
+    p.cross_cov()  # first: its pass over the rows also fills both covariances
     rx, ry = p.x.whitener().rank, p.y.whitener().rank
     pair = p if rx <= ry else Pair(p.y, p.x)
     rho, dirs = pair.canonical_directions()
-    xc = pair.x.centred()
-    variates = xc @ dirs  # (N, r), orthonormal columns
-    weights = (variates.T @ xc).abs().sum(dim=1)  # (r,)
+    # ⟨h_i, x_j⟩ for the variates h = xc·dirs (N×r, orthonormal columns): hᵀxc = dirsᵀ·cov,
+    # a D×D product instead of two N-row ones.
+    weights = (dirs.T @ pair.x.cov()).abs().sum(dim=1)  # (r,)
     _warn_if_trivial(p, rx, ry)
     return float((weights * rho).sum() / weights.sum())
 
@@ -114,6 +117,7 @@ def procrustes(p: Pair) -> float:
     R equals 2 − 2·this (Schönemann 1966; Ding et al. 2021); widths may differ (the
     narrower view is implicitly zero-padded).
     """
+    cross = p.cross_cov()  # first: its pass over the rows also fills both views' norms
     fx, fy = math.sqrt(p.x.spread()), math.sqrt(p.y.spread())  # ‖xc‖_F, ‖yc‖_F
-    nuclear = float(torch.linalg.svdvals(p.cross_cov()).sum())
+    nuclear = float(torch.linalg.svdvals(cross).sum())
     return nuclear / (fx * fy)

@@ -42,7 +42,13 @@ def double_centre(k: Tensor) -> Tensor:
 
 def hsic_unbiased_centred(kc: Tensor, lc: Tensor, dot: float) -> float:
     """Unbiased HSIC (Song et al. 2012, JMLR 13, eq. 5) from centred Grams Kc, Lc and
-    ⟨Kc, Lc⟩_F, with no N² pass.
+    ⟨Kc, Lc⟩_F, with no N² pass: only their diagonals are read (see :func:`hsic_unbiased`).
+    """
+    return hsic_unbiased(dot, kc.diagonal(), lc.diagonal())
+
+
+def hsic_unbiased(dot: float, dk: Tensor, dl: Tensor) -> float:
+    """Unbiased HSIC from ⟨Kc, Lc⟩_F and the diagonals d_K, d_L of the centred Grams.
 
     For zero-diagonal K̃, L̃: HSIC₁ = [tr(K̃L̃) + 1ᵀK̃1·1ᵀL̃1/((n-1)(n-2)) − 2/(n-2)·1ᵀK̃L̃1]
     / (n(n-3)), with 1ᵀK̃L̃1 = (K̃ᵀ1)·(L̃1) and tr(K̃L̃) = Σ K̃∘L̃ᵀ (which also holds for the
@@ -50,9 +56,11 @@ def hsic_unbiased_centred(kc: Tensor, lc: Tensor, dot: float) -> float:
     HSIC₁ is invariant to centring the features (U-centring, Székely & Rizzo 2014), so it
     may be computed from Kc. With K̃ = Kc − diag(d_K): Kc·1 = 0 gives K̃1 = −d_K and
     1ᵀK̃1 = −Σd_K, and tr(K̃L̃) = ⟨Kc, Lc⟩ − d_K·d_L.
+
+    Why these inputs: for linear kernels ⟨Kc, Lc⟩_F = ‖xcᵀyc‖²_F and d_K = ‖xc_i‖², so the
+    same formula runs in feature space (O(N·D²) time, D² memory) when no Gram exists.
     """
-    n = kc.shape[0]
-    dk, dl = kc.diagonal(), lc.diagonal()
+    n = dk.shape[0]
     dkdl = float(dk @ dl)
     trace = dot - dkdl
     sums = float(dk.sum()) * float(dl.sum()) / ((n - 1) * (n - 2))

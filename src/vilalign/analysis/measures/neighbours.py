@@ -1,8 +1,12 @@
 """Neighbourhood measures: mutual k-NN, k-NN Jaccard, rank similarity, cycle k-NN, CKNNA.
 
 Each compares the views' cosine k-nearest-neighbour lists (self excluded), cached per
-view and k, so all of them on one pair take one top-k per view. A parameter ``k`` is
-the number of neighbours: the registry derives from it that N > k is needed.
+view and k, so all of them on one pair take one top-k per view: from the dense cosine
+Gram while it fits the memory budget, else from certified blocked float32 products
+(:mod:`.topk`, the same sets in O(N·k) memory). Everything after the lists is O(N·k²)
+(CKNNA: O(N·k·D)), so a permutation, which only renames the lists, costs that too. A
+parameter ``k`` is the number of neighbours: the registry derives from it that N > k is
+needed.
 """
 
 from __future__ import annotations
@@ -22,14 +26,14 @@ def _knn_match(p: Pair, k: int) -> Tensor:
     return p._cached(("match", k), lambda: kx[:, :, None] == ky[:, None, :])
 
 
-@register("mutual_knn", resample="subsample")
+@register("mutual_knn", resample="subsample", blocks_over_n=True)
 def mutual_knn(p: Pair, k: int = 10) -> float:
     """Mutual k-NN (Huh et al. 2024): mean over samples of |N_k^x(i) ∩ N_k^y(i)| / k.
     Chance level k/(N−1)."""
     return float(_knn_match(p, k).sum(dim=(1, 2)).to(DTYPE).mean()) / k
 
 
-@register("knn_jaccard", resample="subsample")
+@register("knn_jaccard", resample="subsample", blocks_over_n=True)
 def knn_jaccard(p: Pair, k: int = 10) -> float:
     """k-NN Jaccard similarity (Klabunde et al. 2024, ReSi): mean |∩| / |∪| of the two
     neighbour sets (cosine neighbours, self excluded)."""
@@ -37,7 +41,7 @@ def knn_jaccard(p: Pair, k: int = 10) -> float:
     return float((inter / (2 * k - inter)).mean())
 
 
-@register("knn_rank", resample="subsample")
+@register("knn_rank", resample="subsample", blocks_over_n=True)
 def knn_rank(p: Pair, k: int = 10) -> float:
     """Rank similarity (Wang et al. 2020, as in ReSi, Klabunde et al. 2024).
 
@@ -54,7 +58,7 @@ def knn_rank(p: Pair, k: int = 10) -> float:
     return float(torch.where(shared > 0, score / harmonic.clamp_min(1e-300), 0.0).mean())
 
 
-@register("cycle_knn", resample="subsample", interval="subsample_large")
+@register("cycle_knn", resample="subsample", interval="subsample_large", blocks_over_n=True)
 def cycle_knn(p: Pair, k: int = 10) -> float:
     """Cycle k-NN (Huh et al. 2024, platonic-rep ``cycle_knn``): the fraction of samples
     i that appear among the x-neighbours of one of their y-neighbours."""
@@ -93,7 +97,7 @@ def _masked_hsic(
     return (trace + sums - 2.0 * cross / (n - 2)) / (n * (n - 3))
 
 
-@register("cknna", resample="subsample", min_n=HSIC_MIN_N)
+@register("cknna", resample="subsample", min_n=HSIC_MIN_N, blocks_over_n=True)
 def cknna(p: Pair, k: int = 10) -> float:
     """CKNNA (Huh et al. 2024): CKA with the unbiased HSIC restricted to pairs (i, j) where
     j is a k-nearest neighbour of i in *both* views; cosine kernels, self excluded.
@@ -105,9 +109,8 @@ def cknna(p: Pair, k: int = 10) -> float:
     """
     need_n(p.x, HSIC_MIN_N, "CKNNA (unbiased HSIC)")
     kx, ky = p.x.knn(k), p.y.knn(k)
-    cx, cy = p.x.cos_gram(), p.y.cos_gram()
-    kxx, kxy = cx.gather(1, kx), cy.gather(1, kx)  # K and L at (i, x-neighbours of i)
-    lyy = cy.gather(1, ky)
+    kxx, kxy = p.x.cos_at(kx), p.y.cos_at(kx)  # K and L at (i, x-neighbours of i)
+    lyy = p.y.cos_at(ky)
     in_x, in_y = _points_back(kx), _points_back(ky)  # is i a neighbour of its neighbour?
     both = _knn_match(p, k).any(dim=2)  # x-neighbour a of i is also a y-neighbour of i
     in_y_at_kx = (ky[kx] == torch.arange(p.n, device=kx.device)[:, None, None]).any(dim=2)

@@ -11,12 +11,16 @@ family module (see ``vilalign.analysis.measures``); nothing else changes.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+import numpy as np
 
 from vilalign.analysis.measures.linalg import Tensor
 from vilalign.analysis.measures.views import Pair, View
+
+T = TypeVar("T")
 
 #: Pooled measures compare two N×D matrices of paired rows: ``impl(pair, **options)``.
 POOLED = "pooled"
@@ -102,7 +106,11 @@ class Measure:
     which (a permutation test of the pairing is meaningless for them); ``equal_dims``
     those that need D1 == D2. ``interval`` names how :mod:`~vilalign.analysis.stats`
     draws its confidence interval (one of :data:`INTERVALS`); ``bias``, when set, says
-    how and when its estimate is biased (the analysis warns then).
+    how and when its estimate is biased (the analysis warns then). ``null``, when given,
+    evaluates the measure on many permutations of y's rows at once, ``null(x_view,
+    y_view, perms, **options) -> values`` (see :meth:`permuted_values`).
+    ``blocks_over_n`` marks measures whose blocked form holds rows of N values (k-NN, RBF
+    kernels): the memory budget must fit one such row.
     """
 
     name: str
@@ -117,11 +125,50 @@ class Measure:
     doc: str = ""
     interval: str = "subsample"
     bias: Bias | None = None
+    null: Callable[..., Sequence[float]] | None = None
+    blocks_over_n: bool = False
 
     def __call__(self, x: Any, y: Any, *masks: Any, **options: Any) -> float:
         if self.level == TOKENS:
             return float(self.impl(x, y, *masks, **options))
-        return float(self.impl(Pair(x, y), *masks, **options))
+        pair = self._named(None, lambda: Pair(x, y))
+        return self._named(pair, lambda: float(self.impl(pair, *masks, **options)))
+
+    def evaluate(self, pair: Pair, **options: Any) -> Result:
+        """The measure on ``pair`` with how many rows it used (fewer than N when it
+        subsampled to fit the memory budget)."""
+        value = self._named(pair, lambda: float(self.impl(pair, **options)))
+        return Result(value, pair.rows.get(self.name, pair.n))
+
+    def permuted_values(
+        self, x: View, y: View, perms: Iterable[Tensor], **options: Any
+    ) -> np.ndarray:
+        """The measure on (x, y with rows reordered by each of ``perms``): a permutation
+        null's draws, one per permutation, in order.
+
+        The registration's ``null`` is used when given. Otherwise each permutation is a
+        :meth:`View.permuted` view, which re-derives what a permutation does not change
+        (covariances, means, norms — so feature-space CKA pays only xcᵀ·P·yc) or only
+        renames (Gram matrices, k-NN lists) instead of recomputing it; a measure that
+        ignores the pairing is evaluated once (every permutation gives its value).
+        """
+        if self.null is not None:
+            values = self._named(None, lambda: self.null(x, y, perms, **options))
+            return np.asarray(values, dtype=np.float64)
+        if self.pairing_invariant:
+            value = self.evaluate(Pair(x, y), **options).value
+            return np.full(sum(1 for _ in perms), value)
+        return np.array([self.evaluate(Pair(x, y.permuted(p)), **options).value for p in perms])
+
+    def _named(self, pair: Pair | None, fn: Callable[[], T]) -> T:
+        """Run ``fn``; a ValueError says which measure (and which views) it came from."""
+        try:
+            return fn()
+        except ValueError as err:
+            if str(err).startswith(f"{self.name}"):
+                raise
+            where = f" on {pair.x.name} vs {pair.y.name}" if pair is not None else ""
+            raise ValueError(f"{self.name}{where}: {err}") from err
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -133,6 +180,15 @@ class Measure:
         """The fewest samples this measure is defined on with ``options``."""
         k = {**self.defaults, **(options or {})}.get("k")
         return max(self.min_n, k + 1) if isinstance(k, int) else self.min_n
+
+
+@dataclass(frozen=True)
+class Result:
+    """A pooled measure's value and the number of rows it was computed on (N unless the
+    measure subsampled to fit the memory budget, e.g. RSA and Wasserstein at large N)."""
+
+    value: float
+    rows: int
 
 
 #: Every registered measure, of every level, in registration order: the one owner.
@@ -216,8 +272,18 @@ def compute_measures(
     ``options`` maps a measure name to its keyword arguments (e.g. ``{"mutual_knn":
     {"k": 20}}``). Passing :class:`View` objects reuses their caches across pairs.
     ``names=None`` runs every registered pooled measure that applies (paired cosine only
-    for equal widths).
+    for equal widths). :func:`measure_results` also says how many rows each used.
     """
+    return {name: r.value for name, r in measure_results(x, y, names, options).items()}
+
+
+def measure_results(
+    x: Tensor | View,
+    y: Tensor | View,
+    names: Iterable[str] | None = None,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Result]:
+    """:func:`compute_measures` with each value's :class:`Result` (value and rows used)."""
     options = options or {}
     pair = Pair(x, y)
     if names is None:  # every measure that applies to these widths
@@ -230,4 +296,4 @@ def compute_measures(
     unknown = set(options) - {m.name for m in measures}
     if unknown:
         raise ValueError(f"options given for measures not requested: {sorted(unknown)}")
-    return {m.name: float(m.impl(pair, **options.get(m.name, {}))) for m in measures}
+    return {m.name: m.evaluate(pair, **options.get(m.name, {})) for m in measures}

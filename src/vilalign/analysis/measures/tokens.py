@@ -11,6 +11,7 @@ import math
 
 import torch
 
+from vilalign.analysis.measures import budget
 from vilalign.analysis.measures.linalg import DTYPE, Tensor
 from vilalign.analysis.measures.registry import TOKENS, register
 
@@ -56,12 +57,20 @@ def token_maxsim(
         text, image, tm, im = image, text, im, tm
     elif direction != "text_to_patch":
         raise ValueError(f"direction must be 'text_to_patch' or 'patch_to_text', got {direction!r}")
-    q = torch.nn.functional.normalize(text.to(DTYPE), dim=-1)
-    k = torch.nn.functional.normalize(image.to(DTYPE), dim=-1)
-    sims = torch.bmm(q, k.transpose(1, 2))  # (B, Tq, Tk)
-    sims = sims.masked_fill(~im[:, None, :], -math.inf)
-    best = sims.max(dim=2).values  # (B, Tq)
-    return float(best[tm].mean())
+    # Samples in blocks (float64 queries, keys and B×Tq×Tk similarities of one block at a
+    # time), so memory follows the budget, not the number of samples.
+    tq, tk, d = text.shape[1], image.shape[1], text.shape[2]
+    row_bytes = ((tq + tk) * d + tq * tk) * 8 * 2
+    step = budget.block_rows(row_bytes, text.shape[0], "token max-similarity")
+    total, count = 0.0, int(tm.sum())
+    for a in range(0, text.shape[0], step):
+        q = torch.nn.functional.normalize(text[a : a + step].to(DTYPE), dim=-1)
+        k = torch.nn.functional.normalize(image[a : a + step].to(DTYPE), dim=-1)
+        sims = torch.bmm(q, k.transpose(1, 2))  # (b, Tq, Tk)
+        sims = sims.masked_fill(~im[a : a + step, None, :], -math.inf)
+        best = sims.max(dim=2).values  # (b, Tq)
+        total += float(best[tm[a : a + step]].sum())
+    return total / count
 
 
 @register("maxsim_text_to_patch", level=TOKENS, min_n=1)
