@@ -98,9 +98,16 @@ def describe(holder: dict[str, Any] | None) -> str:
     )
 
 
-def _open(path: Path) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)  # (a PermissionError names the folder)
-    return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+def _open(path: Path, what: str) -> int:
+    """The lock file, created with its folder: the first write into the folder, so a
+    read-only or full place is reported here, before any work, naming the folder."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise type(err)(
+            err.errno, f"cannot write into the {what} folder {path.parent} ({err.strerror})"
+        ) from None
 
 
 def _try_flock(fd: int, path: Path, blocking: bool) -> bool:
@@ -135,7 +142,7 @@ def _acquire(path: Path, what: str, wait: float | None) -> None:
         if held is not None:
             held.count += 1
             return
-    fd = _open(path)
+    fd = _open(path, what)
     deadline = None if wait is None else time.monotonic() + wait
     while not _try_flock(fd, path, blocking=False):
         if deadline is None or time.monotonic() >= deadline:

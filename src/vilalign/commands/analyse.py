@@ -9,7 +9,9 @@ from vilalign.commands import (
     add_command,
     add_output_dir,
     add_source_args,
+    analysis_command,
     check_device,
+    check_sample_count,
     data_config,
     load_source,
     positive_int,
@@ -70,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="read only caption number N of each image (one sample per image; default: all)",
     )
     add_output_dir(p, Path("runs/analyse"), "output folder", old=("--run-dir",))
-    p.set_defaults(handler=run)
+    analysis_command(p, "analyse", run)  # (its folder held, its files to MLflow)
 
 
 def _split(value: str) -> list[str]:
@@ -80,7 +82,7 @@ def _split(value: str) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     from vilalign import distributed as dist
     from vilalign.analysis.align import RunInfo
-    from vilalign.analysis.pipeline import AlignmentSpec, run_alignment
+    from vilalign.analysis.pipeline import AlignmentSpec, analysis_loader, run_alignment
 
     # torchrun: each rank collects its share of the samples (on cuda:LOCAL_RANK unless
     # --device cpu), rank 0 writes and prints.
@@ -102,9 +104,12 @@ def run(args: argparse.Namespace) -> int:
         captions=args.captions,
     )
     info = RunInfo(run=run_name, seed=args.seed, dataset=args.dataset)
+    loader = analysis_loader(model, tokenizer, spec)
+    check_sample_count(loader.dataset, args.n_samples, args.split)  # before collecting
     result = run_alignment(
-        model, tokenizer, spec, info, out_dir=args.output_dir, progress=args.progress
-    )
+        model, tokenizer, spec, info, out_dir=args.output_dir, loader=loader,
+        progress=args.progress,
+    )  # fmt: skip
     main = dist.is_main_process()
     dist.cleanup()
     if not main:
