@@ -18,7 +18,6 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 SMALL_MODEL = (
     "model: {text: {num_layers: 1, max_length: 12}, image: {img_size: 32, depth: 1}, "
@@ -237,7 +236,10 @@ def finished_run(folder: Path) -> Path:
 
 def table(results: list[tuple[Case, int, str, float]]) -> str:
     """The markdown table of docs/robustness.md."""
-    lines = ["| bad input | exit | what the user sees (one line) | seconds |", "| --- | --- | --- | --- |"]
+    lines = [
+        "| bad input | exit | what the user sees (one line) | seconds |",
+        "| --- | --- | --- | --- |",
+    ]
     for case, code, message, seconds in results:
         shown = message.replace("|", "\\|")
         lines.append(f"| {case.what} | {code} | `{shown}` | {seconds:.1f} |")

@@ -16,8 +16,8 @@ import json
 
 import pytest
 import torch
-
 from tests.train.faults import count_events, killed_at, outcome, same, toy_trainer
+
 from vilalign.train import checkpoint as ckpt
 from vilalign.train.loop import NonFiniteLossError
 from vilalign.train.tracker import FileTracker
