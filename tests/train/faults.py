@@ -73,7 +73,7 @@ def collate(items: list[tuple[torch.Tensor, torch.Tensor]]) -> Batch:
 
 def alignment_like(ctx: Any) -> dict[str, float]:
     """An epoch callback that writes a file and reports a metric, as the alignment does."""
-    value = float(ctx.trainer.task.model[2].weight.abs().mean())
+    value = float(ctx.trainer.task.model[2].weight.detach().abs().mean())
     write_json_atomic(ctx.run_dir / f"callback_epoch{ctx.epoch}.json", {"value": value})
     return {"align/toy": value}
 
