@@ -168,7 +168,9 @@ def grid_outcome(out: Path) -> dict[str, Any]:
     """A finished grid: every run's outcome, the summary tables, no MLflow run RUNNING."""
     import pandas as pd
 
-    runs = sorted(p.parent for p in out.glob("**/results.json"))
+    runs = sorted(
+        p.parent for g in ("cells/*/*/", "pretrain/*/") for p in out.glob(g + "results.json")
+    )
     cells = pd.read_csv(out / "summary" / "cells.csv").drop(columns=["wall_s"])
     return {
         "runs": {str(p.relative_to(out)): run_outcome(p) for p in runs},
@@ -199,8 +201,32 @@ def tune_outcome(out: Path) -> dict[str, Any]:
     return {"values": values, "complete": len(done)}
 
 
-def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    return [k for k in a if a[k] != b.get(k)]
+def differences(a: Any, b: Any, where: str = "") -> list[str]:
+    """Where two outcomes differ, as dotted paths (the first few)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) | set(b), key=str)
+        return [d for k in keys for d in differences(a.get(k), b.get(k), f"{where}{k}.")][:5]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        pairs = enumerate(zip(a, b, strict=True))
+        return [d for i, (x, y) in pairs for d in differences(x, y, f"{where}{i}.")][:5]
+    both_nan = isinstance(a, float) and isinstance(b, float) and a != a and b != b
+    return [] if a == b or both_nan else [where.rstrip(".") or "value"]
+
+
+def outcome_in_child(kind: Kind, folder: Path) -> dict[str, Any]:
+    """``kind.outcome(folder)`` read in a child: this process never opens a database (a
+    store cached here would be inherited, stale, by every later child)."""
+    import pickle
+
+    box = folder / "outcome.pickle"
+
+    def read() -> None:
+        box.write_bytes(pickle.dumps(kind.outcome(folder)))
+
+    assert wait(spawn(folder / "outcome.log", done(read))) == 0, (
+        folder / "outcome.log"
+    ).read_text()
+    return pickle.loads(box.read_bytes())
 
 
 # ---------------------------------------------------------------------------- the four kinds
@@ -308,14 +334,14 @@ KINDS = {k.name: k for k in (Single("pretrain", PRETRAIN), Single("finetune", FI
 # ---------------------------------------------------------------------------- sweeps
 
 
-def reference(kind: Kind, out: Path) -> tuple[dict[str, Any], float]:
-    folder = out / kind.name / "reference"
+def reference(kind: Kind, out: Path, name: str = "reference") -> tuple[dict[str, Any], float]:
+    folder = out / kind.name / name
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     kind.prepare(folder)
     code, seconds = run(kind.first(folder), folder / "log.txt")
     assert code == 0, (folder / "log.txt").read_text()[-3000:]
-    return kind.outcome(folder), seconds
+    return outcome_in_child(kind, folder), seconds
 
 
 def random_kills(kind: Kind, n: int, out: Path, rng: random.Random) -> dict[str, Any]:
@@ -331,7 +357,9 @@ def random_kills(kind: Kind, n: int, out: Path, rng: random.Random) -> dict[str,
         at = rng.uniform(0.03, 0.97) * span
         killed = run_killed(kind.first(folder), folder / "log.txt", at)
         code, _ = run(kind.again(folder), folder / "log.txt")
-        diff = differences(kind.outcome(folder), expected) if code == 0 else [f"exit {code}"]
+        diff = (
+            differences(outcome_in_child(kind, folder), expected) if code == 0 else [f"exit {code}"]
+        )
         rows.append({"at_s": round(at, 2), "killed": killed, "differs": diff})
         print(f"  {kind.name} kill {i}: at {at:.1f}s killed={killed} differs={diff}", flush=True)
     same = sum(not r["differs"] for r in rows)
@@ -366,7 +394,9 @@ def protocol_kills(out: Path) -> dict[str, Any]:
         folder.mkdir(parents=True)
         killed = wait(spawn(folder / "log.txt", cli(kind.first(folder), _killer(k)))) == -9
         code, _ = run(kind.again(folder), folder / "log.txt")
-        diff = differences(kind.outcome(folder), expected) if code == 0 else [f"exit {code}"]
+        diff = (
+            differences(outcome_in_child(kind, folder), expected) if code == 0 else [f"exit {code}"]
+        )
         if diff or not killed:
             failures[k] = diff or ["not killed"]
         print(f"  event {k}/{events}: {diff or 'equal'}", flush=True)
@@ -416,19 +446,21 @@ def two_writers(kind: str, out: Path) -> dict[str, Any]:
             str(folder / "out"),
             "--no-progress",
         ]
-        read = lambda: (folder / "out" / "alignment.csv").read_text()  # noqa: E731
+
+        def read() -> str:
+            return (folder / "out" / "alignment.csv").read_text()
+
         expected = _analysis_reference(argv, out)
     else:
         runner = KINDS[kind]
         runner.prepare(folder)
         argv = runner.first(folder)
-        read = lambda: runner.outcome(folder)  # noqa: E731
-        expected = reference(runner, out)[0]
+        expected = reference(runner, out, "concurrent-reference")[0]
     logs = [folder / "a.log", folder / "b.log"]
     codes = together([argv, argv], logs)
     messages = [log.read_text().strip().splitlines()[-1:] for log in logs]
     refused = [m[0] for c, m in zip(codes, messages, strict=True) if c == 2 and m]
-    outcome = read()
+    outcome = read() if kind == "analysis" else outcome_in_child(KINDS[kind], folder)
     if kind == "tune":  # two workers share a study: both finish, no trial twice
         return {"kind": kind, "codes": codes, "trials": outcome}
     return {"kind": kind, "codes": sorted(codes), "refusal": refused,
@@ -439,7 +471,7 @@ def _analysis_reference(argv: list[str], out: Path) -> str:
     folder = out / "concurrent" / "analysis-reference"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    ref = [*argv[:-3], str(folder / "out"), "--no-progress"]
+    ref = [*argv[:-3], "--output-dir", str(folder / "out"), "--no-progress"]
     assert run(ref, folder / "log.txt")[0] == 0
     return (folder / "out" / "alignment.csv").read_text()
 

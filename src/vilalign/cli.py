@@ -67,11 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
-    from vilalign.commands import apply_threads
+    from vilalign.commands import apply_threads, run_handler
 
     try:
         apply_threads(args)
-        return args.handler(args)
+        return run_handler(args)
     except KeyboardInterrupt:
         if args.verbose:
             raise

@@ -149,8 +149,8 @@ def _acquire(path: Path, what: str, wait: float | None) -> None:
             holder = read_holder(path)
             os.close(fd)
             raise FolderInUseError(
-                f"{path.parent} is in use by {describe(holder)}: a {what} folder takes one "
-                "process at a time; wait for that one to finish or use another folder"
+                f"{path.parent} is in use by {describe(holder)}; {what} folders take one "
+                "process at a time: wait for that one to finish or use another folder"
             )
         time.sleep(0.05)
     _record(fd, path)

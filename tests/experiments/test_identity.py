@@ -77,9 +77,7 @@ def test_cells_dropped_from_the_grid_leave_the_summary_and_stay_on_disk(tmp_path
     assert len(cells) == 2  # header + the one cell of the grid
 
 
-def test_a_folder_of_an_earlier_version_is_adopted_when_its_settings_match(
-    tmp_path, fake_cells
-):
+def test_a_folder_of_an_earlier_version_is_adopted_when_its_settings_match(tmp_path, fake_cells):
     exp = tiny_experiment(tmp_path)
     (cell,) = expand_grid(exp)
     folder = tmp_path / "cells" / cell.key / "finetune"

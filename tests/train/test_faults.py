@@ -66,7 +66,7 @@ def _sweep(points, reference, tmp_path) -> dict[int, list[str]]:
 
 def test_a_kill_at_any_event_of_an_epochs_end_resumes_bit_identically(reference, tmp_path):
     events, expected = reference
-    assert events > 40  # the protocol's renames, deletions and metric writes are counted
+    assert events > 30  # the protocol's renames, deletions and metric writes are counted
     # The last epoch's end, from its callback on: the callback's file and metrics, the
     # weights, the state, the checkpoint folder, latest.json (with the best record) and
     # the best.json copy.

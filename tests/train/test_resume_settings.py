@@ -7,8 +7,8 @@ import json
 
 import pytest
 import torch
-
 from tests.train.faults import toy_trainer
+
 from vilalign.config import ConfigError
 from vilalign.train.config import FinetuneConfig
 from vilalign.train.optim import lr_factor

@@ -383,21 +383,26 @@ def analysis_command(p: argparse.ArgumentParser, name: str, handler: Any) -> Non
         "--checkpoint's run when it was tracked; else nothing is recorded)",
     )
     p.add_argument("--no-tracking", action="store_true", help="record nothing in MLflow")
-    p.set_defaults(handler=lambda args: _run_analysis(args, name, handler))
+    p.set_defaults(handler=handler, analysis=name)
 
 
-def _run_analysis(args: argparse.Namespace, name: str, handler: Any) -> int:
+def run_handler(args: argparse.Namespace) -> int:
+    """Run the command's handler; an analysis command's (see :func:`analysis_command`)
+    holding its output folder, then recording its files."""
+    name = getattr(args, "analysis", None)
+    if name is None:
+        return args.handler(args)
     from vilalign.distributed import env_rank
     from vilalign.locks import folder_lock
 
     if env_rank() != 0:  # (torchrun: rank 0 writes)
-        return handler(args)
+        return args.handler(args)
     with folder_lock(args.output_dir, "analysis"):
-        code = handler(args)
+        code = args.handler(args)
         if code == 0 and not args.no_tracking:
             from vilalign.experiments.tracking import log_analysis
 
-            params = {k: str(v) for k, v in vars(args).items() if k not in ("handler",)}
+            params = {k: str(v) for k, v in vars(args).items() if k != "handler"}
             log_analysis(args.output_dir, name, params, args.checkpoint, args.tracking_uri)
     return code
 

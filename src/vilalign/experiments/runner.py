@@ -61,7 +61,7 @@ from vilalign.experiments.spec import (
     run_identity,
     settings_hash,
 )
-from vilalign.io import write_json_atomic
+from vilalign.io import write_atomic, write_json_atomic, write_text_atomic
 from vilalign.locks import folder_lock
 from vilalign.model import load_pretrained, load_tokenizer
 from vilalign.train import checkpoint as ckpt
@@ -160,13 +160,13 @@ def attention_analysis(
     out_dir.mkdir(parents=True, exist_ok=True)
     frame = attention_entropy(model, loader, max_batches=max_batches)
     means = head_means(frame)
-    means.to_csv(out_dir / "entropy_heads.csv", index=False)
+    write_atomic(out_dir / "entropy_heads.csv", lambda tmp: means.to_csv(tmp, index=False))
     summary: dict[str, Any] = {}
     kinds = set(means["layer_kind"])
     if {COATTENTION, SELF_ATTENTION} <= kinds:
         result = compare_coattention_focus(frame, n_resamples=999)
         summary = result.as_row()
-    (out_dir / "focus.json").write_text(json.dumps(summary, indent=2, default=float))
+    write_text_atomic(out_dir / "focus.json", json.dumps(summary, indent=2, default=float))
     return summary
 
 

@@ -550,9 +550,9 @@ class Trainer:
         ids = f"; first sample ids of the batch: {batch.ids[:4]}" if batch is not None else ""
         raise NonFiniteLossError(
             f"{what} at epoch {p.epoch + 1}, step {p.step + 1}{ids}. Nothing of that step "
-            "was applied or saved; the last "
-            f"checkpoint is {last}. Resume from it with a lower learning rate (--resume "
-            f"--set optim.lr={lr}), or skip such steps (--set train.on_nonfinite=skip)"
+            f"was applied or saved; the last checkpoint is {last}. Resume from it with a "
+            f"lower learning rate (optim.lr, e.g. --resume --set optim.lr={lr}), or skip "
+            "such steps (train.on_nonfinite: skip)"
         )
 
     def _after_step(self) -> None:

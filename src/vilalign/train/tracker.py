@@ -7,15 +7,16 @@ see DESIGN.md) plugs in later as another ``Tracker``; the loop only calls this i
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from vilalign.io import write_text_atomic
+from vilalign.io import write_atomic, write_failure, write_text_atomic
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -80,11 +81,11 @@ class FileTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int, epoch: int) -> None:
         count = self.mark()
         record = {"step": step, "epoch": epoch, **{k: float(v) for k, v in metrics.items()}}
-        with self.jsonl.open("a") as f:
+        with _naming(self.jsonl), self.jsonl.open("a") as f:
             f.write(json.dumps(record) + "\n")
         self._count = count + 1
         new = not self.csv.exists()
-        with self.csv.open("a", newline="") as f:
+        with _naming(self.csv), self.csv.open("a", newline="") as f:
             writer = csv.writer(f)
             if new:
                 writer.writerow(["step", "epoch", "name", "value"])
@@ -126,6 +127,18 @@ class FileTracker:
         self.plot()
 
 
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A refused append (a full disk) reported with the file's name."""
+    try:
+        yield
+    except OSError as err:
+        failure = write_failure(err, path)
+        if failure is None:
+            raise
+        raise failure from err
+
+
 def plot_metrics(records: list[dict[str, float]], path: Path) -> Path | None:
     """Losses (left) and other metrics (right) against optimiser step; None if nothing to plot."""
     series: dict[str, tuple[list[int], list[float]]] = {}
@@ -162,6 +175,6 @@ def plot_metrics(records: list[dict[str, float]], path: Path) -> Path | None:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
     return path
