@@ -211,7 +211,8 @@ class MlflowTracker:
         new, gets the records kept (its predecessor was closed as KILLED)."""
         self.files.rewind(step, mark)
         log_records(self.client, self.run_id, self.files.records())
-        self.client.set_tag(self.run_id, "vilalign.resumed_at_step", str(step))
+        if step:  # (step 0: a fresh start over the records of an attempt with no checkpoint)
+            self.client.set_tag(self.run_id, "vilalign.resumed_at_step", str(step))
 
     def plot(self) -> Path | None:
         return self.files.plot()
