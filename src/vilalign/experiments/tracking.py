@@ -233,6 +233,10 @@ class RunStore:
     ) -> None:
         self.uri = uri
         self.client = open_client(uri)
+        folder = _sqlite_folder(uri)
+        if artifact_dir is None and folder is not None:
+            # (MLflow's default is ./mlruns under the working directory, wherever that is)
+            artifact_dir = folder / "mlartifacts"
         self.experiment_id = self._experiment(experiment, artifact_dir)
         self.tags = source_tags(command)
         self.commit = self.tags.get(GIT_COMMIT)

@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -389,6 +390,8 @@ def run_study(
             catch=(NonFiniteLossError,),  # a diverged trial fails; the study goes on
             callbacks=[reap],
         )
+    # Left cleanly: no trial of this worker is RUNNING, nobody needs its lock any more.
+    shutil.rmtree(out / WORKERS_DIR / worker, ignore_errors=True)
     log.info(
         "study %s: %d trials now (%d new)",
         study.study_name,
