@@ -188,7 +188,7 @@ CASES = [
          lambda f: ["tune", str(write(f / "t.yaml", GRID + "tune: {space: {finetune.optim.lr: "
                                       "{type: float, low: 0.0001, high: 0.001}}}\n")),
                     "--output-dir", str(f / "out"), "--storage", f"sqlite:///{f}/ro/o.db"],
-         "cannot", around=lambda f: read_only(f / "ro")),
+         "cannot write into the Optuna storage folder", around=lambda f: read_only(f / "ro")),
     Case("no-tune-section", "`vilalign tune` on an experiment without a `tune` section",
          lambda f: ["tune", str(write(f / "t.yaml", GRID)), "--output-dir", str(f / "out")],
          "no 'tune' section"),

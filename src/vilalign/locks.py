@@ -190,11 +190,12 @@ def folder_lock(folder: str | Path, what: str = "run") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def brief_lock(path: str | Path, wait: float = 120.0) -> Iterator[Path]:
+def brief_lock(path: str | Path, wait: float = 120.0, what: str = "store") -> Iterator[Path]:
     """Hold the lock file ``path`` for a short critical section, waiting up to ``wait``
-    seconds for another process to leave it (then :class:`FolderInUseError`)."""
+    seconds for another process to leave it (then :class:`FolderInUseError`); ``what``
+    names the folder in an error."""
     path = Path(path)
-    _acquire(path, "shared", wait=wait)
+    _acquire(path, what, wait=wait)
     try:
         yield path
     finally:

@@ -131,7 +131,7 @@ def open_client(uri: str) -> Any:
     guard = contextlib.nullcontext()
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        guard = brief_lock(folder / ".vilalign-mlflow.lock")
+        guard = brief_lock(folder / ".vilalign-mlflow.lock", what="MLflow store")
     try:
         with guard:
             client = MlflowClient(tracking_uri=uri)

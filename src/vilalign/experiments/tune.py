@@ -124,7 +124,7 @@ def load_study(exp: ExperimentConfig, out_dir: Path, storage: str | None = None)
     tc = _tune(exp)
     cell = base_cell(exp)
     url = storage or tc.storage or default_storage(out_dir)
-    with brief_lock(_creation_lock(url, out_dir)):
+    with brief_lock(_creation_lock(url, out_dir), what="Optuna storage"):
         study = optuna.create_study(
             study_name=tc.study_name or exp.name,
             storage=_storage(url),
@@ -408,7 +408,7 @@ def _reaper(out: Path) -> Any:
     workers, one worker at a time."""
 
     def reap(study: Any, trial: Any) -> None:
-        with brief_lock(out / ".vilalign-study.lock"):
+        with brief_lock(out / ".vilalign-study.lock", what="study"):
             requeue_dead_trials(study, out / WORKERS_DIR)
 
     return reap
