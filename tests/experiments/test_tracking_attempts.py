@@ -3,11 +3,13 @@ the rerun, the finished one complete and once; analyses logged into their checkp
 
 from __future__ import annotations
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from vilalign.experiments.tracking import (
     RUN_RECORD,
     RunStore,
+    default_uri,
     log_analysis,
     read_record,
 )
@@ -52,3 +54,25 @@ def test_attempts_kills_and_analyses(tmp_path, mlflow_uri):
     assert log_analysis(out, "analyse", {}, tmp_path / "elsewhere") is None
     new = log_analysis(out, "analyse", {}, tmp_path / "elsewhere", uri=uri)
     assert client.get_run(new).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("after_s", [0.3, 1.0, 2.0])
+def test_a_store_whose_creation_was_killed_opens_on_the_rerun(tmp_path, after_s):
+    """Killed while MLflow migrates a new SQLite store (seconds): earlier versions left a
+    half-migrated mlflow.db ("table jobs already exists") that no rerun could open."""
+    import os
+    import signal
+    import time
+
+    from vilalign.experiments.tracking import open_client
+
+    uri = default_uri(tmp_path)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child, killed while it creates the store
+        open_client(uri)
+        os._exit(0)
+    time.sleep(after_s)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert open_client(uri).search_experiments() is not None

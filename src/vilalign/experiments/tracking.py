@@ -33,13 +33,13 @@ import json
 import logging
 import subprocess
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from vilalign import __version__
 from vilalign.experiments.spec import Cell, ExperimentConfig
-from vilalign.io import write_json_atomic
+from vilalign.io import write_atomic, write_json_atomic
 from vilalign.locks import brief_lock
 from vilalign.train.tracker import FileTracker
 
@@ -121,9 +121,11 @@ def _sqlite_folder(uri: str) -> Path | None:
 def open_client(uri: str) -> Any:
     """An MlflowClient whose store is known to open, or one line naming the store.
 
-    A SQLite store is created under a lock beside it: several processes opening a new
-    one at the same moment would race in its schema migration. Its folder must be
-    writable (SQLite writes a journal beside the file), checked before anything else.
+    A new SQLite store is created under a lock beside it (several processes opening it at
+    the same moment would race in its schema migration), and migrated in a temporary file
+    renamed into place (a process killed during the migration, which takes seconds, would
+    leave a half-migrated store that no later run can open). Its folder must be writable
+    (SQLite writes a journal beside the file), checked before anything else.
     """
     from mlflow.tracking import MlflowClient
 
@@ -134,6 +136,8 @@ def open_client(uri: str) -> Any:
         guard = brief_lock(folder / ".vilalign-mlflow.lock", what="MLflow store")
     try:
         with guard:
+            if folder is not None:
+                create_sqlite(uri, lambda tmp: MlflowClient(tmp).search_experiments(max_results=1))
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)  # opens (and creates) the store now
     except OSError as err:
@@ -146,6 +150,14 @@ def open_client(uri: str) -> Any:
             "--tracking-uri or --no-tracking"
         ) from None
     return client
+
+
+def create_sqlite(uri: str, create: Callable[[str], Any]) -> None:
+    """Create the SQLite database of ``uri`` unless it exists: ``create(tmp_uri)`` fills a
+    temporary file beside it, which is then renamed into place (whole or not at all)."""
+    db = Path(uri.removeprefix("sqlite:///"))
+    if not db.exists():
+        write_atomic(db, lambda tmp: create(f"sqlite:///{tmp}"))
 
 
 def read_record(folder: str | Path) -> dict[str, str] | None:

@@ -53,6 +53,7 @@ from vilalign.experiments.spec import (
     TuneConfig,
     expand_grid,
 )
+from vilalign.experiments.tracking import create_sqlite
 from vilalign.locks import brief_lock, folder_lock, is_held
 from vilalign.train.config import FinetuneConfig
 from vilalign.train.loop import EpochContext, NonFiniteLossError
@@ -158,6 +159,8 @@ def _storage(url: str) -> Any:
     import optuna
 
     try:
+        if url.startswith("sqlite:///"):  # (a kill while creating it leaves nothing half-made)
+            create_sqlite(url, _close_after(optuna.storages.RDBStorage))
         with warnings.catch_warnings():  # (heartbeats are "experimental" since Optuna 2.8)
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
@@ -170,6 +173,13 @@ def _storage(url: str) -> Any:
     except Exception as err:  # sqlalchemy / alembic: pages of traceback otherwise
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         raise OSError(f"Optuna storage {url} cannot be opened ({first})") from None
+
+
+def _close_after(storage_class: Any) -> Any:
+    def create(url: str) -> None:
+        storage_class(url).engine.dispose()  # (tables created; the file is renamed next)
+
+    return create
 
 
 def original_number(trial: Any) -> int:
