@@ -2,8 +2,8 @@
 
 Every import counts, also one inside a function (a lazy import is still a dependency):
 the model knows nothing of training or analysis, the analysis nothing of training, the
-neutral modules (configuration, process groups, file writes) nothing of any package above them, and
-no library code imports the command line.
+neutral modules (configuration, process groups, file writes, folder locks) nothing of any
+package above them, and no library code imports the command line.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ FORBIDDEN = {
                              "vilalign.analysis", "vilalign.experiments"},
     "vilalign.io": {"vilalign.config", "vilalign.data", "vilalign.model", "vilalign.train",
                     "vilalign.analysis", "vilalign.experiments", "vilalign.distributed"},
+    "vilalign.locks": {"vilalign.config", "vilalign.data", "vilalign.model", "vilalign.train",
+                       "vilalign.analysis", "vilalign.experiments", "vilalign.distributed"},
     "vilalign.data": {"vilalign.train", "vilalign.analysis", "vilalign.experiments"},
     "vilalign.model": {"vilalign.train", "vilalign.analysis", "vilalign.experiments"},
     "vilalign.analysis": {"vilalign.train", "vilalign.experiments"},

@@ -67,29 +67,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 0
-    from vilalign.commands import apply_threads
+    from vilalign.commands import apply_threads, run_handler
 
     try:
         apply_threads(args)
-        return args.handler(args)
-    # ValueError covers ConfigError and pydantic's ValidationError; OSError covers missing,
-    # unreadable or occupied files and bad image files (BadImageError).
-    except (ValueError, OSError) as err:
-        if args.verbose:  # the traceback, for bug reports
+        return run_handler(args)
+    except KeyboardInterrupt:
+        if args.verbose:
             raise
-        print(f"vilalign {args.command}: error: {_message(err)}", file=sys.stderr)
+        print(f"vilalign {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.verbose or not isinstance(err, user_errors()):  # the traceback: a bug report
+            raise
+        print(f"vilalign {args.command}: error: {one_line(err)}", file=sys.stderr)
         return 2
 
 
-def _message(err: Exception) -> str:
-    """What a user reads: pydantic's multi-line report becomes one line naming the fields."""
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The errors that say what to fix, printed as one line with exit code 2 (the one
+    place that decides it): ValueError (ConfigError, pydantic's ValidationError, bad
+    options), OSError (missing, unreadable, read-only or occupied files and folders, a
+    full disk, bad image files, a tracking store that cannot be opened) and the training's
+    non-finite stop. The last is looked up only once the training code is loaded:
+    importing it here would load torch for every command."""
+    errors: list[type[BaseException]] = [ValueError, OSError]
+    loop = sys.modules.get("vilalign.train.loop")
+    if loop is not None:
+        errors.append(loop.NonFiniteLossError)
+    return tuple(errors)
+
+
+def one_line(err: BaseException) -> str:
+    """``err`` as one line: a validation error as ``field: message`` pairs, any other
+    message with its lines joined."""
     from pydantic import ValidationError
 
     if isinstance(err, ValidationError):
         from vilalign.config import describe_validation_error
 
         return describe_validation_error(err)
-    return str(err)
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
 
 
 if __name__ == "__main__":

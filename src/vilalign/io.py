@@ -21,6 +21,7 @@ under a random name so concurrent writers never share one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -88,11 +89,53 @@ def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
             os.chmod(tmp, wanted)
         _fsync_file(tmp)
         os.replace(tmp, path)
+    except Exception as err:
+        failure = write_failure(err, path)  # (measured before the partial file is removed)
+        tmp.unlink(missing_ok=True)
+        if failure is None:
+            raise
+        raise failure from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
     return path
+
+
+#: Below this many free bytes a failed write is reported as a full disk.
+NEARLY_FULL = 16 * 2**20
+#: What writers that are not Python file objects say when the system refuses a write:
+#: torch.save ("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"),
+#: its stream writer, safetensors.
+_WRITER_FAILURES = ("unexpected pos", "PytorchStreamWriter failed", "file write failed", "IoError")
+
+
+def free_bytes(folder: str | Path) -> int | None:
+    try:
+        info = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    return info.f_bavail * info.f_frsize
+
+
+def write_failure(err: BaseException, path: str | Path) -> OSError | None:
+    """A one-line ``OSError`` naming ``path`` for a write the system refused (a full disk,
+    a read-only or vanished folder), whatever the writer raised; None for other errors.
+
+    Writers report a full disk in their own words (torch: "unexpected pos"), or as an
+    ``OSError`` without the file name; the user needs the path and the reason.
+    """
+    path = Path(path)
+    free = free_bytes(path.parent)
+    if free is not None and free < NEARLY_FULL:
+        return OSError(errno.ENOSPC, f"no space left on the device ({free} bytes free)", str(path))
+    if isinstance(err, OSError):
+        if err.filename is None and err.errno is not None:
+            return OSError(err.errno, err.strerror or str(err), str(path))
+        return None
+    if any(s in str(err) for s in _WRITER_FAILURES):
+        return OSError(errno.EIO, f"the write failed ({str(err).strip()[:200]})", str(path))
+    return None
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> Path:

@@ -64,7 +64,7 @@ def test_the_alignment_table_has_our_columns(name, kind, layers, adapters):
 def test_analyse_hf_model_writes_the_tidy_table(folders, tmp_path, capsys):
     code = main([
         "analyse", "--hf-model", str(folders["vilt"]), "--dataset", "easyvqa",
-        "--n-samples", "8", "--batch-size", "4", "--measures", "cosine,cka_linear",
+        "--n-samples", "16", "--batch-size", "8", "--measures", "cosine,cka_linear",
         "--run-dir", str(tmp_path),
     ])  # fmt: skip
     assert code == 0
@@ -77,13 +77,14 @@ def test_analyse_hf_model_writes_the_tidy_table(folders, tmp_path, capsys):
 
 def test_analyse_hf_model_defaults_to_the_views_it_has(folders, region_file, tmp_path):
     # VisualBERT reads regions by sample id; easy-VQA test ids are test-0, test-1, ...
+    # (16: the first 11 questions show one image, and analyse refuses one image)
     import numpy as np
 
-    ids = [f"test-{i}" for i in range(8)]
+    ids = [f"test-{i}" for i in range(16)]
     path = tiny.write_regions(tmp_path / "easyvqa-regions.npz", ids)
     code = main([
         "analyse", "--hf-model", str(folders["visual_bert"]), "--regions", str(path),
-        "--n-samples", "8", "--batch-size", "4", "--measures", "cosine",
+        "--n-samples", "16", "--batch-size", "8", "--measures", "cosine",
         "--run-dir", str(tmp_path / "run"),
     ])  # fmt: skip
     assert code == 0
@@ -125,7 +126,7 @@ def test_bad_published_model_input_is_one_line_and_exit_2(argv, message, tmp_pat
 def test_a_missing_region_id_stops_the_command_naming_it(folders, region_file, tmp_path, capsys):
     code = main([
         "analyse", "--hf-model", str(folders["lxmert"]), "--regions", str(region_file),
-        "--n-samples", "4", "--measures", "cosine", "--output-dir", str(tmp_path),
+        "--n-samples", "16", "--measures", "cosine", "--output-dir", str(tmp_path),
     ])  # fmt: skip
     assert code == 2
     err = capsys.readouterr().err

@@ -63,3 +63,25 @@ def _no_metric_plots():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(FileTracker, "plot", lambda self: None)
         yield
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, created (migrated) once per session: creating one
+    takes seconds, copying it milliseconds."""
+    from vilalign.experiments.tracking import default_uri, open_client
+
+    folder = tmp_path_factory.mktemp("mlflow-template")
+    open_client(default_uri(folder))
+    return folder / "mlflow.db"
+
+
+@pytest.fixture
+def mlflow_uri(_mlflow_template, tmp_path) -> str:
+    """A fresh MLflow store in this test's folder (a copy of the template)."""
+    import shutil
+
+    from vilalign.experiments.tracking import default_uri
+
+    shutil.copy(_mlflow_template, tmp_path / "mlflow.db")
+    return default_uri(tmp_path)

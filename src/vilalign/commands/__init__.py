@@ -398,3 +398,62 @@ def evaluation_dataset(args: argparse.Namespace, model: nn.Module) -> Any:
     if isinstance(model, Adapter):  # raw images: the model's own processor prepares them
         return adapter_dataset(model, data, args.split)
     return build(model, data, args.split)
+
+
+# ---------------------------------------------------------------------------- analysis folders
+
+
+def analysis_command(p: argparse.ArgumentParser, name: str, handler: Any) -> None:
+    """Register ``handler`` for an analysis command (analyse, attention, explain): its
+    output folder is held while it runs (created, and so checked writable, before any
+    work), and its tables and figures go to the MLflow run of the --checkpoint when that
+    run was tracked, or to a new run with --tracking-uri."""
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow store for a new run of this analysis (default: the store of the "
+        "--checkpoint's run when it was tracked; else nothing is recorded)",
+    )
+    p.add_argument("--no-tracking", action="store_true", help="record nothing in MLflow")
+    p.set_defaults(handler=handler, analysis=name)
+
+
+def run_handler(args: argparse.Namespace) -> int:
+    """Run the command's handler; an analysis command's (see :func:`analysis_command`)
+    holding its output folder, then recording its files."""
+    name = getattr(args, "analysis", None)
+    if name is None:
+        return args.handler(args)
+    from vilalign.distributed import env_rank
+    from vilalign.locks import folder_lock
+
+    if env_rank() != 0:  # (torchrun: rank 0 writes)
+        return args.handler(args)
+    with folder_lock(args.output_dir, "analysis"):
+        code = args.handler(args)
+        if code == 0 and not args.no_tracking:
+            from vilalign.experiments.tracking import log_analysis
+
+            params = {k: str(v) for k, v in vars(args).items() if k != "handler"}
+            log_analysis(args.output_dir, name, params, args.checkpoint, args.tracking_uri)
+    return code
+
+
+def check_sample_count(dataset: Any, n_samples: int | str, split: str, images: bool = True) -> None:
+    """--n-samples against the split it reads: more than it holds is an error (not a
+    silent cut); with ``images``, samples that all show one image are too (an alignment
+    measure would compare identical image representations). ``all`` is the whole split."""
+    size = len(dataset)
+    if n_samples == "all":
+        n_samples = size
+    elif n_samples > size:
+        raise ValueError(
+            f"--n-samples: {n_samples} is more than the {size} samples of the {split} split; "
+            f"use at most {size}"
+        )
+    records = getattr(dataset, "records", None) if images else None
+    if records is not None and len({r.image_id for r in records[:n_samples]}) < 2:
+        raise ValueError(
+            f"--n-samples: the first {n_samples} samples of the {split} split all show one "
+            "image, so their image representations are all alike and nothing can be "
+            "compared; use more samples"
+        )

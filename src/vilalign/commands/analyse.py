@@ -9,7 +9,9 @@ from vilalign.commands import (
     add_command,
     add_output_dir,
     add_source_args,
+    analysis_command,
     check_device,
+    check_sample_count,
     data_config,
     load_source,
     positive_int,
@@ -89,7 +91,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="read only caption number N of each image (one sample per image; default: all)",
     )
     add_output_dir(p, Path("runs/analyse"), "output folder", old=("--run-dir",))
-    p.set_defaults(handler=run)
+    analysis_command(p, "analyse", run)  # (its folder held, its files to MLflow)
 
 
 def _add_statistics(p: argparse.ArgumentParser) -> None:
@@ -161,7 +163,12 @@ def _seeds(args: argparse.Namespace) -> list[int]:
 def run(args: argparse.Namespace) -> int:
     from vilalign import distributed as dist
     from vilalign.analysis.align import RunInfo
-    from vilalign.analysis.pipeline import AlignmentSpec, models_at_init, run_alignment
+    from vilalign.analysis.pipeline import (
+        AlignmentSpec,
+        analysis_loader,
+        models_at_init,
+        run_alignment,
+    )
     from vilalign.analysis.report import text_report
 
     # torchrun: each rank collects its share of the samples (on cuda:LOCAL_RANK unless
@@ -188,11 +195,13 @@ def run(args: argparse.Namespace) -> int:
         memory_gb=args.memory_gb,
     )
     info = RunInfo(run=run_name, seed=args.seed, dataset=args.dataset)
-    loader = None
     if published:  # the model's own processor prepares images and texts
         from vilalign.adapters import adapter_loader
 
         loader = adapter_loader(model, spec)
+    else:
+        loader = analysis_loader(model, tokenizer, spec)
+    check_sample_count(loader.dataset, args.n_samples, args.split)  # before collecting
     result = run_alignment(
         model, tokenizer, spec, info, out_dir=args.output_dir, loader=loader,
         progress=args.progress, references=models_at_init(model, seeds), figures=True,

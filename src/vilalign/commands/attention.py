@@ -9,6 +9,8 @@ from vilalign.commands import (
     add_command,
     add_output_dir,
     add_source_args,
+    analysis_command,
+    check_sample_count,
     evaluation_dataset,
     load_source,
     positive_int,
@@ -42,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="sample shown in the HTML view (its position among the samples read)",
     )
     add_output_dir(p, Path("runs/attention"), "output folder", old=("--run-dir",))
-    p.set_defaults(handler=run)
+    analysis_command(p, "attention", run)  # (its folder held, its files to MLflow)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     model, tokenizer, _ = load_source(args)
     published = getattr(args, "hf_model", None) is not None
     dataset = evaluation_dataset(args, model)
-    subset = Subset(dataset, range(min(args.n_samples, len(dataset))))
+    check_sample_count(dataset, args.n_samples, args.split, images=False)
+    subset = Subset(dataset, range(args.n_samples))
     if not 0 <= args.bertviz_sample < len(subset):
         raise ValueError(
             f"--bertviz-sample: {args.bertviz_sample} is not one of the {len(subset)} samples read "

@@ -9,6 +9,7 @@ from vilalign.commands import (
     add_command,
     add_output_dir,
     add_source_args,
+    analysis_command,
     check_device,
     evaluation_dataset,
     load_source,
@@ -41,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default="relevancy", help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--target", type=int, help="class to explain (default: the predicted one)")
     add_output_dir(p, Path("runs/explain"), "output folder", old=("--run-dir",))
-    p.set_defaults(handler=run)
+    analysis_command(p, "explain", run)  # (its folder held, its files to MLflow)
 
 
 def find_samples(dataset, ids: list[str]) -> list[int]:

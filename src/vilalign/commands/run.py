@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
     factory = None if args.no_tracking else tracker_factory(exp, out, args.tracking_uri)
     result = run_experiment(exp, out, factory, progress=args.progress)
     print(f"{len(result.ran)} cell(s) run, {len(result.skipped)} already done, in {out}")
+    for folder, why in result.stale.items():  # (settings changed, or left the grid)
+        print(f"  cell {folder.rsplit('_', 1)[0]} {why}: kept in {out}/stale_cells/{folder}")
     if result.groups is not None and not result.groups.empty:
         print(summary_text(result.groups))
     if not args.no_report:

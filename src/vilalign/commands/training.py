@@ -107,33 +107,33 @@ def _summary(result: Any) -> None:
 @contextlib.contextmanager
 def _tracked(args: argparse.Namespace, cfg: Any, stage: str) -> Iterator[Any]:
     """An MLflow tracker for the run (None: files only, or a rank other than 0); the MLflow
-    run is marked finished with the run's files, or failed if the run raises."""
+    run is marked finished with the run's files, or failed if the run raises. The run
+    folder is held first: a second process must not touch the first one's MLflow run."""
     from vilalign.distributed import env_rank
 
     if args.no_tracking or env_rank() != 0:
         yield None
         return
-    from vilalign.experiments.tracking import RunStore, default_uri
+    from vilalign.experiments.tracking import RunStore, closing_on_error, default_uri
+    from vilalign.locks import folder_lock
     from vilalign.train.checkpoint import read_pointer
 
     run_dir = _run_dir(args).resolve()
-    if not args.resume and read_pointer(run_dir / "checkpoints") is not None:
-        yield None  # the run refuses the occupied folder; its MLflow run stays as it was
-        return
-    uri = args.tracking_uri or default_uri(run_dir.parent)
-    store = RunStore(uri, args.experiment, run_dir.parent / "mlartifacts")
-    tags = {"stage": stage, "run_file": str(args.config)}
-    params = {"config": json.loads(cfg.model_dump_json())}
-    tracker = store.tracker(run_dir, run_dir.name, tags, params)
-    logger.info("tracking the run in MLflow at %s (experiment %r)", uri, args.experiment)
-    try:
-        yield tracker
-    except BaseException as err:
-        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        store.client.set_terminated(tracker.run_id, status)
-        raise
-    alignment = run_dir / "alignment"  # (a multi-dataset run: a folder per dataset)
-    store.finish(run_dir, [alignment, *sorted(p for p in alignment.glob("*") if p.is_dir())])
+    with folder_lock(run_dir, "run"):
+        if not args.resume and read_pointer(run_dir / "checkpoints") is not None:
+            yield None  # the run refuses the occupied folder; its MLflow run stays as it was
+            return
+        uri = args.tracking_uri or default_uri(run_dir.parent)
+        command = f"vilalign {stage}"
+        store = RunStore(uri, args.experiment, run_dir.parent / "mlartifacts", command)
+        tags = {"stage": stage, "run_file": str(args.config)}
+        params = {"config": json.loads(cfg.model_dump_json())}
+        tracker = store.tracker(run_dir, run_dir.name, tags, params)
+        logger.info("tracking the run in MLflow at %s (experiment %r)", uri, args.experiment)
+        with closing_on_error(store, tracker.run_id):
+            yield tracker
+        alignment = run_dir / "alignment"  # (a multi-dataset run: a folder per dataset)
+        store.finish(run_dir, [alignment, *sorted(p for p in alignment.glob("*") if p.is_dir())])
 
 
 def run_pretrain(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from vilalign.analysis.spec import AlignmentOptions, sample_count
 from vilalign.config import (
@@ -64,12 +64,24 @@ class GridConfig(StrictModel):
         "{name: hateful_memes, root: data/hm}; the task is the dataset's name. "
         "None: the base fine-tuning run's data.",
     )
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0])
     axes: dict[str, dict[str, dict[str, Any]]] = Field(
         default_factory=dict,
         description="Further axes: axis name -> {label: overrides}, where overrides may set "
         "'model', 'pretrain' and 'finetune' (merged onto the base).",
     )
+
+    @field_validator("baselines", "pretraining", "coattention_layers", "datasets", "seeds")
+    @classmethod
+    def _not_empty(cls, value: list | None, info: ValidationInfo) -> list | None:
+        # An empty axis makes a grid of no cells: the run would end at once, "successfully",
+        # with an empty report.
+        if value is not None and not value:
+            raise ValueError(
+                f"grid.{info.field_name} is empty, so the grid has no cells; list at least "
+                "one value (or leave the field out for its default)"
+            )
+        return value
 
     @field_validator("baselines")
     @classmethod
@@ -296,6 +308,12 @@ class Cell:
     pretrain: PretrainConfig | None = None
     pretrain_key: str | None = None  # shared pretraining folder, None: no pretraining
     info: dict[str, Any] = field(default_factory=dict)
+    # What the cell's results depend on (see cell_settings); its folder records it.
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def settings_hash(self) -> str:
+        return settings_hash(self.settings)
 
 
 def objective_names(subset: str) -> list[str]:
@@ -412,7 +430,8 @@ def _make_cell(exp: ExperimentConfig, choice: dict[str, tuple[str, Any]], source
         pt_key = f"{baseline}_pt-{subset}_s{seed}_{config_hash(pt_cfg)}"
     key = cell_key(labels)
     group = cell_key({k: v for k, v in labels.items() if k != "seed"})
-    return Cell(key, group, labels, seed, ft_cfg, pt_cfg, pt_key)
+    settings = cell_settings(exp, ft_cfg, pt_cfg)
+    return Cell(key, group, labels, seed, ft_cfg, pt_cfg, pt_key, settings=settings)
 
 
 def _validate_run(kind, exp, model, run, seed, where):
@@ -439,7 +458,71 @@ def cell_key(labels: Mapping[str, str]) -> str:
     return safe_name("_".join(parts), keep="+.=-")
 
 
-def config_hash(cfg: Any) -> str:
-    """8 hex digits of the resolved config: two cells share a pretraining run iff equal."""
-    text = json.dumps(json.loads(cfg.model_dump_json()), sort_keys=True)
+#: Fields of a run config that say where and how visibly it runs, not what it computes:
+#: left out of a run's identity, so finishing a grid on another device (or without
+#: progress bars) reuses what is done. (train.num_workers stays in: collation draws may
+#: happen in the workers.)
+RUNTIME_FIELDS = (
+    ("train", "device"),
+    ("train", "progress"),
+    ("train", "distributed", "timeout_s"),
+)
+
+
+def run_identity(cfg: Any) -> dict[str, Any]:
+    """A run config's resolved settings without :data:`RUNTIME_FIELDS`: what its results
+    depend on. ``cfg`` is a config model or its JSON dump (a run folder's config.json)."""
+    data = json.loads(cfg.model_dump_json()) if hasattr(cfg, "model_dump_json") else cfg
+    data = json.loads(json.dumps(data))  # a copy
+    for path in RUNTIME_FIELDS:
+        node = data
+        for key in path[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return data
+
+
+def settings_hash(settings: Any) -> str:
+    """8 hex digits of JSON-able settings (sorted keys)."""
+    text = json.dumps(settings, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def config_hash(cfg: Any) -> str:
+    """8 hex digits of a run's identity (:func:`run_identity`): two cells share a
+    pretraining run iff equal. Runtime fields are left out, so a pretraining folder is
+    found again whatever device finishes the grid; folders named by earlier versions (whose
+    hash included them) are found by their config.json (see the runner)."""
+    return settings_hash(run_identity(cfg))
+
+
+def normalised_settings(recorded: dict[str, Any]) -> dict[str, Any] | None:
+    """Recorded cell settings read by today's schemas (a field added since gets its
+    default, as the recorded run had it implicitly), or None when they no longer
+    validate: comparable with :func:`cell_settings` of a cell of today's grid."""
+    from pydantic import ValidationError
+
+    try:
+        pretrain = recorded.get("pretrain")
+        return {
+            "finetune": run_identity(FinetuneConfig.model_validate(recorded["finetune"])),
+            "pretrain": run_identity(PretrainConfig.model_validate(pretrain))
+            if pretrain is not None
+            else None,
+            "analysis": json.loads(
+                AnalysisConfig.model_validate(recorded["analysis"]).model_dump_json()
+            ),
+        }
+    except (KeyError, TypeError, ValidationError):
+        return None
+
+
+def cell_settings(exp: ExperimentConfig, finetune: Any, pretrain: Any | None) -> dict[str, Any]:
+    """What a cell's results depend on: its fine-tuning and pretraining runs' identities
+    and the analyses measured during and after fine-tuning."""
+    return {
+        "finetune": run_identity(finetune),
+        "pretrain": run_identity(pretrain) if pretrain is not None else None,
+        "analysis": json.loads(exp.analysis.model_dump_json()),
+    }

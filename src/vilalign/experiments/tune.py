@@ -15,12 +15,26 @@ Storage is a SQLite file in the output folder by default, so a study survives a 
 a second invocation continues it; any RDB URL (PostgreSQL) lets many workers share one.
 The best trial's experiment file is written out ready for ``vilalign run`` (one per
 Pareto-optimal trial for several objectives).
+
+Workers may be killed and may start together:
+
+- A new SQLite study is created under a lock beside its file, so workers started at the
+  same moment do not race in its schema creation.
+- Each worker holds a lock on ``workers/<host>-<pid>/`` while it runs and records itself
+  in the trial it runs. A trial left RUNNING by a worker whose lock is free (the worker
+  was killed) is marked FAIL and queued again with the same parameters; the retry runs in
+  the original trial's folder and resumes from its checkpoints, so its value is the one
+  the uninterrupted trial would have given. Workers on other hosts are covered by
+  Optuna's heartbeat (a trial silent for :data:`GRACE_S` seconds is failed and retried).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +53,8 @@ from vilalign.experiments.spec import (
     TuneConfig,
     expand_grid,
 )
+from vilalign.experiments.tracking import create_sqlite
+from vilalign.locks import brief_lock, folder_lock, is_held
 from vilalign.train.config import FinetuneConfig
 from vilalign.train.loop import EpochContext, NonFiniteLossError
 from vilalign.train.run import RunResult, run_finetuning, run_pretraining
@@ -46,10 +62,16 @@ from vilalign.train.tasks import task_spec
 
 log = logging.getLogger(__name__)
 
+#: Heartbeat of a running trial, and the silence after which another worker fails it.
+HEARTBEAT_S, GRACE_S = 60, 180
+#: How often one trial is queued again after its worker was killed.
+MAX_RETRIES = 3
+WORKER_ATTR = "vilalign.worker"
 BEST_FILE = "best_experiment.yaml"
 BEST_RUN_FILE = "best_finetune.yaml"
 PARETO_FILE = "pareto_front.csv"
 TRIALS_FILE = "trials.csv"
+WORKERS_DIR = "workers"
 
 
 @dataclass
@@ -102,19 +124,100 @@ def load_study(exp: ExperimentConfig, out_dir: Path, storage: str | None = None)
 
     tc = _tune(exp)
     cell = base_cell(exp)
-    study = optuna.create_study(
-        study_name=tc.study_name or exp.name,
-        storage=storage or tc.storage or default_storage(out_dir),
-        directions=[o.direction for o in tc.objectives],
-        sampler=make_sampler(tc),
-        pruner=make_pruner(tc, cell.finetune.train.epochs),
-        load_if_exists=True,
-    )
+    url = storage or tc.storage or default_storage(out_dir)
+    with brief_lock(_creation_lock(url, out_dir), what="Optuna storage"):
+        study = optuna.create_study(
+            study_name=tc.study_name or exp.name,
+            storage=_storage(url),
+            directions=[o.direction for o in tc.objectives],
+            sampler=make_sampler(tc),
+            pruner=make_pruner(tc, cell.finetune.train.epochs),
+            load_if_exists=True,
+        )
     if study.trials:
         # The sampler's random state is not stored: seeded as in the first invocation, it
         # would suggest that invocation's (random start-up) parameters again.
         study.sampler = make_sampler(tc, offset=len(study.trials))
     return study
+
+
+def _creation_lock(url: str, out_dir: Path) -> Path:
+    """Beside a SQLite file (the race is in creating its schema), else in the output folder."""
+    if url.startswith("sqlite:///"):
+        db = Path(url.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return db.with_name(f".{db.name}.lock")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir / ".vilalign-study.lock"
+
+
+def _storage(url: str) -> Any:
+    """An RDB storage with heartbeats: a trial of a killed worker on another host is failed
+    after :data:`GRACE_S` seconds of silence and queued again."""
+    import warnings
+
+    import optuna
+
+    try:
+        if url.startswith("sqlite:///"):  # (a kill while creating it leaves nothing half-made)
+            create_sqlite(url, _close_after(optuna.storages.RDBStorage))
+        with warnings.catch_warnings():  # (heartbeats are "experimental" since Optuna 2.8)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES)
+            return optuna.storages.RDBStorage(
+                url,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=retry,
+            )
+    except Exception as err:  # sqlalchemy / alembic: pages of traceback otherwise
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise OSError(f"Optuna storage {url} cannot be opened ({first})") from None
+
+
+def _close_after(storage_class: Any) -> Any:
+    def create(url: str) -> None:
+        storage_class(url).engine.dispose()  # (tables created; the file is renamed next)
+
+    return create
+
+
+def original_number(trial: Any) -> int:
+    """The trial's number, or for a retry of a killed worker's trial, the original's (its
+    folder, with the checkpoints to resume from)."""
+    attrs = getattr(trial, "system_attrs", None)  # (a live Trial does not expose them)
+    if attrs is None:
+        attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
+    return int(attrs.get("failed_trial", trial.number))
+
+
+def trial_dir(out_dir: Path, number: int) -> Path:
+    return out_dir / "trials" / f"trial_{number:04d}"
+
+
+def requeue_dead_trials(study: Any, workers_dir: Path) -> list[int]:
+    """Fail and queue again every RUNNING trial whose worker (as it recorded itself) no
+    longer holds its lock; returns their numbers. Done under the study's lock, so two
+    workers never queue one trial twice."""
+    import optuna
+    from optuna.trial import TrialState
+
+    done = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker = trial.system_attrs.get(WORKER_ATTR) or {}
+        if worker.get("trial") != trial.number or is_held(workers_dir / worker["name"]):
+            continue  # (not claimed yet, or its worker is alive)
+        try:
+            study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # finished meanwhile
+        callback = study._storage.get_heartbeat_stale_trial_callback()
+        if callback is not None:
+            callback(study, study._storage.get_trial(trial._trial_id))
+        done.append(trial.number)
+    if done:
+        log.warning("trials %s: their worker was killed; failed and queued again", done)
+    return done
 
 
 def _tune(exp: ExperimentConfig) -> TuneConfig:
@@ -225,19 +328,23 @@ def monitored_metric(cfg: FinetuneConfig, history: list[dict[str, float]]) -> st
 class Objective:
     """Callable for ``study.optimize``: one trial = pretrain (if any) + fine-tune per dataset."""
 
-    def __init__(self, exp: ExperimentConfig, out_dir: Path) -> None:
+    def __init__(self, exp: ExperimentConfig, out_dir: Path, worker: str = "") -> None:
         self.exp, self.out_dir, self.tc = exp, out_dir, _tune(exp)
+        self.worker = worker  # this worker's folder under workers/ (held while it runs)
 
     def __call__(self, trial: Any) -> float | list[float]:
+        if self.worker:  # (the trial's number: a retry inherits its original's attributes)
+            claim = {"name": self.worker, "trial": trial.number}
+            trial.storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, claim)
         params = {p: suggest(trial, p, s) for p, s in self.tc.space.items()}
         exp = with_params(self.exp, params)
-        trial_dir = self.out_dir / "trials" / f"trial_{trial.number:04d}"
+        folder = trial_dir(self.out_dir, original_number(trial))
         results: dict[str | None, tuple[RunResult, str]] = {}
         values = []
         for i, spec in enumerate(self.tc.objectives):
             if spec.dataset not in results:
                 prune = len(self.tc.objectives) == 1 and i == 0
-                result = self._run(trial, exp, spec, trial_dir, prune)
+                result = self._run(trial, exp, spec, folder, prune)
                 cfg = base_cell(exp, spec.dataset).finetune
                 results[spec.dataset] = (result, monitored_metric(cfg, result.fit.history))
             values.append(objective_value(spec, *results[spec.dataset]))
@@ -280,14 +387,21 @@ def run_study(
     tc = _tune(exp)
     out = Path(out_dir) if out_dir is not None else exp.resolved_output_dir()
     out.mkdir(parents=True, exist_ok=True)
-    study = load_study(exp, out, storage)
-    before = len(study.trials)
-    study.optimize(
-        Objective(exp, out),
-        n_trials=n_trials or tc.n_trials,
-        timeout=timeout or tc.timeout,
-        catch=(NonFiniteLossError,),  # a diverged trial fails; the study goes on
-    )
+    worker = f"{socket.gethostname()}-{os.getpid()}"
+    with folder_lock(out / WORKERS_DIR / worker, "worker"):
+        study = load_study(exp, out, storage)
+        before = len(study.trials)
+        reap = _reaper(out)
+        reap(study, None)
+        study.optimize(
+            Objective(exp, out, worker),
+            n_trials=n_trials or tc.n_trials,
+            timeout=timeout or tc.timeout,
+            catch=(NonFiniteLossError,),  # a diverged trial fails; the study goes on
+            callbacks=[reap],
+        )
+    # Left cleanly: no trial of this worker is RUNNING, nobody needs its lock any more.
+    shutil.rmtree(out / WORKERS_DIR / worker, ignore_errors=True)
     log.info(
         "study %s: %d trials now (%d new)",
         study.study_name,
@@ -297,6 +411,17 @@ def run_study(
     return TuneResult(
         study, out, len(study.trials), best_trials(study), write_outputs(exp, study, out)
     )
+
+
+def _reaper(out: Path) -> Any:
+    """A study callback (also called at the start): queue again the trials of killed
+    workers, one worker at a time."""
+
+    def reap(study: Any, trial: Any) -> None:
+        with brief_lock(out / ".vilalign-study.lock", what="study"):
+            requeue_dead_trials(study, out / WORKERS_DIR)
+
+    return reap
 
 
 def best_trials(study: Any) -> list[dict[str, Any]]:

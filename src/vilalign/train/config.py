@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from vilalign.analysis.spec import AlignmentOptions, SampleCount
 from vilalign.config import (
@@ -169,6 +169,20 @@ class TrainConfig(StrictModel):
     fast: FastPathConfig = FastPathConfig()
     distributed: DistributedConfig = DistributedConfig()
     log_every_n_steps: int = Field(10, ge=1)
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop",
+        description="A NaN/inf loss or gradient: 'stop' the run (nothing of that step is "
+        "applied or saved) or 'skip' the update and count it (train/skipped_steps).",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_default_nonfinite(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # At its default, ``on_nonfinite`` is left out of config.json: the configs (and the
+        # hashes that name pretraining and cell folders) read as before it existed.
+        data = handler(self)
+        if self.on_nonfinite == "stop":
+            data.pop("on_nonfinite", None)
+        return data
 
     @model_validator(mode="after")
     def _check_monitor(self) -> TrainConfig:

@@ -5,7 +5,15 @@ The loop knows a :class:`~vilalign.train.tasks.Task` (``task(batch) -> StepResul
 target batch size, gradient clipping, bf16 autocast on CUDA, optional ``torch.compile``,
 evaluation every epoch, early stopping, a checkpoint every epoch (and every N steps), and
 exact resume: weights, optimizer, scheduler, scaler, RNG states and the data position are
-restored, so a resumed CPU run ends bit-identical to an uninterrupted one.
+restored, so a resumed CPU run ends bit-identical to an uninterrupted one — from a kill
+at any moment, also inside the end of an epoch (validation, callbacks, the best-checkpoint
+record): the end of an epoch that a checkpoint's steps lead to but its history lacks is
+run on resume. Changed optimiser settings (learning rate, schedule, clipping, epochs) are
+applied from the resumed step on.
+
+A non-finite loss or gradient is never applied: ``train.on_nonfinite`` either stops the
+run (the default), rolling the checkpoint pointer back past any update that led to it,
+or skips the update and counts it.
 
 Under ``torchrun`` the same loop runs DDP (see :mod:`vilalign.distributed`): each rank
 takes its share of every global batch, gradients are averaged once per optimiser step
@@ -41,7 +49,7 @@ from vilalign.train import checkpoint as ckpt
 from vilalign.train import fastpath
 from vilalign.train.config import OptimConfig, TrainConfig, monitor_mode_of
 from vilalign.train.distributed import all_reduce_sums
-from vilalign.train.optim import build_optimizer, build_scheduler
+from vilalign.train.optim import build_optimizer, build_scheduler, param_groups
 from vilalign.train.tasks import StepResult, Task
 from vilalign.train.tracker import FileTracker, NullTracker, Tracker
 
@@ -49,7 +57,13 @@ logger = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run stopped without writing a checkpoint."""
+    """The loss or the gradient became NaN or infinite; nothing of that step was applied or
+    saved, and the last checkpoint holds weights that gave finite losses."""
+
+
+#: With ``on_nonfinite: skip``, this many skipped steps in a row stop the run: the weights
+#: themselves have diverged, and skipping would only spend the rest of the schedule.
+MAX_CONSECUTIVE_SKIPS = 10
 
 
 def seed_everything(seed: int) -> None:
@@ -138,6 +152,7 @@ class Progress:
     best_step: int | None = None
     bad_epochs: int = 0
     stopped_early: bool = False
+    skipped_steps: int = 0  # updates not applied: non-finite loss or gradient (on_nonfinite: skip)
 
 
 @dataclass
@@ -212,6 +227,10 @@ class Trainer:
         self.epoch_meter, self.log_meter = Meter(), Meter()
         self._epoch_complete = True  # set by train_epoch: False when max_steps cut it short
         self.history: list[dict[str, float]] = []
+        # The last step whose weights gave a finite loss (a checkpoint of a later step is
+        # unconfirmed: the non-finite stop rolls back past it), and skips in a row.
+        self._finite_at, self._skips_in_a_row = -1, 0
+        self._clock = {"start": time.perf_counter(), "wait": 0.0, "samples": 0}
 
     def _check_world(self) -> None:
         per_step = self.cfg.batch_size * self.world_size
@@ -270,6 +289,8 @@ class Trainer:
         """Train to the end (epochs, max_steps or early stop); ``resume`` continues the run."""
         if resume:
             self.resume()
+        elif self.tracker.mark():  # records of an attempt that never reached a checkpoint
+            self.tracker.rewind(0, 0)
         if self.progress.step == 0:  # epoch 0: the model before its first optimiser step
             self._run_start_callbacks()
         while not self._finished():
@@ -288,7 +309,21 @@ class Trainer:
 
     def _finished(self) -> bool:
         p = self.progress
+        if self._end_pending():
+            return False
         return p.stopped_early or p.epoch >= self.cfg.epochs or p.step >= self.total_steps
+
+    def _end_pending(self) -> bool:
+        """Steps were taken since the last epoch's end ran (its history row has the step):
+        a run killed inside the end of its last epoch, resumed from a checkpoint of that
+        epoch's last step, still has that end to run."""
+        p = self.progress
+        last = self.history[-1]["step"] if self.history else 0
+        return p.step > last
+
+    def _at_epoch_end(self) -> bool:
+        p = self.progress
+        return p.step >= self.total_steps or p.batch_in_epoch >= self.micro_batches_per_epoch
 
     # ------------------------------------------------------------------ data
 
@@ -405,30 +440,83 @@ class Trainer:
         }
 
     def _optimizer_step(self, group: list[Batch]) -> None:
-        """Accumulate gradients over ``group`` (weighted by size: = one big batch), then step."""
+        """Accumulate gradients over ``group`` (weighted by size: = one big batch), then
+        step; a non-finite loss or gradient stops the run or skips the update
+        (``train.on_nonfinite``), never reaching the weights."""
         total = sum(len(b) for b in group)
-        for i, batch in enumerate(group):
-            batch = fastpath.to_device(batch, self.device, self.cfg.fast)
-            # DDP: average gradients over ranks once, after the last micro-batch.
-            with self._no_sync(last=i == len(group) - 1):
-                with self._autocast():
-                    result = self.step_module(batch)
-                self._check_finite(result, batch)
-                self.scaler.scale(result.loss * (len(batch) / total)).backward()
+        logs = self._accumulate(group, total)
+        norm = self._gradient_norm()
+        if logs is not None and self._gradient_finite(norm, group[-1]):
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             for meter in (self.epoch_meter, self.log_meter):
-                meter.update(result.logs, len(batch))
-        if self.optim_cfg.grad_clip is not None:
-            self.scaler.unscale_(self.optimizer)
-            params = [q for g in self.optimizer.param_groups for q in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+                for values, n in logs:
+                    meter.update(values, n)
+            self._finite_at, self._skips_in_a_row = self.progress.step, 0
+        else:
+            self._skip(group[-1])
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.progress.batch_in_epoch += len(group)
         self.progress.samples_in_epoch += total * self.world_size
         self.progress.step += 1
         self._clock["samples"] += total
+
+    def _accumulate(
+        self, group: list[Batch], total: int
+    ) -> list[tuple[dict[str, torch.Tensor], int]] | None:
+        """Forward and backward every micro-batch; their logs, or None when a loss was not
+        finite (skip mode: the backward still runs, so DDP's ranks stay in step)."""
+        logs: list[tuple[dict[str, torch.Tensor], int]] | None = []
+        for i, batch in enumerate(group):
+            batch = fastpath.to_device(batch, self.device, self.cfg.fast)
+            # DDP: average gradients over ranks once, after the last micro-batch.
+            with self._no_sync(last=i == len(group) - 1):
+                with self._autocast():
+                    result = self.step_module(batch)
+                if not self._loss_finite(result):
+                    if self.cfg.on_nonfinite == "stop":
+                        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in result.logs.items())
+                        self._stop_nonfinite(f"loss became {result.loss.item()} ({terms})", batch)
+                    logs = None
+                self.scaler.scale(result.loss * (len(batch) / total)).backward()
+            if logs is not None:
+                logs.append((result.logs, len(batch)))
+        return logs
+
+    def _gradient_norm(self) -> torch.Tensor | None:
+        """The global gradient norm (clipped to ``grad_clip`` if set); None under fp16 loss
+        scaling, whose own overflow check skips such steps (that is its normal working)."""
+        params = [q for g in self.optimizer.param_groups for q in g["params"]]
+        if self.optim_cfg.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            return torch.nn.utils.clip_grad_norm_(params, self.optim_cfg.grad_clip)
+        if self.scaler.is_enabled():
+            return None
+        grads = [q.grad for q in params if q.grad is not None]
+        return torch.nn.utils.get_total_norm(grads) if grads else None
+
+    def _gradient_finite(self, norm: torch.Tensor | None, batch: Batch) -> bool:
+        if norm is None or self.scaler.is_enabled() or torch.isfinite(norm).item():
+            return True
+        if self.cfg.on_nonfinite == "stop":
+            self._stop_nonfinite(f"gradient norm became {norm.item()}", batch)
+        return False
+
+    def _skip(self, batch: Batch) -> None:
+        """Leave the weights as they were, count it; too many in a row stop the run."""
+        p = self.progress
+        p.skipped_steps += 1
+        self._skips_in_a_row += 1
+        logger.warning(
+            "step %d: non-finite loss or gradient, update skipped (%d skipped so far)",
+            p.step + 1,
+            p.skipped_steps,
+        )
+        if self._skips_in_a_row >= MAX_CONSECUTIVE_SKIPS:
+            self._stop_nonfinite(
+                f"{MAX_CONSECUTIVE_SKIPS} steps in a row had a non-finite loss or gradient", batch
+            )
 
     def _no_sync(self, last: bool) -> contextlib.AbstractContextManager:
         if last or self._ddp is None:
@@ -440,22 +528,33 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def _check_finite(self, result: StepResult, batch: Batch) -> None:
+    def _loss_finite(self, result: StepResult) -> bool:
         finite = torch.isfinite(result.loss.detach()).float()
         if self.world_size > 1:
-            # Every rank stops together: one rank raising alone would leave the others
-            # waiting in the next collective until the timeout.
+            # Every rank decides together: one rank raising or skipping alone would leave
+            # the others waiting in the next collective until the timeout.
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if finite.item():
-            return
+        return bool(finite.item())
+
+    def _stop_nonfinite(self, what: str, batch: Batch | None) -> None:
+        """Raise the one-line stop, after pointing ``latest.json`` past any checkpoint whose
+        weights were never seen to give a finite loss (they hold the update that led here)."""
         p = self.progress
-        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in result.logs.items())
-        last = ckpt.resolve(self.ckpt_dir)
+        pointer = ckpt.read_pointer(self.ckpt_dir)
+        if pointer is not None and pointer["step"] > self._finite_at and self.is_main:
+            pointer = ckpt.roll_back(self.ckpt_dir) or pointer
+        last = (
+            f"{self.ckpt_dir / pointer['name']} (step {pointer['step']})"
+            if pointer
+            else "none (none was written yet)"
+        )
+        lr = f"{self.optim_cfg.lr / 10:.3g}"
+        ids = f"; first sample ids of the batch: {batch.ids[:4]}" if batch is not None else ""
         raise NonFiniteLossError(
-            f"loss became {result.loss.item()} at epoch {p.epoch + 1}, step {p.step + 1} "
-            f"({terms}); first sample ids of the batch: {batch.ids[:4]}. The run stopped; the "
-            f"last good checkpoint is {last or 'none (none written yet)'}. Resume from it "
-            "with a lower learning rate or check those inputs."
+            f"{what} at epoch {p.epoch + 1}, step {p.step + 1}{ids}. Nothing of that step "
+            f"was applied or saved; the last checkpoint is {last}. Resume from it with a "
+            f"lower learning rate (optim.lr, e.g. --resume --set optim.lr={lr}), or skip "
+            "such steps (train.on_nonfinite: skip)"
         )
 
     def _after_step(self) -> None:
@@ -463,10 +562,13 @@ class Trainer:
         if p.step % self.cfg.log_every_n_steps == 0:
             lr = self.scheduler.get_last_lr()[0]
             logs = {f"train/{k}": v for k, v in _reduced(self.log_meter).means().items()}
+            if p.skipped_steps:
+                logs["train/skipped_steps"] = p.skipped_steps
             self.tracker.log_metrics({**logs, "train/lr": lr}, p.step, p.epoch + 1)
             self.log_meter = Meter()
         every = self.cfg.checkpoint.every_n_steps
-        if every and p.step % every == 0:
+        # (not at an epoch's end: the end-of-epoch checkpoint follows at the same step)
+        if every and p.step % every == 0 and not self._at_epoch_end():
             self.save()
         for callback in self.step_callbacks:
             callback(self)
@@ -485,6 +587,7 @@ class Trainer:
         summary.update({f"train/{k}": v for k, v in self._timing().items()})
         if self.val_data is not None:
             summary.update(self.evaluate(self.val_data, "val"))
+            self._check_validation(summary)
         complete = self._epoch_complete
         epoch = p.epoch + 1
         if complete:
@@ -507,6 +610,15 @@ class Trainer:
         plot = getattr(self.tracker, "plot", None)
         if callable(plot):
             plot()
+
+    def _check_validation(self, summary: dict[str, float]) -> None:
+        """The weights about to be saved must give finite validation losses; then they
+        are confirmed (a later non-finite stop does not roll back past them)."""
+        bad = {k: v for k, v in summary.items() if k.endswith("loss") and not math.isfinite(v)}
+        if bad:
+            what = ", ".join(f"{k}={v}" for k, v in bad.items())
+            self._stop_nonfinite(f"validation loss became non-finite ({what})", None)
+        self._finite_at = self.progress.step
 
     def _update_best(self, summary: dict[str, float]) -> bool:
         p, cfg = self.progress, self.cfg
@@ -622,43 +734,76 @@ class Trainer:
             "epoch_meter": self.epoch_meter.state(),
             "log_meter": self.log_meter.state(),
             "history": self.history,
+            "tracker_mark": self.tracker.mark(),  # records to keep when resuming from here
         }
 
-    def save(self, best: bool = False) -> Path:
-        """Rank 0 writes the checkpoint; every rank returns once it is complete."""
+    def save(self, best: bool = False) -> None:
+        """Rank 0 writes the checkpoint (``best``: it is the best so far, recorded in the
+        same atomic step); every rank returns once it is complete."""
         state = self.state()  # on every rank: it gathers the ranks' RNG states
-        path = self.ckpt_dir / ckpt.checkpoint_name(self.progress.step)
         if self.is_main:
-            path = ckpt.save_checkpoint(self.ckpt_dir, self.progress.step, self.task, state)
-            if best and self.cfg.checkpoint.keep_best:
-                ckpt.mark_best(
-                    self.ckpt_dir, self.progress.step, self.monitor, float(self.progress.best_value)
-                )
+            record = best and self.cfg.checkpoint.keep_best
+            value = (self.monitor, float(self.progress.best_value)) if record else None
+            ckpt.save_checkpoint(self.ckpt_dir, self.progress.step, self.task, state, value)
             ckpt.prune(self.ckpt_dir)
         dist.barrier()
-        return path
 
     def resume(self) -> bool:
-        """Load the latest checkpoint of this run, if any; True when one was loaded."""
+        """Load the latest checkpoint of this run, if any; True when one was loaded.
+
+        What a killed attempt wrote after that checkpoint is dropped (metric records,
+        unreferenced checkpoint folders), and the configured optimiser settings replace
+        the saved ones (see :meth:`_apply_optim_settings`).
+        """
+        if self.is_main and self.ckpt_dir.is_dir():
+            ckpt.recover(self.ckpt_dir)
+            ckpt.prune(self.ckpt_dir)  # (so the names of later saves are an uninterrupted run's)
+        dist.barrier()
         path = ckpt.resolve(self.ckpt_dir)
         if path is None:
             logger.info("resume: no checkpoint in %s, starting from scratch", self.ckpt_dir)
+            if self.tracker.mark():
+                self.tracker.rewind(0, 0)
             return False
         ckpt.load_weights(path, self.task)
         state = ckpt.load_state(path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
+        self._apply_optim_settings()
         self.progress = Progress(**state["progress"])
         self.epoch_meter = Meter(state["epoch_meter"])
         self.log_meter = Meter(state["log_meter"])
         self.history = list(state["history"])
-        self.tracker.rewind(self.progress.step)
+        self.tracker.rewind(self.progress.step, state.get("tracker_mark"))
         self._restore_rng(state)  # last: nothing above may draw after it
         logger.info(
             "resumed from %s (epoch %d, step %d)", path, self.progress.epoch + 1, self.progress.step
         )
         return True
+
+    def _apply_optim_settings(self) -> None:
+        """The configured learning rates, betas, eps and weight decay over the loaded ones,
+        and the current rate recomputed on the configured schedule.
+
+        Loading an optimizer's state restores the settings it was saved with; without
+        this, a run resumed with another learning rate would go on at the old one while
+        its config.json said the new one. Unchanged settings give the same numbers, so an
+        unchanged run stays bit-identical.
+        """
+        fresh = {g["group"]: g for g in param_groups(self.task, self.optim_cfg)}
+        for group in self.optimizer.param_groups:
+            new = fresh[group["group"]]
+            group["initial_lr"], group["weight_decay"] = new["lr"], new["weight_decay"]
+            group["betas"], group["eps"] = self.optim_cfg.betas, self.optim_cfg.eps
+        scheduler = self.scheduler
+        scheduler.base_lrs = [g["initial_lr"] for g in self.optimizer.param_groups]
+        step = scheduler.last_epoch
+        for group, base, factor in zip(
+            self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+        ):
+            group["lr"] = base * factor(step)
+        scheduler._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     def _restore_rng(self, state: dict[str, Any]) -> None:
         ranks = state.get("rng_ranks") or []

@@ -9,13 +9,23 @@ downstream datasets at once (:mod:`vilalign.train.multitask`).
 
 Under ``torchrun`` every rank calls the same function with the same run folder (a shared
 file system across nodes); rank 0 alone writes into it.
+
+A run folder is held by one process at a time (:mod:`vilalign.locks`). Resuming with
+changed settings applies those that can change mid-run (the optimiser's, the number of
+epochs or steps, early stopping, checkpointing and runtime switches: see
+:data:`MID_RUN_CHANGEABLE`) from the resumed step on, recording each change with its step
+in ``config_changes.json`` and ``results.json``; any other difference is refused, listed.
+The end of a run is resumable too: ``results.json`` is removed before ``model/`` is
+written again (atomically, as a folder) and rewritten after it, so a run whose
+``results.json`` exists has the ``model/`` it describes.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +41,8 @@ from vilalign.data import SPLITS, Collator, DataConfig, build_dataset, build_tra
 from vilalign.data.base import dataset_label_names as label_names
 from vilalign.data.masking import PretrainingCollator
 from vilalign.data.registry import dataset_info
-from vilalign.io import write_json_atomic
+from vilalign.io import atomic_dir, write_json_atomic
+from vilalign.locks import folder_lock
 from vilalign.model import VilbertModel, build_model, load_tokenizer, save_pretrained
 from vilalign.model.encoders import build_vit, image_data_config
 from vilalign.train import checkpoint as ckpt
@@ -55,6 +66,18 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 RESULTS_FILE = "results.json"
 MODEL_DIR = "model"
+CHANGES_FILE = "config_changes.json"
+
+#: Settings a resumed run may change (dotted prefixes): the loop reads them afresh or
+#: re-applies them over the loaded state (see Trainer.resume), so they take effect from
+#: the resumed step on. Everything else (model, data, splits, batch sizes, seed,
+#: objectives, monitor, precision) would make the checkpoint's state mean something else.
+MID_RUN_CHANGEABLE = (
+    "optim.", "train.epochs", "train.max_steps", "train.early_stopping.",
+    "train.checkpoint.every_n_steps", "train.log_every_n_steps", "train.num_workers",
+    "train.device", "train.progress", "train.fast.", "train.compile", "train.distributed.",
+    "train.on_nonfinite",
+)  # fmt: skip
 
 
 @dataclass
@@ -76,6 +99,21 @@ class RunResult:
 # ---------------------------------------------------------------------------- entry points
 
 
+def holding_run_dir(fn: Callable[..., RunResult]) -> Callable[..., RunResult]:
+    """Run ``fn(cfg, run_dir, ...)`` holding the run folder (rank 0; the other ranks of a
+    torchrun job are the same run). A second process gets one line naming the holder."""
+
+    @functools.wraps(fn)
+    def held(cfg: Any, run_dir: str | Path, *args: Any, **kwargs: Any) -> RunResult:
+        if dist.env_rank() != 0:
+            return fn(cfg, run_dir, *args, **kwargs)
+        with folder_lock(run_dir, "run"):
+            return fn(cfg, run_dir, *args, **kwargs)
+
+    return held
+
+
+@holding_run_dir
 def run_finetuning(
     cfg: FinetuneConfig,
     run_dir: str | Path,
@@ -96,6 +134,7 @@ def run_finetuning(
     return _fit_and_test(cfg, run_dir, task, splits, collate, tokenizer, resume, callbacks, tracker)
 
 
+@holding_run_dir
 def run_multitask(
     cfg: MultiTaskConfig,
     run_dir: str | Path,
@@ -186,6 +225,7 @@ def _alignment_callback(
     return EpochAlignment(targets, tokenizer)
 
 
+@holding_run_dir
 def run_pretraining(
     cfg: PretrainConfig,
     run_dir: str | Path,
@@ -248,8 +288,11 @@ def _test_and_save(
         trainer.tracker.log_metrics(test, trainer.progress.step, trainer.progress.epoch)
     model_dir = run_dir / MODEL_DIR
     if dist.is_main_process():
-        save_pretrained(task.model, model_dir, tokenizer, card=run_card(run_dir, test))
-        _write_results(run_dir, fit, test, split_names)
+        # results.json says "finished, and model/ is this": gone while model/ changes
+        (run_dir / RESULTS_FILE).unlink(missing_ok=True)
+        with atomic_dir(model_dir) as tmp:
+            save_pretrained(task.model, tmp, tokenizer, card=run_card(run_dir, test))
+        _write_results(run_dir, fit, test, split_names, trainer.progress.skipped_steps)
     dist.barrier()
     return RunResult(fit, test, run_dir, model_dir)
 
@@ -271,24 +314,96 @@ def _start(
 def _prepare_run_dir(cfg: PresetModelConfig, run_dir: str | Path, resume: bool) -> Path:
     """Create the run folder and write the resolved config; refuse to mix two runs.
 
-    Every rank checks (so all raise alike); rank 0 writes, the others wait for it.
+    Resuming with other settings: those of :data:`MID_RUN_CHANGEABLE` are recorded as a
+    change at the checkpoint's step (config.json then holds the settings in force); any
+    other difference is an error listing them. Every rank checks (so all raise alike);
+    rank 0 writes, the others wait for it.
     """
     run_dir = Path(run_dir)
     path = run_dir / CONFIG_FILE
     resolved = json.loads(cfg.model_dump_json())
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if not resume and ckpt.read_pointer(run_dir / "checkpoints") is not None:
-            raise FileExistsError(
-                f"{run_dir} already holds a run; resume it (resume=True) or pick a new folder"
-            )
-        if resume and saved != resolved:
-            logger.warning("resume: the config differs from the one saved in %s", path)
+    pointer = ckpt.read_pointer(run_dir / "checkpoints")
+    if pointer is not None and not resume:
+        raise FileExistsError(
+            f"{run_dir} already holds a run; resume it (resume=True) or pick a new folder"
+        )
+    changes = {}
+    if pointer is not None and path.is_file():
+        saved = _as_today(type(cfg), json.loads(path.read_text()))
+        changes = _mid_run_changes(saved, resolved, run_dir)
     if dist.is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
+        if changes:
+            _record_changes(run_dir, int(pointer["step"]), changes)
         write_json_atomic(path, resolved)
     dist.barrier()
     return run_dir
+
+
+def _as_today(kind: type[PresetModelConfig], saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.json as today's schema reads it (a field added since appears at its
+    default, as the run had it), so that a new version alone is no change of settings."""
+    try:
+        return json.loads(kind.model_validate(saved).model_dump_json())
+    except ValueError:  # (pydantic's ValidationError is one) compared as it is
+        return saved
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
+    """``{"optim.lr": [old, new], ...}`` over the leaves of two config dumps (a field
+    absent from one, e.g. left out at its default, is ``None`` there)."""
+    a, b = _leaves(old), _leaves(new)
+    return {k: [a.get(k), b.get(k)] for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def _mid_run_changes(
+    saved: dict[str, Any], resolved: dict[str, Any], run_dir: Path
+) -> dict[str, list[Any]]:
+    """The differences a resume may apply; raises listing those it may not."""
+    changes = config_differences(saved, resolved)
+    refused = {
+        k: v
+        for k, v in changes.items()
+        if not any(k == p or k.startswith(p) for p in MID_RUN_CHANGEABLE)
+    }
+    if refused:
+        listed = "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in refused.items())
+        raise ConfigError(
+            f"resume {run_dir}: these settings differ from its {CONFIG_FILE} and cannot change "
+            f"in the middle of a run: {listed}. Resume with the saved settings, or start a new "
+            "run in another folder"
+        )
+    return changes
+
+
+def _show(value: Any) -> str:
+    return "unset" if value is None else json.dumps(value)
+
+
+def _record_changes(run_dir: Path, step: int, changes: dict[str, list[Any]]) -> None:
+    """Append ``{"step", "changes"}`` to config_changes.json (once: a kill before
+    config.json is rewritten repeats the same record, which is not added twice)."""
+    record = {"step": step, "changes": changes}
+    recorded = read_config_changes(run_dir)
+    if record not in recorded:
+        write_json_atomic(run_dir / CHANGES_FILE, [*recorded, record])
+    shown = ", ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in changes.items())
+    logger.warning("resume: from step %d on, %s", step, shown)
+
+
+def read_config_changes(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The settings changes of a resumed run, in order (empty when none)."""
+    path = Path(run_dir) / CHANGES_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def build_splits(cfg: RunConfig) -> Splits:
@@ -417,7 +532,11 @@ def load_encoder_weights(model: VilbertModel, source: str | Path) -> None:
 
 
 def _write_results(
-    run_dir: Path, fit: FitResult, test: dict[str, float], split_names: dict[str, Any]
+    run_dir: Path,
+    fit: FitResult,
+    test: dict[str, float],
+    split_names: dict[str, Any],
+    skipped_steps: int = 0,
 ) -> None:
     results = {
         "splits": split_names,
@@ -428,4 +547,9 @@ def _write_results(
         "last_epoch": fit.history[-1] if fit.history else {},
         "test": test,
     }
+    if skipped_steps:  # (train.on_nonfinite: skip)
+        results["skipped_steps"] = skipped_steps
+    changes = read_config_changes(run_dir)
+    if changes:  # settings changed on resume, each from its step on
+        results["config_changes"] = changes
     write_json_atomic(run_dir / RESULTS_FILE, results)

@@ -7,12 +7,16 @@ see DESIGN.md) plugs in later as another ``Tracker``; the loop only calls this i
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
+
+from vilalign.io import write_atomic, write_failure, write_text_atomic
 
 METRICS_JSONL = "metrics.jsonl"
 METRICS_CSV = "metrics.csv"
@@ -25,8 +29,12 @@ class Tracker(Protocol):
 
     def log_metrics(self, metrics: Mapping[str, float], step: int, epoch: int) -> None: ...
 
-    def rewind(self, step: int) -> None:
-        """Forget records after ``step`` (a resumed run repeats them)."""
+    def mark(self) -> int | None:
+        """A position in what was recorded, saved with each checkpoint (None: none kept)."""
+
+    def rewind(self, step: int, mark: int | None = None) -> None:
+        """Forget what was recorded after ``mark`` (else after ``step``): a resumed run
+        repeats it."""
 
     def close(self) -> None: ...
 
@@ -40,7 +48,10 @@ class NullTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int, epoch: int) -> None:
         pass
 
-    def rewind(self, step: int) -> None:
+    def mark(self) -> int | None:
+        return None
+
+    def rewind(self, step: int, mark: int | None = None) -> None:
         pass
 
     def close(self) -> None:
@@ -48,23 +59,33 @@ class NullTracker:
 
 
 class FileTracker:
-    """Append-only metrics files in the run folder, plus a PNG plot on :meth:`plot`."""
+    """Append-only metrics files in the run folder, plus a PNG plot on :meth:`plot`.
+
+    Each checkpoint saves :meth:`mark` (the records written so far); a resumed run
+    rewinds to it, so a record written after the checkpoint by a killed attempt (a step's
+    figures, an epoch's validation, the test metrics) is never kept twice. A line cut
+    short by a kill is dropped when the files are read.
+    """
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.run_dir / METRICS_JSONL
         self.csv = self.run_dir / METRICS_CSV
+        self._count: int | None = None  # records in the file, counted on first need
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        (self.run_dir / PARAMS_JSON).write_text(json.dumps(dict(params), indent=2, default=str))
+        text = json.dumps(dict(params), indent=2, default=str)
+        write_text_atomic(self.run_dir / PARAMS_JSON, text)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int, epoch: int) -> None:
+        count = self.mark()
         record = {"step": step, "epoch": epoch, **{k: float(v) for k, v in metrics.items()}}
-        with self.jsonl.open("a") as f:
+        with _naming(self.jsonl), self.jsonl.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        self._count = count + 1
         new = not self.csv.exists()
-        with self.csv.open("a", newline="") as f:
+        with _naming(self.csv), self.csv.open("a", newline="") as f:
             writer = csv.writer(f)
             if new:
                 writer.writerow(["step", "epoch", "name", "value"])
@@ -73,23 +94,49 @@ class FileTracker:
     def records(self) -> list[dict[str, float]]:
         if not self.jsonl.exists():
             return []
-        return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line]
+        out = []
+        for line in self.jsonl.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # the last line of a killed attempt, cut short
+                continue
+        return out
 
-    def rewind(self, step: int) -> None:
-        kept = [r for r in self.records() if r["step"] <= step]
-        self.jsonl.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        with self.csv.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["step", "epoch", "name", "value"])
-            for r in kept:
-                rest = {k: v for k, v in r.items() if k not in ("step", "epoch")}
-                writer.writerows([r["step"], r["epoch"], k, v] for k, v in rest.items())
+    def mark(self) -> int:
+        if self._count is None:
+            self._count = len(self.records())
+        return self._count
+
+    def rewind(self, step: int, mark: int | None = None) -> None:
+        records = self.records()
+        kept = records[:mark] if mark is not None else [r for r in records if r["step"] <= step]
+        write_text_atomic(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
+        rows = [["step", "epoch", "name", "value"]]
+        for r in kept:
+            rest = {k: v for k, v in r.items() if k not in ("step", "epoch")}
+            rows += [[r["step"], r["epoch"], k, v] for k, v in rest.items()]
+        buffer = io.StringIO()
+        csv.writer(buffer).writerows(rows)
+        write_text_atomic(self.csv, buffer.getvalue())
+        self._count = len(kept)
 
     def plot(self) -> Path | None:
         return plot_metrics(self.records(), self.run_dir / PLOT_PNG)
 
     def close(self) -> None:
         self.plot()
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """A refused append (a full disk) reported with the file's name."""
+    try:
+        yield
+    except OSError as err:
+        failure = write_failure(err, path)
+        if failure is None:
+            raise
+        raise failure from err
 
 
 #: metrics.png's panels, in display order, and which series each shows.
@@ -130,7 +177,7 @@ def plot_metrics(records: list[dict[str, float]], path: Path) -> Path | None:
         ax.set_title(title)
         ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15),
                   ncol=2 if len(lines) > 4 else 1, frameon=False)  # fmt: skip
-    fig.savefig(path, dpi=100)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     return path
 
 
