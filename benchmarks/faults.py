@@ -417,11 +417,16 @@ def protocol_kills(out: Path) -> dict[str, Any]:
     return {"events": events, "equal": events - len(failures), "failures": failures}
 
 
+_ARMED: list[Any] = []  # a child's armed context: collected, it would disarm itself
+
+
 def _killer(k: int) -> Callable[[], None]:
     def arm() -> None:
         from tests.train.faults import kill_at
 
-        kill_at(k, [0]).__enter__()  # stays armed for the child's life
+        armed = kill_at(k, [0])
+        armed.__enter__()  # stays armed for the child's life (kept referenced)
+        _ARMED.append(armed)
 
     return arm
 

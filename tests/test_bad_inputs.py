@@ -28,18 +28,8 @@ def test_a_bad_input_is_one_line_and_exit_2(case, tmp_path):
     _check(case, tmp_path)
 
 
-def _pending(case):
-    """Checkpoint integrity is the model/checkpoint.py owner's (issue 15, item 5): strict,
-    so the test says when that fix has landed and the mark can go."""
-    reason = f"not yet fixed: {case.owner}'s area"
-    return pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=reason), id=case.name)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "case",
-    [_pending(c) if c.owner else pytest.param(c, id=c.name) for c in CASES if c.slow],
-)
+@pytest.mark.parametrize("case", [c for c in CASES if c.slow], ids=lambda c: c.name)
 def test_a_bad_input_found_by_a_model_is_one_line_and_exit_2(case, tmp_path, finished):
     _check(case, tmp_path, finished)
 
