@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import vilalign
 
 TUTORIAL = Path(__file__).resolve().parents[1] / "docs" / "tutorial.md"
@@ -30,9 +28,8 @@ def test_every_quick_marker_is_a_simple_assignment():
     assert tutorial_script()[1] == code.count("# quick:") > 0
 
 
-# ~12 s of CPU on an idle 2-core machine (half of it importing torch & co. in a fresh
-# process): over the fast suite's budget, so it runs with the slow tests (`pytest -m slow`).
-@pytest.mark.slow
+# ~12 s of CPU (half of it importing torch & co. in a fresh process): in the fast suite, so
+# the tutorial CI runs is the one users read.
 def test_the_tutorial_runs(tmp_path):
     script, _ = tutorial_script()
     (tmp_path / "tutorial.py").write_text(script)
