@@ -311,6 +311,17 @@ def captured_weights(
             handle.remove()
 
 
+def stacked_layers(
+    fusion: int, kind: str, text_layers: int = 0, image_layers: int = 0
+) -> list[LayerInfo]:
+    """The layers of a model whose streams meet in ``fusion`` layers of ``kind``, in depth
+    order: ``text_layers`` / ``image_layers`` unimodal encoder layers first (pass 0 to leave
+    them out), then ``fusion.k``."""
+    out = [LayerInfo(f"text_encoder.{i}", i, ENCODER, ("text",)) for i in range(text_layers)]
+    out += [LayerInfo(f"image_encoder.{j}", j, ENCODER, ("image",)) for j in range(image_layers)]
+    return out + [LayerInfo(f"fusion.{k}", k, kind, STREAMS) for k in range(fusion)]
+
+
 def depth_pairs(n_text: int, n_image: int) -> list[tuple[int, int]]:
     """Text and image layer indices at the same relative depth, one pair per layer of the
     shallower stack: equal depths pair layer k with layer k; 12 text and 24 image layers

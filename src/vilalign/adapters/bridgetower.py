@@ -17,14 +17,13 @@ from typing import Any
 
 from vilalign.adapters.base import (
     COATTENTION,
-    ENCODER,
-    STREAMS,
     Adapter,
     AttentionMaps,
     States,
     captured_weights,
     eager_attention,
     register_adapter,
+    stacked_layers,
 )
 from vilalign.analysis.collect import LayerInfo, StreamMasks
 from vilalign.data.types import Batch
@@ -58,11 +57,9 @@ class BridgeTowerAdapter(Adapter):
 
     def layer_infos(self, include_encoders: bool) -> list[LayerInfo]:
         text, image, fusion = self._depths()
-        out = []
-        if include_encoders:
-            out += [LayerInfo(f"text_encoder.{i}", i, ENCODER, ("text",)) for i in range(text)]
-            out += [LayerInfo(f"image_encoder.{i}", i, ENCODER, ("image",)) for i in range(image)]
-        return out + [LayerInfo(f"fusion.{k}", k, COATTENTION, STREAMS) for k in range(fusion)]
+        if not include_encoders:
+            text = image = 0
+        return stacked_layers(fusion, COATTENTION, text, image)
 
     def model_inputs(self, batch: Batch) -> dict[str, Any]:
         inputs = {

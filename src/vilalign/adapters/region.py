@@ -35,9 +35,7 @@ import torch
 
 from vilalign.adapters.base import (
     COATTENTION,
-    ENCODER,
     SINGLE_STREAM,
-    STREAMS,
     Adapter,
     AdapterError,
     AttentionMaps,
@@ -46,6 +44,7 @@ from vilalign.adapters.base import (
     captured_weights,
     eager_attention,
     register_adapter,
+    stacked_layers,
 )
 from vilalign.adapters.data import NoImage, kept_samples, to_batch
 from vilalign.analysis.collect import LayerInfo, StreamMasks
@@ -273,11 +272,9 @@ class LxmertAdapter(RegionAdapter):
 
     def layer_infos(self, include_encoders: bool) -> list[LayerInfo]:
         text, image, fusion = self._depths()
-        out = []
-        if include_encoders:
-            out += [LayerInfo(f"text_encoder.{i}", i, ENCODER, ("text",)) for i in range(text)]
-            out += [LayerInfo(f"image_encoder.{i}", i, ENCODER, ("image",)) for i in range(image)]
-        return out + [LayerInfo(f"fusion.{k}", k, COATTENTION, STREAMS) for k in range(fusion)]
+        if not include_encoders:
+            text = image = 0
+        return stacked_layers(fusion, COATTENTION, text, image)
 
     def model_inputs(self, batch: Batch) -> dict[str, Any]:
         return {
@@ -341,8 +338,7 @@ class VisualBertAdapter(RegionAdapter):
         return int(self.model.config.visual_embedding_dim)
 
     def layer_infos(self, include_encoders: bool) -> list[LayerInfo]:
-        n = len(self.model.encoder.layer)
-        return [LayerInfo(f"fusion.{k}", k, SINGLE_STREAM, STREAMS) for k in range(n)]
+        return stacked_layers(len(self.model.encoder.layer), SINGLE_STREAM)
 
     def model_inputs(self, batch: Batch) -> dict[str, Any]:
         return {

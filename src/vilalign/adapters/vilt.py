@@ -24,12 +24,12 @@ import torch
 
 from vilalign.adapters.base import (
     SINGLE_STREAM,
-    STREAMS,
     Adapter,
     AttentionMaps,
     States,
     eager_attention,
     register_adapter,
+    stacked_layers,
 )
 from vilalign.analysis.collect import LayerInfo, StreamMasks
 from vilalign.data.types import Batch
@@ -47,8 +47,7 @@ class ViltAdapter(Adapter):
     num_prefix_tokens = 1
 
     def layer_infos(self, include_encoders: bool) -> list[LayerInfo]:
-        n = len(self.model.encoder.layer)
-        return [LayerInfo(f"fusion.{k}", k, SINGLE_STREAM, STREAMS) for k in range(n)]
+        return stacked_layers(len(self.model.encoder.layer), SINGLE_STREAM)
 
     def model_inputs(self, batch: Batch) -> dict[str, Any]:
         return {
