@@ -136,6 +136,31 @@ def test_seed_interval_combines_seeds_and_shared_samples():
     assert S.seed_interval([0.3], [0.2], [0.4]) == (0.3, 0.2, 0.4)
 
 
+def test_no_interval_passes_a_perfect_score():
+    """CKA is at most 1 and a distance at least 0, so no interval (nor a mean over seeds)
+    reaches past that; clipping keeps the value inside and never uncovers a value the
+    measure can take. (The demo's 3-seed interval of unbiased CKA reached 1.227.)"""
+    assert S.value_limits("cka_unbiased") == (-math.inf, 1.0)
+    assert S.value_limits("wasserstein") == (0.0, math.inf)
+    assert S.value_limits(lambda x, y: 0.0) == (-math.inf, math.inf)
+    limits = S.value_limits("cka_unbiased")
+    values, lows, highs = [0.6, 0.85, 0.95], [0.5, 0.8, 0.9], [0.7, 0.9, 1.0]
+    mean, low, high = S.seed_interval(values, lows, highs, limits=limits)
+    free = S.seed_interval(values, lows, highs)
+    assert free[2] > 1 and high == 1.0 and (mean, low) == free[:2]
+    # the same spread far from the bound is not clipped at all
+    assert S.seed_interval([v - 0.5 for v in values], lows, highs, limits=limits)[2] < 1
+    # one seed near a perfect score: a nearly exact copy
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    y = x + 1e-3 * torch.randn(30, 4, generator=g, dtype=torch.float64)
+    ci = S.confidence_interval("cka_unbiased", x, y, 50, seed=0)
+    assert ci.low <= ci.value <= ci.high <= 1.0
+    table = pd.DataFrame({"measure": "cka_unbiased", "layer": "fusion.0", "seed": [0, 1, 2],
+                          "value": values, "ci_low": lows, "ci_high": highs})  # fmt: skip
+    assert S.aggregate_over_seeds(table)["ci_high"].iloc[0] == 1.0
+
+
 def _epoch_table() -> pd.DataFrame:
     rows = []
     for run, kind, start, end in (("vilbert", "coattention", 0.8, 0.6),

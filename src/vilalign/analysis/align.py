@@ -239,7 +239,9 @@ def _reference_columns(
         nan = float("nan")
         return {"init_value": init, "init_low": nan, "init_high": nan,
                 "delta": trained.value - init, "delta_low": nan, "delta_high": nan}  # fmt: skip
-    ref = S.reference_comparison(trained.interval, [r.interval for r in references])
+    ref = S.reference_comparison(
+        trained.interval, [r.interval for r in references], S.value_limits(trained.measure)
+    )
     return {
         "init_value": ref.reference.value, "init_low": ref.reference.low,
         "init_high": ref.reference.high, "delta": ref.delta.value,

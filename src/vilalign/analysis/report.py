@@ -206,16 +206,18 @@ def _summarise(rows: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     seeds and the rows' own sampling intervals (they share the samples) combined — so
     neither the seeds nor the samples are hidden.
     """
-    from vilalign.analysis.stats import seed_interval
+    from vilalign.analysis.stats import seed_interval, value_limits
 
     out = []
     for key, part in rows.groupby(keys, sort=False, dropna=False):
+        measures = part["measure"].unique() if "measure" in part else ()
+        limits = value_limits(measures[0] if len(measures) == 1 else None)
         record = dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True))
         record["n"] = len(part)
         for name, (value, low, high) in {
             "": ("value", "ci_low", "ci_high"), "init_": ("init_value", "init_low", "init_high"),
         }.items():  # fmt: skip
-            mean, lo, hi = seed_interval(part[value], part[low], part[high])
+            mean, lo, hi = seed_interval(part[value], part[low], part[high], limits=limits)
             record.update({f"{name}value": mean, f"{name}lo": lo, f"{name}hi": hi})
         for col in ("null_low", "null_high", "null_mean", "p_familywise"):
             record[col] = float(part[col].mean()) if col in part else float("nan")
@@ -699,9 +701,10 @@ def epoch_change(table: pd.DataFrame, measure: str, layer: str, view: str) -> pd
     the seeds' spread with the two rows' sampling half-widths in quadrature (conservative:
     the shared samples make the two estimates positively correlated).
     """
-    from vilalign.analysis.stats import seed_interval
+    from vilalign.analysis.stats import seed_interval, value_limits
 
     rows = _select(table, measure, layer=layer, view=view)
+    limits = value_limits(measure)
     rows = rows[rows["epoch"].notna()]
     out = []
     for run, part in rows.groupby("run", sort=False):
@@ -720,7 +723,8 @@ def epoch_change(table: pd.DataFrame, measure: str, layer: str, view: str) -> pd
         }  # fmt: skip
         for name, frame in (("init", start), ("trained", end)):
             record.update(zip((name, f"{name}_low", f"{name}_high"),
-                              seed_interval(frame["value"], frame["ci_low"], frame["ci_high"]),
+                              seed_interval(frame["value"], frame["ci_low"], frame["ci_high"],
+                                            limits=limits),
                               strict=True))  # fmt: skip
         record.update(zip(("delta", "delta_low", "delta_high"),
                           seed_interval(diff, diff - half, diff + half), strict=True))  # fmt: skip

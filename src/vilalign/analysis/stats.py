@@ -24,6 +24,7 @@ works too (without the cache sharing).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -49,6 +50,30 @@ FRACTIONS = {"subsample": SUBSAMPLE_FRACTION, "subsample_bc": SUBSAMPLE_FRACTION
              "subsample_large": 0.8}  # fmt: skip
 #: Quantiles of the permutation null that the table reports as the chance band.
 NULL_BAND = (0.05, 0.95)
+
+
+def value_limits(measure: MeasureLike | None) -> tuple[float, float]:
+    """The range a measure's value cannot leave, as far as the registry knows it: up to
+    its perfect score (``Measure.best``) on the side that is better — CKA, CCA, k-NN
+    overlaps and correlations are at most 1, a distance at least 0. An interval (or a
+    mean over seeds) is clipped to it: a limit past a perfect score is a value no model
+    can have, and clipping never uncovers a value the measure can take. Unregistered
+    measures and callables: no limit."""
+    if isinstance(measure, str):
+        try:
+            measure = M.get_measure(measure)
+        except ValueError:
+            return -math.inf, math.inf
+    if not isinstance(measure, M.Measure):
+        return -math.inf, math.inf
+    return (-math.inf, measure.best) if measure.higher_is_better else (measure.best, math.inf)
+
+
+def clip_interval(
+    value: float, low: float, high: float, limits: tuple[float, float]
+) -> tuple[float, float]:
+    """``(low, high)`` clipped to ``limits``, still containing ``value``."""
+    return max(low, min(limits[0], value)), min(high, max(limits[1], value))
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -490,6 +515,7 @@ def confidence_interval(
     ratio = size / (n - size)
     centre, half = _jackknife(value, samples, ratio, confidence, method)
     low, high = min(centre - half, value), max(centre + half, value)
+    low, high = clip_interval(value, low, high, value_limits(registered))
     return Interval(value, low, high, confidence, method, samples, ratio)
 
 
@@ -539,7 +565,11 @@ class ReferenceComparison:
     delta: Interval
 
 
-def reference_comparison(trained: Interval, references: Sequence[Interval]) -> ReferenceComparison:
+def reference_comparison(
+    trained: Interval,
+    references: Sequence[Interval],
+    limits: tuple[float, float] = (-math.inf, math.inf),
+) -> ReferenceComparison:
     """Intervals of the mean reference value and of trained − reference.
 
     All intervals must come from :func:`confidence_interval` with the same seed on the
@@ -558,6 +588,8 @@ def reference_comparison(trained: Interval, references: Sequence[Interval]) -> R
     ref = _combined(
         float(values.mean()), np.mean([r.samples for r in references], axis=0), values, trained
     )
+    low, high = clip_interval(ref.value, ref.low, ref.high, limits)
+    ref = dataclasses.replace(ref, low=low, high=high)
     delta = _combined(
         trained.value - ref.value, trained.samples - ref.samples, trained.value - values, trained
     )
@@ -694,7 +726,11 @@ VALUE_COLUMNS = (
 
 
 def seed_interval(
-    values: Sequence[float], lows: Sequence[float], highs: Sequence[float], confidence: float = 0.95
+    values: Sequence[float],
+    lows: Sequence[float],
+    highs: Sequence[float],
+    confidence: float = 0.95,
+    limits: tuple[float, float] = (-math.inf, math.inf),
 ) -> tuple[float, float, float]:
     """Mean over seeds and its interval: (mean, low, high).
 
@@ -703,6 +739,7 @@ def seed_interval(
     seeds were measured on the *same* samples — their spread shows the training
     randomness, not the sampling of the samples, which does not average out over seeds.
     Missing per-seed intervals leave only the seeds' part. All NaN when no value is finite.
+    ``limits``: the range the mean cannot leave (:func:`value_limits` of the measure).
     """
     v = np.asarray(values, dtype=np.float64)
     lo, hi = np.asarray(lows, dtype=np.float64), np.asarray(highs, dtype=np.float64)
@@ -711,14 +748,14 @@ def seed_interval(
     if v.size == 0:
         return (float("nan"),) * 3
     if v.size == 1:
-        return float(v[0]), float(lo[0]), float(hi[0])
+        return float(v[0]), *clip_interval(float(v[0]), float(lo[0]), float(hi[0]), limits)
     t = float(scipy.stats.t.ppf((1 + confidence) / 2, v.size - 1))
     seeds = t * float(v.std(ddof=1)) / math.sqrt(v.size)
     halves = (hi - lo) / 2
     sampling = float(np.nanmean(halves)) if np.isfinite(halves).any() else 0.0
     half = math.hypot(seeds, sampling)
     mean = float(v.mean())
-    return mean, mean - half, mean + half
+    return (mean, *clip_interval(mean, mean - half, mean + half, limits))
 
 
 def aggregate_over_seeds(
@@ -755,7 +792,10 @@ def aggregate_over_seeds(
         nan = np.full(len(part), np.nan)
         lows = part["ci_low"] if has_ci else nan
         highs = part["ci_high"] if has_ci else nan
-        _, row["ci_low"], row["ci_high"] = seed_interval(part[value], lows, highs, confidence)
+        limits = value_limits(row.get("measure") if value == "value" else None)
+        _, row["ci_low"], row["ci_high"] = seed_interval(
+            part[value], lows, highs, confidence, limits
+        )
         for name, col in (("chance", "null_mean"), ("calibrated", "calibrated")):
             if col in part:
                 row[name] = part[col].mean()
