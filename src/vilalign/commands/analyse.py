@@ -26,9 +26,6 @@ DEFAULT_COST = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    # plain data: no torch
-    from vilalign.analysis.defaults import DEFAULT_MEASURES, DEFAULT_MEMORY_GB, DEFAULT_SAMPLES
-
     p = add_command(
         sub,
         "analyse",
@@ -49,6 +46,30 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         ),
     )
     add_source_args(p, published=True)
+    _add_samples_and_measures(p)
+    _add_statistics(p)
+    p.add_argument(
+        "--captions",
+        choices=("each", "average"),
+        default="each",
+        help="several captions per image (coco_karpathy, flickr30k_karpathy): measure each "
+        "caption as a sample, or average each image's representations first",
+    )
+    p.add_argument(
+        "--caption",
+        type=int,
+        metavar="N",
+        help="read only caption number N of each image (one sample per image; default: all)",
+    )
+    add_output_dir(p, Path("runs/analyse"), "output folder", old=("--run-dir",))
+    analysis_command(p, "analyse", run)  # (its folder held, its files to MLflow)
+
+
+def _add_samples_and_measures(p: argparse.ArgumentParser) -> None:
+    """What is measured: how many samples, in which views, with which measures."""
+    # plain data: no torch
+    from vilalign.analysis.defaults import DEFAULT_MEASURES, DEFAULT_MEMORY_GB, DEFAULT_SAMPLES
+
     p.add_argument(
         "--n-samples",
         type=sample_count,
@@ -76,22 +97,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="comma list of measure names (an unknown name lists the known ones; biased "
         "ones, e.g. cka_linear or cca at N < D, are reported with a warning)",
     )
-    _add_statistics(p)
-    p.add_argument(
-        "--captions",
-        choices=("each", "average"),
-        default="each",
-        help="several captions per image (coco_karpathy, flickr30k_karpathy): measure each "
-        "caption as a sample, or average each image's representations first",
-    )
-    p.add_argument(
-        "--caption",
-        type=int,
-        metavar="N",
-        help="read only caption number N of each image (one sample per image; default: all)",
-    )
-    add_output_dir(p, Path("runs/analyse"), "output folder", old=("--run-dir",))
-    analysis_command(p, "analyse", run)  # (its folder held, its files to MLflow)
 
 
 def _add_statistics(p: argparse.ArgumentParser) -> None:
