@@ -18,6 +18,7 @@ statistics at 256 samples with 100 permutations and 50 half-samples.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,7 @@ def results_table(result: ExperimentResult) -> tuple[pd.DataFrame, list[str]]:
             row[f"{where} trained"] = R.format_interval(
                 c["trained"], c["trained_low"], c["trained_high"]
             )
-            row[f"{m} chance"] = round(float(c["chance"]), 3)
+            row[f"{m} chance"] = R.format_interval(c["chance"], math.nan, math.nan)  # no "-0.0"
         rows.append(row)
     answer = [R.answer_sentence(f, m, ANSWER_LAYER, ANSWER_VIEW) for m, f in changes.items()]
     return pd.DataFrame(rows), answer
