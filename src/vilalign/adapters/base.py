@@ -322,6 +322,21 @@ def stacked_layers(
     return out + [LayerInfo(f"fusion.{k}", k, kind, STREAMS) for k in range(fusion)]
 
 
+class CrossModalLayers:
+    """``layer_infos`` of a two-stream model whose streams meet in co-attention layers:
+    the unimodal encoder layers, then ``fusion.k``; the adapter gives ``_depths()``
+    (text encoder, image encoder, cross-modal layers)."""
+
+    def _depths(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def layer_infos(self, include_encoders: bool) -> list[LayerInfo]:
+        text, image, fusion = self._depths()
+        if not include_encoders:
+            text = image = 0
+        return stacked_layers(fusion, COATTENTION, text, image)
+
+
 def depth_pairs(n_text: int, n_image: int) -> list[tuple[int, int]]:
     """Text and image layer indices at the same relative depth, one pair per layer of the
     shallower stack: equal depths pair layer k with layer k; 12 text and 24 image layers

@@ -16,21 +16,20 @@ from __future__ import annotations
 from typing import Any
 
 from vilalign.adapters.base import (
-    COATTENTION,
     Adapter,
     AttentionMaps,
+    CrossModalLayers,
     States,
     captured_weights,
     eager_attention,
     register_adapter,
-    stacked_layers,
 )
-from vilalign.analysis.collect import LayerInfo, StreamMasks
+from vilalign.analysis.collect import StreamMasks
 from vilalign.data.types import Batch
 
 
 @register_adapter
-class BridgeTowerAdapter(Adapter):
+class BridgeTowerAdapter(CrossModalLayers, Adapter):
     model_types = ("bridgetower",)
     model_class = "BridgeTowerModel"
     processor_classes = ("BridgeTowerProcessor",)
@@ -54,12 +53,6 @@ class BridgeTowerAdapter(Adapter):
         text = len(m.text_model.encoder.layer)
         image = len(m.vision_model.visual.transformer.resblocks)
         return text, image, len(m.cross_modal_text_layers)
-
-    def layer_infos(self, include_encoders: bool) -> list[LayerInfo]:
-        text, image, fusion = self._depths()
-        if not include_encoders:
-            text = image = 0
-        return stacked_layers(fusion, COATTENTION, text, image)
 
     def model_inputs(self, batch: Batch) -> dict[str, Any]:
         inputs = {

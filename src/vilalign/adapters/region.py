@@ -34,11 +34,11 @@ import numpy as np
 import torch
 
 from vilalign.adapters.base import (
-    COATTENTION,
     SINGLE_STREAM,
     Adapter,
     AdapterError,
     AttentionMaps,
+    CrossModalLayers,
     States,
     UnsupportedModelError,
     captured_weights,
@@ -257,7 +257,7 @@ class RegionAdapter(Adapter):
 
 
 @register_adapter
-class LxmertAdapter(RegionAdapter):
+class LxmertAdapter(CrossModalLayers, RegionAdapter):
     model_types = ("lxmert",)
     model_class = "LxmertModel"
     family = "two streams over detector regions: language, relational, cross-modality layers"
@@ -269,12 +269,6 @@ class LxmertAdapter(RegionAdapter):
     def _depths(self) -> tuple[int, int, int]:
         c = self.model.config
         return int(c.l_layers), int(c.r_layers), int(c.x_layers)
-
-    def layer_infos(self, include_encoders: bool) -> list[LayerInfo]:
-        text, image, fusion = self._depths()
-        if not include_encoders:
-            text = image = 0
-        return stacked_layers(fusion, COATTENTION, text, image)
 
     def model_inputs(self, batch: Batch) -> dict[str, Any]:
         return {
