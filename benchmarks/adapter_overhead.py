@@ -76,15 +76,42 @@ def time_model(adapter: Adapter, batches: list[Batch], n: int, repeats: int) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--n", type=int, default=256, help="samples per model (N) (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="samples per batch (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="timed passes of each variant, median reported (default: %(default)s)",
+    )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--image", type=int, default=224)
-    parser.add_argument("--patch", type=int, default=32)
-    parser.add_argument("--models", default=",".join(tiny.BUILDERS))
+    parser.add_argument(
+        "--hidden",
+        type=int,
+        default=256,
+        help="hidden width of the random models; heads = hidden / 64 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=4,
+        help="fusion (or shared, or text) layers of each model (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--image", type=int, default=224, help="image side in pixels (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--patch", type=int, default=32, help="ViT patch side in pixels (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--models",
+        default=",".join(tiny.BUILDERS),
+        help="comma list of model classes to time (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -32,11 +32,27 @@ from vilalign.analysis.coverage import coverage
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=100)
-    p.add_argument("--sizes", default="60,240")
-    p.add_argument("--resamples", type=int, default=None, help="default: the analysis default")
-    p.add_argument("--measures", default="", help="comma list (default: every case)")
-    p.add_argument("--csv", type=Path)
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=100,
+        help="independent draws per measure and N (default: %(default)s)",
+    )
+    p.add_argument(
+        "--sizes", default="60,240", help="comma list of sample counts N (default: %(default)s)"
+    )
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=None,
+        help="half-samples behind each interval (default: the analysis default, 100)",
+    )
+    p.add_argument(
+        "--measures",
+        default="",
+        help="comma list of measures to check (default: every registered one)",
+    )
+    p.add_argument("--csv", type=Path, help="also write the table to this CSV file (default: none)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -118,15 +118,33 @@ def compare(
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--samples", type=int, default=6000, help="easy-VQA questions to read")
-    p.add_argument("--jpegs", type=int, default=1000, help="224x224 JPEGs to write and read")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=6000,
+        help="easy-VQA questions to read (default: %(default)s)",
+    )
+    p.add_argument(
+        "--jpegs",
+        type=int,
+        default=1000,
+        help="224x224 JPEGs to write and read (default: %(default)s)",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="DataLoader batch size (default: %(default)s)"
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="DataLoader worker processes; 0 loads in the main process (default: %(default)s)",
+    )
     p.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="torch threads in this process (DataLoader workers always use 1)",
+        help="torch threads in this process (DataLoader workers always use 1) "
+        "(default: %(default)s)",
     )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

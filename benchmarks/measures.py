@@ -182,20 +182,78 @@ def compare_kornblith(data, path: Path, repeats: int) -> list[tuple[str, float, 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--n", type=int, default=1000)
-    parser.add_argument("--dim", type=int, default=768)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--platonic-rep", type=Path, default=None)
-    parser.add_argument("--kornblith", type=Path, default=None)
-    parser.add_argument("--threads", type=int, default=None, help="torch and BLAS threads")
-    parser.add_argument("--scaling", action="store_true", help="the scaling table instead")
-    parser.add_argument("--sizes", default="1000,10000,100000", help="N of the scaling table")
-    parser.add_argument("--families", default=",".join(FAMILIES), help="comma list")
-    parser.add_argument("--layers-for", default="", help="e.g. knn=1,rbf=1: fewer layers")
-    parser.add_argument("--memory-gb", type=float, default=None, help="the measures' budget")
-    parser.add_argument("--permutations", type=int, default=200, help="null families' size")
-    parser.add_argument("--workdir", type=Path, default=None, help="where layer files go")
+    parser.add_argument(
+        "--layers",
+        type=int,
+        default=8,
+        help="number of layers of paired representations (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--n", type=int, default=1000, help="samples per layer (N) (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--dim", type=int, default=768, help="feature width D (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timing repeats, best of (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--platonic-rep",
+        type=Path,
+        default=None,
+        help="a checkout of minyoungg/platonic-rep (folder holding metrics.py) to time beside "
+        "ours (default: none, not timed)",
+    )
+    parser.add_argument(
+        "--kornblith",
+        type=Path,
+        default=None,
+        help="Kornblith et al.'s CKA demo notebook (.ipynb) or a .py of its first code cell "
+        "(default: none, not timed)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch and BLAS threads (default: left as they are)",
+    )
+    parser.add_argument("--scaling", action="store_true", help="print the scaling table instead")
+    parser.add_argument(
+        "--sizes",
+        default="1000,10000,100000",
+        help="--scaling: comma list of N (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--families",
+        default=",".join(FAMILIES),
+        help="--scaling: comma list of measure families (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--layers-for",
+        default="",
+        help="--scaling: at most this many layers for these families, e.g. knn=1,rbf=1 "
+        "(default: none, all get --layers)",
+    )
+    parser.add_argument(
+        "--memory-gb",
+        type=float,
+        default=None,
+        help="--scaling: the measures' memory budget in GB; above it, blocked forms "
+        "(default: the analysis default, 2.0)",
+    )
+    parser.add_argument(
+        "--permutations",
+        type=int,
+        default=200,
+        help="--scaling: permutations of the null_* families (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="--scaling: folder for the layer files, reused if complete "
+        "(default: a new temporary folder)",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     with blas_threads(args.threads):

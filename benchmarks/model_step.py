@@ -101,10 +101,24 @@ def timed(step) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=24)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="samples per step (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--seq-len", type=int, default=24, help="text tokens per sample (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=20,
+        help="timed steps of each model, median reported (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=3,
+        help="untimed steps of each model first (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     ours, ours_params = vilalign_step_fn(args.batch_size, args.seq_len)

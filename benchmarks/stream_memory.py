@@ -71,19 +71,49 @@ def memory_mb(proc: psutil.Process) -> tuple[float, float, float, int]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--samples", type=int, default=100_000)
-    parser.add_argument("--per-shard", type=int, default=5_000)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--buffer", type=int, default=1000)
-    parser.add_argument("--image", type=int, default=64, help="JPEG side and encoder input")
-    parser.add_argument("--every", type=int, default=10_000, help="samples between readings")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=100_000,
+        help="image-caption pairs to write and read, one epoch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--per-shard", type=int, default=5_000, help="samples per shard (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="DataLoader worker processes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=64, help="DataLoader batch size (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--buffer",
+        type=int,
+        default=1000,
+        help="CaptionShards shuffle buffer, in samples (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--image",
+        type=int,
+        default=64,
+        help="JPEG side and encoder input, in pixels (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--every",
+        type=int,
+        default=10_000,
+        help="samples between memory readings (default: %(default)s)",
+    )
     parser.add_argument("--dir", type=Path, help="shard folder to keep (default: temporary)")
     parser.add_argument(
         "--text-cache",
         type=int,
         default=0,
-        help="Collator's token-id cache (distinct texts); pretraining on shards uses 0",
+        help="Collator's token-id cache (distinct texts); pretraining on shards uses 0 "
+        "(default: %(default)s)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

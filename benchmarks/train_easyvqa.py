@@ -21,12 +21,19 @@ from vilalign.train.run import run_finetuning, run_pretraining
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config")
-    parser.add_argument("run_dir")
+    parser.add_argument("config", help="run file (YAML), e.g. configs/finetune_easyvqa_tiny.yaml")
+    parser.add_argument("run_dir", help="folder the run writes (model, metrics, checkpoints)")
     parser.add_argument("--pretrain", action="store_true", help="run file is a pretraining run")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--init-from", default=None, help="pretrained model folder or run")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run in run_dir exactly"
+    )
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        help="fine-tuning: pretrained model folder or run to start from "
+        "(default: the run file's init_from)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     overrides = {"train": {"progress": False}} if args.no_progress else {}
