@@ -279,3 +279,42 @@ def test_set_reaches_the_experiment_file(argv, message, tmp_path, capsys):
     file.write_text("name: e\n")
     assert main([a.replace("{file}", str(file)) for a in argv]) == 2
     assert message in capsys.readouterr().err
+
+
+class _Stop(Exception):
+    """Raised by the spy once the experiment reaching the runner has been seen."""
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+def test_no_progress_hides_the_training_bars_of_a_grid(command, tmp_path, monkeypatch):
+    """`run`/`demo --no-progress` reach every run's train.progress (once they hid only the
+    grid's bar and each epoch still drew its own); the field is not part of a cell's
+    identity, so finished cells stay finished (tests/experiments: the rerun over a grid)."""
+    from tests.experiments.conftest import tiny_experiment
+
+    import vilalign.experiments.demo as demo
+    import vilalign.experiments.runner as runner
+    from vilalign.experiments.spec import expand_grid
+
+    seen = []
+
+    def spy(exp, *args, **kwargs):
+        seen.append(exp)
+        raise _Stop
+
+    monkeypatch.setattr(runner, "run_experiment", spy)
+    monkeypatch.setattr(demo, "run_experiment", spy)
+    monkeypatch.setattr(demo, "tracker_factory", lambda *a, **k: None)
+    file = tmp_path / "exp.json"
+    shown = {"train": {"progress": True}}  # (the tiny test grid hides its bars)
+    exp = tiny_experiment(tmp_path / "out", pretrain=shown, finetune=shown)
+    file.write_text(exp.model_dump_json())
+    argv = ["run", str(file), "--no-tracking"] if command == "run" else ["demo"]
+    for hide in (False, True):
+        args = build_parser().parse_args(
+            [*argv, "--output-dir", str(tmp_path / "out"), *(["--no-progress"] * hide)]
+        )
+        with pytest.raises(_Stop):
+            args.handler(args)
+        runs = [run for cell in expand_grid(seen.pop()) for run in (cell.finetune, cell.pretrain)]
+        assert {run.train.progress for run in runs if run is not None} == {not hide}

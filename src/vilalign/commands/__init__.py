@@ -270,18 +270,17 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def run_file_overrides(
-    args: argparse.Namespace, train_paths: Sequence[str], progress: bool = True
-) -> dict[str, Any]:
-    """--set, plus --device (and --no-progress when ``progress``) as the ``device`` /
-    ``progress`` fields of the train section(s) of the file (``train_paths``: their dotted
-    paths, e.g. ``["train"]`` in a run file); an explicit --set wins."""
+def run_file_overrides(args: argparse.Namespace, train_paths: Sequence[str]) -> dict[str, Any]:
+    """--set, plus --device and --no-progress as the ``device`` / ``progress`` fields of the
+    train section(s) of the file (``train_paths``: their dotted paths, e.g. ``["train"]`` in
+    a run file); an explicit --set wins. Both fields are runtime fields: they change no
+    result, so no run's identity (see ``experiments.spec.RUNTIME_FIELDS``)."""
     items = []
     for train in train_paths:
         if getattr(args, "device", None) is not None:
             check_device(args.device)
             items.append(f"{train}.device={args.device}")
-        if progress and not getattr(args, "progress", True):
+        if not getattr(args, "progress", True):
             items.append(f"{train}.progress=false")
     return parse_overrides([*items, *args.overrides])
 

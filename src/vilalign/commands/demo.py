@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from vilalign.experiments.demo import run_demo
 
     start = time.perf_counter()
-    overrides = run_file_overrides(args, TRAIN_PATHS, progress=False)  # (see `vilalign run`)
+    overrides = run_file_overrides(args, TRAIN_PATHS)
     # run_demo's own arguments share its keyword space with the experiment's fields
     own = {"output_dir": "--output-dir", "threads": "--threads", "progress": "--no-progress"}
     clash = sorted(own.keys() & overrides.keys())

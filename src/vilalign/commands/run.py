@@ -60,9 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from vilalign.experiments.spec import load_experiment
     from vilalign.experiments.tracking import tracker_factory
 
-    # --no-progress hides the grid's bar, not the files' train.progress: that field is part
-    # of the config hash that names a shared pretraining run.
-    overrides = run_file_overrides(args, TRAIN_PATHS, progress=False)
+    overrides = run_file_overrides(args, TRAIN_PATHS)
     exp = load_experiment(args.experiment, **overrides)
     out = args.output_dir or exp.resolved_output_dir()
     factory = None if args.no_tracking else tracker_factory(exp, out, args.tracking_uri)
