@@ -36,6 +36,7 @@ from tests.adapters.conftest import make_samples
 
 from vilalign.adapters import Adapter, load_hf_model
 from vilalign.analysis.collect import collect
+from vilalign.commands import HelpFormatter
 from vilalign.data.types import Batch, Sample
 
 
@@ -75,42 +76,36 @@ def time_model(adapter: Adapter, batches: list[Batch], n: int, repeats: int) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--n", type=int, default=256, help="samples per model (N) (default: %(default)s)"
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=32, help="samples per batch (default: %(default)s)"
-    )
+    parser.add_argument("--n", type=int, default=256, help="samples per model (N)")
+    parser.add_argument("--batch-size", type=int, default=32, help="samples per batch")
     parser.add_argument(
         "--repeats",
         type=int,
         default=5,
-        help="timed passes of each variant, median reported (default: %(default)s)",
+        help="timed passes of each variant, median reported",
     )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument(
         "--hidden",
         type=int,
         default=256,
-        help="hidden width of the random models; heads = hidden / 64 (default: %(default)s)",
+        help="hidden width of the random models; heads = hidden / 64",
     )
     parser.add_argument(
         "--layers",
         type=int,
         default=4,
-        help="fusion (or shared, or text) layers of each model (default: %(default)s)",
+        help="fusion (or shared, or text) layers of each model",
     )
-    parser.add_argument(
-        "--image", type=int, default=224, help="image side in pixels (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--patch", type=int, default=32, help="ViT patch side in pixels (default: %(default)s)"
-    )
+    parser.add_argument("--image", type=int, default=224, help="image side in pixels")
+    parser.add_argument("--patch", type=int, default=32, help="ViT patch side in pixels")
     parser.add_argument(
         "--models",
         default=",".join(tiny.BUILDERS),
-        help="comma list of model classes to time (default: %(default)s)",
+        help="comma list of model classes to time",
     )
     args = parser.parse_args(argv)
     if args.threads:

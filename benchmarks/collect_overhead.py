@@ -17,6 +17,7 @@ import time
 import torch
 
 from vilalign.analysis.collect import collect
+from vilalign.commands import HelpFormatter
 from vilalign.config import model_config
 from vilalign.data.types import Batch
 from vilalign.model import build_model
@@ -48,18 +49,16 @@ def plain_pass(model, batches: list[Batch]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--n", type=int, default=1024, help="samples per pass (N) (default: %(default)s)"
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=64, help="samples per batch (default: %(default)s)"
-    )
+    parser.add_argument("--n", type=int, default=1024, help="samples per pass (N)")
+    parser.add_argument("--batch-size", type=int, default=64, help="samples per batch")
     parser.add_argument(
         "--repeats",
         type=int,
         default=5,
-        help="timed passes of each variant, median reported (default: %(default)s)",
+        help="timed passes of each variant, median reported",
     )
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)

@@ -28,19 +28,18 @@ import torch
 
 from vilalign.analysis import measures as M
 from vilalign.analysis.coverage import coverage
+from vilalign.commands import HelpFormatter
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     p.add_argument(
         "--repeats",
         type=int,
         default=100,
-        help="independent draws per measure and N (default: %(default)s)",
+        help="independent draws per measure and N",
     )
-    p.add_argument(
-        "--sizes", default="60,240", help="comma list of sample counts N (default: %(default)s)"
-    )
+    p.add_argument("--sizes", default="60,240", help="comma list of sample counts N")
     p.add_argument(
         "--resamples",
         type=int,

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from vilalign.commands import HelpFormatter
 from vilalign.data import Collator, DataConfig, build_dataset, build_transform
 from vilalign.data.collate import stack_images
 from vilalign.data.types import Sample
@@ -117,34 +118,31 @@ def compare(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=HelpFormatter)
     p.add_argument(
         "--samples",
         type=int,
         default=6000,
-        help="easy-VQA questions to read (default: %(default)s)",
+        help="easy-VQA questions to read",
     )
     p.add_argument(
         "--jpegs",
         type=int,
         default=1000,
-        help="224x224 JPEGs to write and read (default: %(default)s)",
+        help="224x224 JPEGs to write and read",
     )
-    p.add_argument(
-        "--batch-size", type=int, default=64, help="DataLoader batch size (default: %(default)s)"
-    )
+    p.add_argument("--batch-size", type=int, default=64, help="DataLoader batch size")
     p.add_argument(
         "--workers",
         type=int,
         default=0,
-        help="DataLoader worker processes; 0 loads in the main process (default: %(default)s)",
+        help="DataLoader worker processes; 0 loads in the main process",
     )
     p.add_argument(
         "--threads",
         type=int,
         default=1,
-        help="torch threads in this process (DataLoader workers always use 1) "
-        "(default: %(default)s)",
+        help="torch threads in this process (DataLoader workers always use 1)",
     )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

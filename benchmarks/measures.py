@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from vilalign.analysis import measures as M
+from vilalign.commands import HelpFormatter
 
 SLOW = ("wasserstein", "svcca", "pwcca")
 # Measures that need a D×D decomposition (SVD / Cholesky of covariances): their cost
@@ -181,22 +182,18 @@ def compare_kornblith(data, path: Path, repeats: int) -> list[tuple[str, float, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument(
         "--layers",
         type=int,
         default=8,
-        help="number of layers of paired representations (default: %(default)s)",
+        help="number of layers of paired representations",
     )
-    parser.add_argument(
-        "--n", type=int, default=1000, help="samples per layer (N) (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--dim", type=int, default=768, help="feature width D (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--repeats", type=int, default=3, help="timing repeats, best of (default: %(default)s)"
-    )
+    parser.add_argument("--n", type=int, default=1000, help="samples per layer (N)")
+    parser.add_argument("--dim", type=int, default=768, help="feature width D")
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats, best of")
     parser.add_argument(
         "--platonic-rep",
         type=Path,
@@ -221,12 +218,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--sizes",
         default="1000,10000,100000",
-        help="--scaling: comma list of N (default: %(default)s)",
+        help="--scaling: comma list of N",
     )
     parser.add_argument(
         "--families",
         default=",".join(FAMILIES),
-        help="--scaling: comma list of measure families (default: %(default)s)",
+        help="--scaling: comma list of measure families",
     )
     parser.add_argument(
         "--layers-for",
@@ -245,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         "--permutations",
         type=int,
         default=200,
-        help="--scaling: permutations of the null_* families (default: %(default)s)",
+        help="--scaling: permutations of the null_* families",
     )
     parser.add_argument(
         "--workdir",

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import LxmertConfig, LxmertModel
 
+from vilalign.commands import HelpFormatter
 from vilalign.config import model_config
 from vilalign.model import build_model
 
@@ -100,24 +101,22 @@ def timed(step) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--batch-size", type=int, default=32, help="samples per step (default: %(default)s)"
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
     )
-    parser.add_argument(
-        "--seq-len", type=int, default=24, help="text tokens per sample (default: %(default)s)"
-    )
+    parser.add_argument("--batch-size", type=int, default=32, help="samples per step")
+    parser.add_argument("--seq-len", type=int, default=24, help="text tokens per sample")
     parser.add_argument(
         "--steps",
         type=int,
         default=20,
-        help="timed steps of each model, median reported (default: %(default)s)",
+        help="timed steps of each model, median reported",
     )
     parser.add_argument(
         "--warmup",
         type=int,
         default=3,
-        help="untimed steps of each model first (default: %(default)s)",
+        help="untimed steps of each model first",
     )
     args = parser.parse_args(argv)
 

@@ -29,6 +29,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from vilalign.commands import HelpFormatter
 from vilalign.data import Collator, build_transform
 from vilalign.data.captions import CaptionShards
 from vilalign.model import load_tokenizer
@@ -70,50 +71,47 @@ def memory_mb(proc: psutil.Process) -> tuple[float, float, float, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument(
         "--samples",
         type=int,
         default=100_000,
-        help="image-caption pairs to write and read, one epoch (default: %(default)s)",
+        help="image-caption pairs to write and read, one epoch",
     )
-    parser.add_argument(
-        "--per-shard", type=int, default=5_000, help="samples per shard (default: %(default)s)"
-    )
+    parser.add_argument("--per-shard", type=int, default=5_000, help="samples per shard")
     parser.add_argument(
         "--workers",
         type=int,
         default=2,
-        help="DataLoader worker processes (default: %(default)s)",
+        help="DataLoader worker processes",
     )
-    parser.add_argument(
-        "--batch", type=int, default=64, help="DataLoader batch size (default: %(default)s)"
-    )
+    parser.add_argument("--batch", type=int, default=64, help="DataLoader batch size")
     parser.add_argument(
         "--buffer",
         type=int,
         default=1000,
-        help="CaptionShards shuffle buffer, in samples (default: %(default)s)",
+        help="CaptionShards shuffle buffer, in samples",
     )
     parser.add_argument(
         "--image",
         type=int,
         default=64,
-        help="JPEG side and encoder input, in pixels (default: %(default)s)",
+        help="JPEG side and encoder input, in pixels",
     )
     parser.add_argument(
         "--every",
         type=int,
         default=10_000,
-        help="samples between memory readings (default: %(default)s)",
+        help="samples between memory readings",
     )
     parser.add_argument("--dir", type=Path, help="shard folder to keep (default: temporary)")
     parser.add_argument(
         "--text-cache",
         type=int,
         default=0,
-        help="Collator's token-id cache (distinct texts); pretraining on shards uses 0 "
-        "(default: %(default)s)",
+        help="Collator's token-id cache (distinct texts); pretraining on shards uses 0",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)

@@ -15,12 +15,15 @@ import json
 import logging
 import time
 
+from vilalign.commands import HelpFormatter
 from vilalign.train.config import FinetuneConfig, PretrainConfig, load_run_config
 from vilalign.train.run import run_finetuning, run_pretraining
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("config", help="run file (YAML), e.g. configs/finetune_easyvqa_tiny.yaml")
     parser.add_argument("run_dir", help="folder the run writes (model, metrics, checkpoints)")
     parser.add_argument("--pretrain", action="store_true", help="run file is a pretraining run")

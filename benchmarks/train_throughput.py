@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from vilalign.commands import HelpFormatter
 from vilalign.data import Collator
 from vilalign.model import build_model, load_tokenizer
 from vilalign.train.config import FinetuneConfig
@@ -176,64 +177,60 @@ def fast_paths(preset: str, batch: int, steps: int, compile_too: bool, rounds: i
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument(
         "--presets",
         nargs="+",
         default=["tiny", "base"],
-        help="model presets to time, random weights (default: tiny base)",
+        help="model presets to time, random weights",
     )
     parser.add_argument(
         "--tiny-steps",
         type=int,
         default=30,
-        help="timed training steps of the tiny preset (default: %(default)s)",
+        help="timed training steps of the tiny preset",
     )
     parser.add_argument(
         "--base-steps",
         type=int,
         default=3,
-        help="timed training steps of the other presets (default: %(default)s)",
+        help="timed training steps of the other presets",
     )
     parser.add_argument(
         "--tiny-batch",
         type=int,
         default=32,
-        help="batch size of the tiny preset (default: %(default)s)",
+        help="batch size of the tiny preset",
     )
     parser.add_argument(
         "--base-batch",
         type=int,
         default=8,
-        help="batch size of the other presets (default: %(default)s)",
+        help="batch size of the other presets",
     )
     parser.add_argument(
         "--workers",
         type=int,
         default=0,
-        help="DataLoader worker processes; 0 loads in the main process (default: %(default)s)",
+        help="DataLoader worker processes; 0 loads in the main process",
     )
     parser.add_argument("--fast-paths", action="store_true", help="compare the fast paths")
-    parser.add_argument(
-        "--preset", default="base", help="--fast-paths: the preset (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--steps", type=int, default=3, help="--fast-paths: timed steps (default: %(default)s)"
-    )
+    parser.add_argument("--preset", default="base", help="--fast-paths: the preset")
+    parser.add_argument("--steps", type=int, default=3, help="--fast-paths: timed steps")
     parser.add_argument(
         "--batch",
         type=int,
         default=8,
-        help="--fast-paths: batch per device (default: %(default)s)",
+        help="--fast-paths: batch per device",
     )
     parser.add_argument(
         "--compile",
         action="store_true",
         help="--fast-paths: also time torch.compile of the fusion layers and of the whole model",
     )
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="--fast-paths: best of N (default: %(default)s)"
-    )
+    parser.add_argument("--rounds", type=int, default=2, help="--fast-paths: best of N")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")

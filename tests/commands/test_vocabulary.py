@@ -13,7 +13,7 @@ import pytest
 
 import vilalign
 from vilalign.cli import build_parser, main
-from vilalign.commands import check_device, parse_overrides, run_file_overrides
+from vilalign.commands import HelpFormatter, check_device, parse_overrides, run_file_overrides
 
 RUNS = {"--output-dir", "--set", "--device", "--threads", "--no-progress"}
 # Which shared options each command takes. A new command must be added here, so that
@@ -100,6 +100,17 @@ def test_every_option_has_help_showing_its_default(name):
         trivial = action.default in (None, argparse.SUPPRESS, False, True, [])
         if action.option_strings and action.nargs != 0 and not trivial:
             assert f"default: {action.default}" in text, (name, action.option_strings)
+
+
+def test_help_writes_a_list_default_as_typed_and_leaves_an_empty_one_out():
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    p.add_argument("--kinds", nargs="+", default=["pretrain", "grid"], help="run kinds")
+    p.add_argument("--only", default="", help="comma list (default: every one)")
+    p.add_argument("--share", type=float, default=0.5, help="share, in %%")
+    text = " ".join(p.format_help().split())
+    assert "run kinds (default: pretrain grid)" in text
+    assert "comma list (default: every one) --share" in text  # nothing appended
+    assert "share, in % (default: 0.5)" in text
 
 
 ALIASES = [

@@ -44,14 +44,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 class HelpFormatter(argparse.HelpFormatter):
     """Ends every option's help with its default, read from the option itself, so the help
     cannot drift from what the command does. Flags, positionals and options whose default
-    is None (their help says what happens) get nothing added."""
+    is None or empty (their help says what happens) get nothing added; a list default is
+    written as it is typed (``tiny base``, not ``['tiny', 'base']``)."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         if "%(default)" in text or not action.option_strings or action.nargs == 0:
             return text
-        if action.default in (None, argparse.SUPPRESS) or action.default == []:
+        default = action.default
+        if default in (None, argparse.SUPPRESS, "") or default == [] or default == ():
             return text
+        if isinstance(default, (list, tuple)):  # (% escaped: argparse expands the help)
+            typed = " ".join(map(str, default)).replace("%", "%%")
+            return f"{text} (default: {typed})"
         return f"{text} (default: %(default)s)"
 
 
